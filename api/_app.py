@@ -1,0 +1,110 @@
+"""The quart-trio application: routes, validation, OpenAPI and metrics hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import trio
+from quart import Response, g, request
+from quart_schema import Info, QuartSchema, document_response, tag, validate_response
+from quart_trio import QuartTrio
+
+from yggdrasil import Metrics, Store, StoreUnavailable
+
+from . import _errors
+from ._errors import ErrorBody
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class ApiContext:
+    """What the API reads from the running server. ``store`` returns the current store, or
+    ``None`` while it is (re)starting."""
+
+    metrics: Metrics
+    store: Callable[[], Store | None]
+    version: str
+    max_body_bytes: int = 1_048_576
+    body_timeout_s: float = 30.0
+    response_timeout_s: float = 30.0
+    ready_timeout_s: float = 2.0
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+    store: str
+
+
+def create_app(ctx: ApiContext) -> QuartTrio:
+    app = QuartTrio("yggdrasil")
+    app.config.update(
+        MAX_CONTENT_LENGTH=ctx.max_body_bytes,
+        BODY_TIMEOUT=ctx.body_timeout_s,
+        RESPONSE_TIMEOUT=ctx.response_timeout_s,
+        PROPAGATE_EXCEPTIONS=False,
+        JSON_SORT_KEYS=False,
+    )
+    QuartSchema(
+        app,
+        info=Info(title="Yggdrasil", version=ctx.version),
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        conversion_preference="msgspec",
+    )
+    _errors.install(app)
+
+    @app.before_request
+    async def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        started = getattr(g, "started", None)
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        ctx.metrics.http_requests.labels(rule, request.method, str(response.status_code)).inc()
+        if started is not None:
+            ctx.metrics.http_latency.labels(rule, request.method).observe(
+                time.perf_counter() - started
+            )
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/healthz")
+    @tag(["operations"])
+    @validate_response(Health)
+    async def healthz() -> Health:
+        """Liveness: the process runs and answers."""
+        return Health("ok")
+
+    @app.get("/readyz")
+    @tag(["operations"])
+    @validate_response(Ready)
+    @document_response(ErrorBody, 503)
+    async def readyz() -> Ready:
+        """Readiness: the data store answers. 503 while it does not."""
+        store = ctx.store()
+        if store is None:
+            raise StoreUnavailable("the data store is starting")
+        with trio.move_on_after(ctx.ready_timeout_s):
+            await store.db.ping()
+            return Ready("ready", store.db.dialect)
+        raise StoreUnavailable("the data store did not answer in time")
+
+    @app.get("/metrics")
+    @tag(["operations"])
+    async def metrics() -> Response:
+        """Prometheus text exposition: process, HTTP, actors, supervisors."""
+        return Response(ctx.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    return app

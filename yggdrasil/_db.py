@@ -1,0 +1,65 @@
+"""What the store needs from a database backend, and the helpers both backends share.
+
+A *unit of work* is a coroutine function ``work(tx)`` that only awaits the methods of its
+:class:`Tx`. It is written once and runs on both backends: on SQLite it is driven synchronously
+(its awaits never suspend), on PostgreSQL it runs as one asyncio coroutine on a pooled asyncpg
+connection (the trio-asyncio advice: one coroutine per unit of work). It must not await anything
+else. SQL uses ``$1``-style placeholders, which the SQLite backend rewrites to ``?1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, Protocol, TypeVar
+
+T = T_co = TypeVar("T")
+Row = dict[str, Any]
+
+
+class Tx(Protocol):
+    """One database transaction."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; returns the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def execute_script(self, script: str) -> None:
+        """Run several statements without parameters (migrations)."""
+
+
+Work = Callable[[Tx], Awaitable[T]]
+
+
+class Database(Protocol):
+    dialect: Literal["sqlite", "postgres"]
+    description: str
+
+    async def read(self, work: Work[T]) -> T:
+        """Run ``work`` in a read-only transaction."""
+
+    async def write(self, work: Work[T]) -> T:
+        """Run ``work`` in a read-write transaction; returns after the commit is durable.
+
+        Raises ``StoreUnavailable`` when the database cannot be reached (nothing was written),
+        ``UniqueViolation`` for a duplicate key.
+        """
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers."""
+
+    async def aclose(self) -> None: ...
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a unit of work whose awaits never suspend, synchronously, to its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a unit of work awaited something other than its transaction")

@@ -1,0 +1,116 @@
+"""Prometheus metrics of one server instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from actors import Router, Supervisor
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# *_created series double the output and no dashboard of ours reads them.
+disable_created_metrics()
+
+
+class _ActorCollector(Collector):
+    """Reads mailbox, router and supervisor statistics at scrape time.
+
+    Mailboxes are summed by address kind: one series per device session would be unbounded.
+    """
+
+    def __init__(self, router: Callable[[], Router | None], supervisors: Callable[[], Iterable[Supervisor]]) -> None:
+        self._router = router
+        self._supervisors = supervisors
+
+    def collect(self) -> Iterator[Metric]:
+        router = self._router()
+        if router is not None:
+            sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+            for address, box in router.mailboxes():
+                stats = box.statistics()
+                row = sums[address.kind]
+                row[0] += 1
+                row[1] += stats.size
+                row[2] += stats.delivered
+                row[3] += stats.dropped
+                row[4] += stats.rejected
+            actors = GaugeMetricFamily("yggdrasil_actors", "Live actors", labels=["kind"])
+            size = GaugeMetricFamily(
+                "yggdrasil_mailbox_queued", "Envelopes waiting in mailboxes", labels=["kind"]
+            )
+            delivered = CounterMetricFamily(
+                "yggdrasil_mailbox_delivered", "Envelopes queued (live actors)", labels=["kind"]
+            )
+            dropped = CounterMetricFamily(
+                "yggdrasil_mailbox_dropped", "Envelopes dropped by drop-oldest", labels=["kind"]
+            )
+            rejected = CounterMetricFamily(
+                "yggdrasil_mailbox_rejected", "Envelopes rejected as overloaded", labels=["kind"]
+            )
+            for kind, row in sorted(sums.items()):
+                actors.add_metric([kind], row[0])
+                size.add_metric([kind], row[1])
+                delivered.add_metric([kind], row[2])
+                dropped.add_metric([kind], row[3])
+                rejected.add_metric([kind], row[4])
+            yield from (actors, size, delivered, dropped, rejected)
+            rs = router.statistics()
+            yield CounterMetricFamily(
+                "yggdrasil_router_unreachable", "Envelopes refused as unreachable", value=rs.unreachable
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_router_forwarded", "Envelopes forwarded over the bus", value=rs.forwarded
+            )
+        restarts = CounterMetricFamily(
+            "yggdrasil_supervisor_restarts", "Child restarts", labels=["supervisor", "child"]
+        )
+        running = GaugeMetricFamily(
+            "yggdrasil_supervisor_child_running", "1 while a child runs", labels=["supervisor", "child"]
+        )
+        for supervisor in self._supervisors():
+            for child in supervisor.statistics():
+                restarts.add_metric([supervisor.name, child.id], child.restarts)
+                running.add_metric([supervisor.name, child.id], 1 if child.running else 0)
+        yield restarts
+        yield running
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.http_requests = Counter(
+            "yggdrasil_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "yggdrasil_http_request_duration_seconds",
+            "HTTP request latency by route and method",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+        self.router: Router | None = None
+        self.supervisors: list[Supervisor] = []
+        self.registry.register(_ActorCollector(lambda: self.router, lambda: self.supervisors))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)  # type: ignore[no-any-return]

@@ -1,0 +1,352 @@
+"""The tenant-scoped repository: every read of tenant data takes the principal's :class:`Scope`.
+
+There is no unscoped read path: each query that returns tenant rows joins the caller's
+memberships, so a foreign row and a missing row give the same :class:`NotFound`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from ._db import Database, Row, Tx
+from ._errors import Invalid, NotFound, YggdrasilError
+from ._ids import decode_cursor, encode_cursor, new_id, now_ms
+
+T = TypeVar("T")
+WorldType = Literal["midgard", "asgard", "alfheim", "jotnar"]
+MAX_PAGE = 100
+_json = msgspec.json.Encoder(order="deterministic")
+
+
+class Scope(msgspec.Struct, frozen=True):
+    """Who is asking. Built from the authenticated principal only, never from request data."""
+
+    user_id: str
+    role: Literal["user", "operator"] = "user"
+
+
+class User(msgspec.Struct, frozen=True):
+    user_id: str
+    email: str | None
+    display_name: str
+    role: str
+    status: str
+    subscription_tier: str
+    subscription_status: str
+    home_network_id: str | None
+    created_at: int
+    updated_at: int
+
+
+class Network(msgspec.Struct, frozen=True):
+    network_id: str
+    name: str
+    role: str
+    """The principal's role in this network."""
+    created_at: int
+
+
+class NewDevice(msgspec.Struct, frozen=True):
+    device_id: str
+    name: str
+    world_type: WorldType
+    capabilities: dict[str, Any] = {}
+    hardware_specs: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+
+
+class Device(msgspec.Struct, frozen=True):
+    device_id: str
+    network_id: str
+    user_id: str
+    name: str
+    world_type: str
+    capabilities: dict[str, Any]
+    hardware_specs: dict[str, Any]
+    metadata: dict[str, Any]
+    status: str
+    registered_at: int
+    last_seen: int | None
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    seq: int
+    at: int
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditChainBroken(YggdrasilError):
+    code = "audit_chain_broken"
+    default_message = "the audit log's hash chain is broken"
+
+
+def _user(row: Row) -> User:
+    return User(**row)
+
+
+def _device(row: Row) -> Device:
+    return Device(
+        device_id=row["device_id"],
+        network_id=row["network_id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        world_type=row["world_type"],
+        capabilities=msgspec.json.decode(row["capabilities"]),
+        hardware_specs=msgspec.json.decode(row["hardware_specs"]),
+        metadata=msgspec.json.decode(row["metadata"]),
+        status=row["status"],
+        registered_at=row["registered_at"],
+        last_seen=row["last_seen"],
+    )
+
+
+def _chain_hash(prev: str, seq: int, at: int, actor: str, action: str, subject: str, detail: str) -> str:
+    payload = _json.encode([prev, seq, at, actor, action, subject, detail])
+    return hashlib.sha256(payload).hexdigest()
+
+
+async def append_audit(
+    tx: Tx, actor: str, action: str, subject: str = "", detail: dict[str, Any] | None = None
+) -> int:
+    """Append one audit entry inside ``tx``; the head row serializes concurrent appends."""
+    head = await _lock_head(tx)
+    seq = int(head["seq"]) + 1
+    at = now_ms()
+    detail_text = _json.encode(detail or {}).decode()
+    digest = _chain_hash(head["hash"], seq, at, actor, action, subject, detail_text)
+    await tx.execute(
+        "INSERT INTO audit_log (seq, at, actor, action, subject, detail, prev_hash, hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        seq, at, actor, action, subject, detail_text, head["hash"], digest,
+    )
+    await tx.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, digest)
+    return seq
+
+
+async def _lock_head(tx: Tx) -> Row:
+    # An UPDATE takes the row lock on PostgreSQL; SQLite already holds the write lock.
+    await tx.execute("UPDATE audit_head SET seq = seq WHERE id = 1")
+    row = await tx.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
+    assert row is not None
+    return row
+
+
+class Store:
+    """Tenant-scoped operations over a :class:`Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ----------------------------------------------------------------- users and networks
+
+    async def create_user(
+        self, email: str | None, *, display_name: str = "", network_name: str = "Home",
+        role: Literal["user", "operator"] = "user",
+    ) -> tuple[User, Network]:
+        """Create a user with a home network they own. ``UniqueViolation`` if the e-mail exists."""
+        user_id, network_id, at = new_id("u"), new_id("n"), now_ms()
+
+        async def work(tx: Tx) -> tuple[User, Network]:
+            await tx.execute(
+                "INSERT INTO users (user_id, email, display_name, role, home_network_id,"
+                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                user_id, email, display_name, role, network_id, at,
+            )
+            await tx.execute(
+                "INSERT INTO networks (network_id, name, owner_id, created_at)"
+                " VALUES ($1, $2, $3, $4)",
+                network_id, network_name, user_id, at,
+            )
+            await tx.execute(
+                "INSERT INTO memberships (network_id, user_id, role, created_at)"
+                " VALUES ($1, $2, 'owner', $3)",
+                network_id, user_id, at,
+            )
+            await append_audit(tx, user_id, "user.create", user_id)
+            row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
+            assert row is not None
+            return _user(row), Network(network_id, network_name, "owner", at)
+
+        return await self.db.write(work)
+
+    async def get_me(self, scope: Scope) -> User:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT * FROM users WHERE user_id = $1 AND status != 'deleted'", scope.user_id
+            )
+
+        row = await self.db.read(work)
+        if row is None:
+            raise NotFound()
+        return _user(row)
+
+    async def list_networks(self, scope: Scope) -> list[Network]:
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT n.network_id, n.name, m.role, n.created_at FROM networks n"
+                " JOIN memberships m ON m.network_id = n.network_id"
+                " WHERE m.user_id = $1 ORDER BY n.created_at, n.network_id",
+                scope.user_id,
+            )
+
+        return [Network(**row) for row in await self.db.read(work)]
+
+    async def get_network(self, scope: Scope, network_id: str) -> Network:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT n.network_id, n.name, m.role, n.created_at FROM networks n"
+                " JOIN memberships m ON m.network_id = n.network_id"
+                " WHERE m.user_id = $1 AND n.network_id = $2",
+                scope.user_id, network_id,
+            )
+
+        row = await self.db.read(work)
+        if row is None:
+            raise NotFound()
+        return Network(**row)
+
+    # ----------------------------------------------------------------- devices
+
+    async def register_device(self, scope: Scope, network_id: str, new: NewDevice) -> Device:
+        """Register a device in one of the principal's networks.
+
+        ``NotFound`` when the network is not the principal's (or does not exist); ``UniqueViolation``
+        when the id is taken in that network. An id taken in another network is no conflict.
+        """
+        at = now_ms()
+
+        async def work(tx: Tx) -> Row:
+            member = await tx.fetchval(
+                "SELECT 1 FROM memberships WHERE network_id = $1 AND user_id = $2",
+                network_id, scope.user_id,
+            )
+            if not member:
+                raise NotFound()
+            await tx.execute(
+                "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
+                " capabilities, hardware_specs, metadata, registered_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                network_id, new.device_id, scope.user_id, new.name, new.world_type,
+                _json.encode(new.capabilities).decode(),
+                _json.encode(new.hardware_specs).decode(),
+                _json.encode(new.metadata).decode(),
+                at,
+            )
+            await append_audit(tx, scope.user_id, "device.register", f"{network_id}/{new.device_id}")
+            row = await tx.fetchrow(
+                "SELECT * FROM devices WHERE network_id = $1 AND device_id = $2",
+                network_id, new.device_id,
+            )
+            assert row is not None
+            return row
+
+        return _device(await self.db.write(work))
+
+    async def list_devices(
+        self, scope: Scope, network_id: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[Device]:
+        """One page of a network's devices, ordered by id; an unknown cursor is ``Invalid``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be between 1 and {MAX_PAGE}")
+        after = ""
+        if cursor is not None:
+            decoded = decode_cursor(cursor)
+            if decoded is None:
+                raise Invalid("malformed cursor")
+            after = decoded
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
+                " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id > $3"
+                " ORDER BY d.device_id LIMIT $4",
+                scope.user_id, network_id, after, limit + 1,
+            )
+
+        rows = await self.db.read(work)
+        more = len(rows) > limit
+        items = [_device(row) for row in rows[:limit]]
+        return Page(items, encode_cursor(items[-1].device_id) if more else None)
+
+    async def get_device(self, scope: Scope, network_id: str, device_id: str) -> Device:
+        async def work(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
+                " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id = $3",
+                scope.user_id, network_id, device_id,
+            )
+
+        row = await self.db.read(work)
+        if row is None:
+            raise NotFound()
+        return _device(row)
+
+    async def delete_device(self, scope: Scope, network_id: str, device_id: str) -> None:
+        async def work(tx: Tx) -> None:
+            deleted = await tx.execute(
+                "DELETE FROM devices WHERE network_id = $1 AND device_id = $2 AND EXISTS ("
+                " SELECT 1 FROM memberships m WHERE m.network_id = $1 AND m.user_id = $3)",
+                network_id, device_id, scope.user_id,
+            )
+            if deleted != 1:
+                raise NotFound()
+            await append_audit(tx, scope.user_id, "device.delete", f"{network_id}/{device_id}")
+
+        await self.db.write(work)
+
+    # ----------------------------------------------------------------- audit
+
+    async def audit(
+        self, actor: str, action: str, subject: str = "", detail: dict[str, Any] | None = None
+    ) -> int:
+        async def work(tx: Tx) -> int:
+            return await append_audit(tx, actor, action, subject, detail)
+
+        return await self.db.write(work)
+
+    async def audit_entries(self, *, after: int = 0, limit: int = MAX_PAGE) -> list[AuditEntry]:
+        """Operator read of the audit log (no tenant data beyond ids)."""
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
+            )
+
+        return [
+            AuditEntry(**{**row, "detail": msgspec.json.decode(row["detail"])})
+            for row in await self.db.read(work)
+        ]
+
+    async def verify_audit_chain(self) -> int:
+        """Recompute every hash; returns the number of entries, raises :class:`AuditChainBroken`."""
+        async def work(tx: Tx) -> tuple[list[Row], Row | None]:
+            rows = await tx.fetch("SELECT * FROM audit_log ORDER BY seq")
+            head = await tx.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
+            return rows, head
+
+        rows, head = await self.db.read(work)
+        prev, expected_seq = "", 1
+        for row in rows:
+            digest = _chain_hash(
+                prev, row["seq"], row["at"], row["actor"], row["action"], row["subject"],
+                row["detail"],
+            )
+            if row["seq"] != expected_seq or row["prev_hash"] != prev or row["hash"] != digest:
+                raise AuditChainBroken(f"audit entry {row['seq']} does not match its chain")
+            prev, expected_seq = digest, expected_seq + 1
+        if head is None or head["seq"] != len(rows) or head["hash"] != prev:
+            raise AuditChainBroken("the audit head does not match the last entry")
+        return len(rows)
+

@@ -1,0 +1,151 @@
+"""The ``yggdrasil`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from actors import Escalated
+
+from . import server
+from ._config import Config, load_config
+from ._errors import ConfigError, StoreUnavailable
+from ._logging import configure
+from ._migrations import migrate
+from ._version import VERSION
+
+log = logging.getLogger("yggdrasil")
+
+# flag -> (section, key)
+_FLAGS: dict[str, tuple[str, str]] = {
+    "data_dir": ("server", "data_dir"),
+    "host": ("server", "host"),
+    "api_port": ("api", "port"),
+    "gateway_port": ("gateway", "port"),
+    "turn_port": ("turn", "port"),
+    "database_url": ("database", "url"),
+    "bus_url": ("bus", "url"),
+    "log_format": ("log", "format"),
+    "log_level": ("log", "level"),
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory (./yggdrasil-data)")
+    parser.add_argument("--database-url", metavar="URL", help="postgresql://... (default SQLite)")
+    parser.add_argument("--log-format", choices=["text", "json"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yggdrasil", description="The central server of the Edda device network."
+    )
+    parser.add_argument("--version", action="version", version=f"yggdrasil {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    _common(serve)
+    serve.add_argument("--host", help="address every listener binds to (127.0.0.1)")
+    serve.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (8080)")
+    serve.add_argument("--gateway-port", type=int, metavar="PORT", help="device gateway (8081)")
+    serve.add_argument("--turn-port", type=int, metavar="PORT", help="STUN/TURN port (3478)")
+    serve.add_argument("--bus-url", metavar="URL", help="bus between instances (in-process)")
+
+    migrate_cmd = commands.add_parser("migrate", help="apply database migrations and exit")
+    _common(migrate_cmd)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return load_config(args.config, environ=os.environ, overrides=overrides)
+
+
+async def _serve(config: Config) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if not stop.is_set():
+                        log.info(
+                            "received %s, shutting down (grace %.0f s)",
+                            signal.Signals(signum).name,
+                            config.server.grace_s,
+                        )
+                        stop.set()
+                        # Whatever has not finished after the grace period is cancelled.
+                        nursery.cancel_scope.deadline = (
+                            trio.current_time() + config.server.grace_s + 1.0
+                        )
+                    else:
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_signals)
+        await server.serve(config, stop=stop)
+        nursery.cancel_scope.cancel()
+
+
+async def _migrate(config: Config) -> list[int]:
+    server.check(config)
+    server.prepare_data_dir(config)
+
+    async def run() -> list[int]:
+        db = await server.open_database(config)
+        try:
+            return await migrate(db)
+        finally:
+            await db.aclose()
+
+    if config.database.url:
+        async with trio_asyncio.open_loop():
+            return await run()
+    return await run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"yggdrasil: {exc.message}", file=sys.stderr)
+        return 2
+    configure(config.log.level, config.log.format)
+    try:
+        if args.command == "serve":
+            trio.run(_serve, config)
+        else:
+            applied = trio.run(_migrate, config)
+            print(f"applied {len(applied)} migration(s): {applied}" if applied else "up to date")
+    except ConfigError as exc:
+        log.error("%s", exc.message)
+        return 2
+    except StoreUnavailable as exc:
+        log.error("store unavailable: %s", exc.message)
+        return 1
+    except Escalated as exc:
+        log.error("giving up: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

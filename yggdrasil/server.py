@@ -1,0 +1,221 @@
+"""The composition root: builds the supervision tree of one Yggdrasil instance and runs it.
+
+::
+
+    root (rest_for_one)
+    ├── store    opens SQLite or PostgreSQL, applies migrations, closes it on the way out
+    ├── bus      the router's link to other instances (in-process for a single instance)
+    └── api      quart-trio on hypercorn
+
+rest_for_one: when the store restarts, everything started after it restarts too and picks up
+the new store. Later issues add the gateway, TURN and jobs children after ``api``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets as _random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+import trio_asyncio
+
+from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
+from api import ApiContext, create_app, serve_api
+
+from ._config import Config
+from ._db import Database
+from ._errors import ConfigError, StoreUnavailable
+from ._metrics import Metrics
+from ._migrations import migrate
+from ._postgres import PostgresDatabase
+from ._secrets import Secrets, load_or_create
+from ._sqlite import SqliteDatabase
+from ._store import Store
+from ._version import VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the children of one instance share. ``store`` is ``None`` while the store restarts."""
+
+    config: Config
+    secrets: Secrets
+    metrics: Metrics
+    router: Router
+    store: Store | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Running:
+    """Reported by :func:`serve` once every listener is bound."""
+
+    api_url: str
+    services: Services
+    root: Supervisor
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def check(config: Config) -> None:
+    """Reject configurations that cannot run, before anything starts."""
+    url = config.database.url
+    if url and not _is_postgres(url):
+        raise ConfigError("database.url must be empty (SQLite) or a postgresql:// URL")
+    if config.bus.url:
+        raise ConfigError(
+            "bus.url: only the in-process bus is available in this version; leave it empty"
+        )
+    if config.database.pool_min > config.database.pool_max:
+        raise ConfigError("database.pool_min must not exceed database.pool_max")
+
+
+def prepare_data_dir(config: Config) -> Path:
+    path = config.data_path
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {path}: {exc.strerror}") from None
+    return path
+
+
+async def open_database(config: Config) -> Database:
+    """Open the configured database once; ``StoreUnavailable`` if it cannot be reached."""
+    url = config.database.url
+    if _is_postgres(url):
+        return await PostgresDatabase.open(
+            url,
+            min_size=config.database.pool_min,
+            max_size=config.database.pool_max,
+            query_timeout_s=config.database.query_timeout_s,
+        )
+    return await SqliteDatabase.open(config.data_path / "yggdrasil.sqlite3")
+
+
+async def open_database_retrying(config: Config) -> Database:
+    """Keep trying for ``database.connect_timeout_s`` (exponential backoff), then give up."""
+    deadline = trio.current_time() + config.database.connect_timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return await open_database(config)
+        except StoreUnavailable as exc:
+            if trio.current_time() + delay > deadline:
+                raise
+            log.warning("store unreachable (%s); retrying in %.1f s", exc.message, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _instance_id(config: Config) -> str:
+    if config.server.instance_id:
+        return config.server.instance_id
+    return f"{socket.gethostname()}-{os.getpid()}-{_random.token_hex(3)}".replace(":", "-")
+
+
+def build(config: Config, secrets: Secrets) -> tuple[Supervisor, Services]:
+    router = Router(_instance_id(config), InProcessHub().bus())
+    metrics = Metrics()
+    metrics.router = router
+    services = Services(config, secrets, metrics, router)
+
+    async def store_child(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        db = await open_database_retrying(config)
+        try:
+            applied = await migrate(db)
+            services.store = Store(db)
+            log.info(
+                "store ready: %s (%d migrations applied now)", db.description, len(applied)
+            )
+            task_status.started()
+            await stopping.wait()
+        finally:
+            services.store = None
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await db.aclose()
+
+    async def bus_child(*, task_status: trio.TaskStatus[None]) -> None:
+        await router.bus.serve(task_status=task_status)
+
+    async def api_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
+        app = create_app(
+            ApiContext(
+                metrics=metrics,
+                store=lambda: services.store,
+                version=VERSION,
+                max_body_bytes=config.api.max_body_bytes,
+                body_timeout_s=config.api.body_timeout_s,
+                response_timeout_s=config.api.response_timeout_s,
+            )
+        )
+
+        async with trio.open_nursery() as nursery:
+            url: str = await nursery.start(
+                functools.partial(
+                    serve_api,
+                    app,
+                    host=config.server.host,
+                    port=config.api.port,
+                    grace_s=config.server.grace_s,
+                    stopping=stopping,
+                )
+            )
+            services.urls["api"] = url
+            task_status.started(url)
+
+    grace = config.server.grace_s
+    root = Supervisor(
+        "root",
+        [
+            ChildSpec("store", store_child, shutdown_s=grace, graceful=True),
+            ChildSpec("bus", bus_child, shutdown_s=1.0),
+            ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
+        ],
+        strategy=Strategy.REST_FOR_ONE,
+        max_restarts=5,
+        period_s=30.0,
+        backoff_base_s=0.2,
+        backoff_max_s=5.0,
+    )
+    metrics.supervisors.append(root)
+    return root, services
+
+
+async def serve(
+    config: Config,
+    *,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one instance until ``stop`` is set, then shut down gracefully.
+
+    Raises :class:`ConfigError` before starting anything if the configuration cannot run, and
+    ``actors.Escalated`` if the tree gives up.
+    """
+    check(config)
+    data_dir = prepare_data_dir(config)
+    secrets = load_or_create(data_dir)
+    root, services = build(config, secrets)
+    log.info("yggdrasil %s starting, instance %s", VERSION, services.router.instance_id)
+
+    async def run_tree() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: root.run(stopping=stop, task_status=task_status))
+            task_status.started(Running(services.urls["api"], services, root))
+
+    if _is_postgres(config.database.url):
+        # asyncpg lives on asyncio; trio-asyncio runs that loop inside ours.
+        async with trio_asyncio.open_loop():
+            await run_tree()
+    else:
+        await run_tree()
+    log.info("yggdrasil stopped")
