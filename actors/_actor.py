@@ -49,7 +49,7 @@ class Actor(abc.ABC):
             self.mailbox.close()
             self.router.unregister(self.address, self.mailbox)
 
-    async def on_start(self) -> None:
+    async def on_start(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Called after registration, before the actor reports ready."""
 
     @abc.abstractmethod

@@ -104,10 +104,11 @@ class Router:
             raise
         self._forwarded += 1
 
-    async def request(
-        self, src: Address, dst: Address, body: Any, *, timeout_s: float
-    ) -> Any:
-        """Send ``body`` and wait for the reply's body; :class:`RequestTimeout` after ``timeout_s``."""
+    async def request(self, src: Address, dst: Address, body: Any, *, timeout_s: float) -> Any:
+        """Send ``body`` and wait for the reply's body.
+
+        Raises :class:`RequestTimeout` after ``timeout_s``.
+        """
         corr = f"{self.instance_id}:{next(self._ids)}"
         slot = _Pending()
         self._pending[corr] = slot

@@ -7,9 +7,9 @@ restarts happen within ``period_s`` seconds. Between restarts it waits an expone
 jitter. Shutdown runs in reverse start order: a graceful child is asked to stop and given its
 ``shutdown_s``; then it, like any other child, is cancelled.
 
-Cancelling the task that runs :meth:`Supervisor.run` kills the whole tree at once (trio semantics);
-:meth:`Supervisor.request_stop` (or the ``stopping`` event of a supervised supervisor) is the graceful
-path.
+Cancelling the task that runs :meth:`Supervisor.run` kills the whole tree at once (trio
+semantics); :meth:`Supervisor.request_stop` (or the ``stopping`` event of a supervised supervisor)
+is the graceful path.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Restart(enum.Enum):
     PERMANENT = "permanent"
     """Always restarted, even after a normal return."""
     TRANSIENT = "transient"
-    """Restarted only after it raised."""
+    """Restarted only after it raised; forgotten after a normal return."""
     TEMPORARY = "temporary"
     """Never restarted; forgotten when it ends."""
 
@@ -49,10 +49,11 @@ class Strategy(enum.Enum):
 class ChildSpec:
     """How to run one child.
 
-    ``start`` is awaited as ``start(task_status=...)``, or as ``start(stopping=..., task_status=...)``
-    when ``graceful`` is true; in that case the ``trio.Event`` ``stopping`` is set when the supervisor
-    wants the child to finish on its own, and the child has ``shutdown_s`` seconds to return before it
-    is cancelled. A child that never calls ``task_status.started()`` is ready when it is spawned.
+    ``start`` is awaited as ``start(task_status=...)``, or as
+    ``start(stopping=..., task_status=...)`` when ``graceful`` is true; in that case the
+    ``trio.Event`` ``stopping`` is set when the supervisor wants the child to finish on its own,
+    and the child has ``shutdown_s`` seconds to return before it is cancelled. A child that never
+    calls ``task_status.started()`` is ready when it returns.
     """
 
     id: str
@@ -324,7 +325,7 @@ class Supervisor:
                 self._wake.set()
 
     def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** max(0, attempt - 1)))
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** max(0, attempt - 1))
         return delay * (1.0 - self.jitter * self._rng.random())
 
     async def _stop_children(self, children: Sequence[_Child]) -> None:

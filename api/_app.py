@@ -11,6 +11,7 @@ import trio
 from quart import Response, g, request
 from quart_schema import Info, QuartSchema, document_response, tag, validate_response
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from yggdrasil import Metrics, Store, StoreUnavailable
 
@@ -66,6 +67,13 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.before_request
     async def _start_timer() -> None:
         g.started = time.perf_counter()
+        # Refuse a declared oversize body before any handler runs; a chunked body is cut off by
+        # MAX_CONTENT_LENGTH when it is read.
+        length = request.content_length
+        if length is not None and length > ctx.max_body_bytes:
+            raise RequestEntityTooLarge(
+                f"the request body is limited to {ctx.max_body_bytes} bytes"
+            )
 
     @app.after_request
     async def _count(response: Response) -> Response:

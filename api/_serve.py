@@ -33,7 +33,7 @@ async def serve_api(
     config.include_server_header = False
 
     async def _run(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(app, config, shutdown_trigger=stopping.wait, task_status=task_status)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=stopping.wait, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(_run)

@@ -24,7 +24,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     """Address every listener binds to."""
     data_dir: str = "./yggdrasil-data"
@@ -35,7 +35,7 @@ class ServerConfig(_Section):
     """How long a graceful shutdown may take before everything left is cancelled."""
 
 
-class ApiConfig(_Section):
+class ApiConfig(_Section, frozen=True):
     port: Port = 8080
     max_body_bytes: Positive = 1_048_576
     """Larger request bodies get 413."""
@@ -43,15 +43,15 @@ class ApiConfig(_Section):
     response_timeout_s: Seconds = 30.0
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(_Section, frozen=True):
     port: Port = 8081
 
 
-class TurnConfig(_Section):
+class TurnConfig(_Section, frozen=True):
     port: Port = 3478
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     url: str = ""
     """Empty: SQLite in the data directory. ``postgresql://user@host:port/db`` for PostgreSQL."""
     pool_min: Annotated[int, msgspec.Meta(ge=0)] = 1
@@ -61,17 +61,17 @@ class DatabaseConfig(_Section):
     query_timeout_s: Seconds = 10.0
 
 
-class BusConfig(_Section):
+class BusConfig(_Section, frozen=True):
     url: str = ""
     """Empty: the in-process bus (a single instance)."""
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)

@@ -9,10 +9,10 @@ else. SQL uses ``$1``-style placeholders, which the SQLite backend rewrites to `
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol, TypeVar
 
-T = T_co = TypeVar("T")
+T = TypeVar("T")
 Row = dict[str, Any]
 
 
@@ -32,12 +32,16 @@ class Tx(Protocol):
         """Run several statements without parameters (migrations)."""
 
 
-Work = Callable[[Tx], Awaitable[T]]
+Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
 class Database(Protocol):
-    dialect: Literal["sqlite", "postgres"]
-    description: str
+    @property
+    def dialect(self) -> Literal["sqlite", "postgres"]: ...
+
+    @property
+    def description(self) -> str:
+        """Where the data lives, without secrets, for logs."""
 
     async def read(self, work: Work[T]) -> T:
         """Run ``work`` in a read-only transaction."""

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 
+def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one leaf of a nursery's exception group, or the group itself if there are several.
+
+    Lets the command line and callers see ``StoreUnavailable`` rather than a group around it.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 class YggdrasilError(Exception):
     """Root of every error the domain raises on purpose."""
 

@@ -24,6 +24,6 @@ def decode_cursor(cursor: str) -> str | None:
     """The value inside a cursor, or ``None`` for anything that is not one of ours."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+        return base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeError):
         return None

@@ -37,12 +37,12 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.set_name("yggdrasil")
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
+        if existing.get_name() == "yggdrasil":  # ours, from an earlier call
+            root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Access logs repeat what /metrics counts; hypercorn's errors still come through.

@@ -68,9 +68,7 @@ def _unavailable(exc: sqlite3.OperationalError) -> bool:
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    connection = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=5.0
-    )
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     connection.row_factory = _dict_row
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA busy_timeout = 5000")
@@ -138,7 +136,7 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from None
         try:
-            result = drive(work(_SqliteTx(connection)))  # type: ignore[arg-type]
+            result = drive(work(_SqliteTx(connection)))
             connection.execute("COMMIT")
             return result
         except sqlite3.IntegrityError as exc:

@@ -113,7 +113,9 @@ def _device(row: Row) -> Device:
     )
 
 
-def _chain_hash(prev: str, seq: int, at: int, actor: str, action: str, subject: str, detail: str) -> str:
+def _chain_hash(
+    prev: str, seq: int, at: int, actor: str, action: str, subject: str, detail: str
+) -> str:
     payload = _json.encode([prev, seq, at, actor, action, subject, detail])
     return hashlib.sha256(payload).hexdigest()
 
@@ -130,7 +132,14 @@ async def append_audit(
     await tx.execute(
         "INSERT INTO audit_log (seq, at, actor, action, subject, detail, prev_hash, hash)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        seq, at, actor, action, subject, detail_text, head["hash"], digest,
+        seq,
+        at,
+        actor,
+        action,
+        subject,
+        detail_text,
+        head["hash"],
+        digest,
     )
     await tx.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, digest)
     return seq
@@ -153,7 +162,11 @@ class Store:
     # ----------------------------------------------------------------- users and networks
 
     async def create_user(
-        self, email: str | None, *, display_name: str = "", network_name: str = "Home",
+        self,
+        email: str | None,
+        *,
+        display_name: str = "",
+        network_name: str = "Home",
         role: Literal["user", "operator"] = "user",
     ) -> tuple[User, Network]:
         """Create a user with a home network they own. ``UniqueViolation`` if the e-mail exists."""
@@ -163,17 +176,27 @@ class Store:
             await tx.execute(
                 "INSERT INTO users (user_id, email, display_name, role, home_network_id,"
                 " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                user_id, email, display_name, role, network_id, at,
+                user_id,
+                email,
+                display_name,
+                role,
+                network_id,
+                at,
             )
             await tx.execute(
                 "INSERT INTO networks (network_id, name, owner_id, created_at)"
                 " VALUES ($1, $2, $3, $4)",
-                network_id, network_name, user_id, at,
+                network_id,
+                network_name,
+                user_id,
+                at,
             )
             await tx.execute(
                 "INSERT INTO memberships (network_id, user_id, role, created_at)"
                 " VALUES ($1, $2, 'owner', $3)",
-                network_id, user_id, at,
+                network_id,
+                user_id,
+                at,
             )
             await append_audit(tx, user_id, "user.create", user_id)
             row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
@@ -210,7 +233,8 @@ class Store:
                 "SELECT n.network_id, n.name, m.role, n.created_at FROM networks n"
                 " JOIN memberships m ON m.network_id = n.network_id"
                 " WHERE m.user_id = $1 AND n.network_id = $2",
-                scope.user_id, network_id,
+                scope.user_id,
+                network_id,
             )
 
         row = await self.db.read(work)
@@ -223,15 +247,17 @@ class Store:
     async def register_device(self, scope: Scope, network_id: str, new: NewDevice) -> Device:
         """Register a device in one of the principal's networks.
 
-        ``NotFound`` when the network is not the principal's (or does not exist); ``UniqueViolation``
-        when the id is taken in that network. An id taken in another network is no conflict.
+        ``NotFound`` when the network is not the principal's (or does not exist);
+        ``UniqueViolation`` when the id is taken in that network. An id taken in another network
+        is no conflict.
         """
         at = now_ms()
 
         async def work(tx: Tx) -> Row:
             member = await tx.fetchval(
                 "SELECT 1 FROM memberships WHERE network_id = $1 AND user_id = $2",
-                network_id, scope.user_id,
+                network_id,
+                scope.user_id,
             )
             if not member:
                 raise NotFound()
@@ -239,16 +265,23 @@ class Store:
                 "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
                 " capabilities, hardware_specs, metadata, registered_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                network_id, new.device_id, scope.user_id, new.name, new.world_type,
+                network_id,
+                new.device_id,
+                scope.user_id,
+                new.name,
+                new.world_type,
                 _json.encode(new.capabilities).decode(),
                 _json.encode(new.hardware_specs).decode(),
                 _json.encode(new.metadata).decode(),
                 at,
             )
-            await append_audit(tx, scope.user_id, "device.register", f"{network_id}/{new.device_id}")
+            await append_audit(
+                tx, scope.user_id, "device.register", f"{network_id}/{new.device_id}"
+            )
             row = await tx.fetchrow(
                 "SELECT * FROM devices WHERE network_id = $1 AND device_id = $2",
-                network_id, new.device_id,
+                network_id,
+                new.device_id,
             )
             assert row is not None
             return row
@@ -273,7 +306,10 @@ class Store:
                 "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
                 " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id > $3"
                 " ORDER BY d.device_id LIMIT $4",
-                scope.user_id, network_id, after, limit + 1,
+                scope.user_id,
+                network_id,
+                after,
+                limit + 1,
             )
 
         rows = await self.db.read(work)
@@ -286,7 +322,9 @@ class Store:
             return await tx.fetchrow(
                 "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
                 " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id = $3",
-                scope.user_id, network_id, device_id,
+                scope.user_id,
+                network_id,
+                device_id,
             )
 
         row = await self.db.read(work)
@@ -299,7 +337,9 @@ class Store:
             deleted = await tx.execute(
                 "DELETE FROM devices WHERE network_id = $1 AND device_id = $2 AND EXISTS ("
                 " SELECT 1 FROM memberships m WHERE m.network_id = $1 AND m.user_id = $3)",
-                network_id, device_id, scope.user_id,
+                network_id,
+                device_id,
+                scope.user_id,
             )
             if deleted != 1:
                 raise NotFound()
@@ -319,6 +359,7 @@ class Store:
 
     async def audit_entries(self, *, after: int = 0, limit: int = MAX_PAGE) -> list[AuditEntry]:
         """Operator read of the audit log (no tenant data beyond ids)."""
+
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(
                 "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
@@ -331,6 +372,7 @@ class Store:
 
     async def verify_audit_chain(self) -> int:
         """Recompute every hash; returns the number of entries, raises :class:`AuditChainBroken`."""
+
         async def work(tx: Tx) -> tuple[list[Row], Row | None]:
             rows = await tx.fetch("SELECT * FROM audit_log ORDER BY seq")
             head = await tx.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
@@ -340,7 +382,12 @@ class Store:
         prev, expected_seq = "", 1
         for row in rows:
             digest = _chain_hash(
-                prev, row["seq"], row["at"], row["actor"], row["action"], row["subject"],
+                prev,
+                row["seq"],
+                row["at"],
+                row["actor"],
+                row["action"],
+                row["subject"],
                 row["detail"],
             )
             if row["seq"] != expected_seq or row["prev_hash"] != prev or row["hash"] != digest:
@@ -349,4 +396,3 @@ class Store:
         if head is None or head["seq"] != len(rows) or head["hash"] != prev:
             raise AuditChainBroken("the audit head does not match the last entry")
         return len(rows)
-

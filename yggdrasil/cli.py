@@ -17,7 +17,7 @@ from actors import Escalated
 
 from . import server
 from ._config import Config, load_config
-from ._errors import ConfigError, StoreUnavailable
+from ._errors import ConfigError, StoreUnavailable, sole_exception
 from ._logging import configure
 from ._migrations import migrate
 from ._version import VERSION
@@ -76,6 +76,13 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _serve(config: Config) -> None:
+    try:
+        await _serve_until_signalled(config)
+    except BaseExceptionGroup as group:
+        raise sole_exception(group) from None
+
+
+async def _serve_until_signalled(config: Config) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
 

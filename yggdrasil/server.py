@@ -29,7 +29,7 @@ from api import ApiContext, create_app, serve_api
 
 from ._config import Config
 from ._db import Database
-from ._errors import ConfigError, StoreUnavailable
+from ._errors import ConfigError, StoreUnavailable, sole_exception
 from ._metrics import Metrics
 from ._migrations import migrate
 from ._postgres import PostgresDatabase
@@ -133,9 +133,7 @@ def build(config: Config, secrets: Secrets) -> tuple[Supervisor, Services]:
         try:
             applied = await migrate(db)
             services.store = Store(db)
-            log.info(
-                "store ready: %s (%d migrations applied now)", db.description, len(applied)
-            )
+            log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             task_status.started()
             await stopping.wait()
         finally:
@@ -208,9 +206,12 @@ async def serve(
     log.info("yggdrasil %s starting, instance %s", VERSION, services.router.instance_id)
 
     async def run_tree() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: root.run(stopping=stop, task_status=task_status))
-            task_status.started(Running(services.urls["api"], services, root))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(root.run, stopping=stop))
+                task_status.started(Running(services.urls["api"], services, root))
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None
 
     if _is_postgres(config.database.url):
         # asyncpg lives on asyncio; trio-asyncio runs that loop inside ours.

@@ -1,0 +1,112 @@
+"""Starting whole servers for tests: in-process (trio) and as a ``yggdrasil serve`` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from yggdrasil import load_config
+from yggdrasil.server import Running, serve
+
+
+@asynccontextmanager
+async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> AsyncIterator[Running]:
+    """One instance on port 0 in this trio run; stopped gracefully on exit."""
+    overrides: dict[str, dict[str, Any]] = {"server": {"data_dir": str(data_dir)}}
+    overrides.setdefault("api", {})["port"] = 0
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    config = load_config(overrides=overrides)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            lambda task_status: serve(config, stop=stop, task_status=task_status)
+        )
+        try:
+            yield running
+        finally:
+            stop.set()
+
+
+def yggdrasil_command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m yggdrasil``."""
+    script = Path(sys.executable).with_name("yggdrasil")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("yggdrasil")
+    return [found] if found else [sys.executable, "-m", "yggdrasil"]
+
+
+class ServerProcess:
+    def __init__(self, process: subprocess.Popen[str], log_path: Path, api_url: str) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.api_url = api_url
+
+    def log(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                entries.append({"msg": line})
+        return entries
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+
+@contextmanager
+def server_process(
+    data_dir: Path, *extra: str, env: Mapping[str, str] | None = None, start_timeout_s: float = 30
+) -> Iterator[ServerProcess]:
+    """``yggdrasil serve --api-port 0`` as a subprocess; waits for its "listening" log line."""
+    log_path = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
+    command = [
+        *yggdrasil_command(),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--api-port",
+        "0",
+        "--log-format",
+        "json",
+        *extra,
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    environment.update(env or {})
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=environment
+        )
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        url = None
+        while url is None:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {process.returncode}: {log_path.read_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {log_path.read_text()}")
+            for line in log_path.read_text().splitlines():
+                if '"listener":"api"' in line:
+                    url = json.loads(line)["url"]
+            time.sleep(0.05)
+        yield ServerProcess(process, log_path, url)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from yggdrasil import ConfigError, load_config
+from yggdrasil.cli import main
+
+
+def test_defaults() -> None:
+    config = load_config()
+    assert (config.server.host, config.api.port, config.gateway.port, config.turn.port) == (
+        "127.0.0.1",
+        8080,
+        8081,
+        3478,
+    )
+    assert config.server.data_dir == "./yggdrasil-data"
+    assert config.database.url == ""
+    assert config.bus.url == ""
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "ygg.toml"
+    path.write_text('[api]\nport = 9000\nmax_body_bytes = 10\n[server]\nhost = "0.0.0.0"\n')
+    config = load_config(
+        path,
+        environ={"YGG_API_PORT": "9001", "YGG_SERVER_GRACE_S": "2.5", "HOME": "/root"},
+        overrides={"api": {"port": 9002}},
+    )
+    assert config.api.port == 9002  # flag wins
+    assert config.server.grace_s == 2.5  # environment
+    assert config.server.host == "0.0.0.0"  # file
+    assert config.api.max_body_bytes == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[api]\nprot = 1\n", "prot"),
+        ("[apii]\nport = 1\n", "apii"),
+        ("[api]\nport = 70000\n", "port"),
+        ('[log]\nformat = "xml"\n', "format"),
+        ("[api\n", "not valid TOML"),
+    ],
+)
+def test_bad_file_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(path)
+
+
+def test_unknown_environment_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match="YGG_API_PROT"):
+        load_config(environ={"YGG_API_PROT": "1"})
+    with pytest.raises(ConfigError, match="YGG_NOPE_X"):
+        load_config(environ={"YGG_NOPE_X": "1"})
+
+
+def test_config_is_frozen() -> None:
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.api.port = 1  # type: ignore[misc]
+
+
+def test_cli_rejects_bad_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YGG_API_PROT", "1")
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 2
+    assert "YGG_API_PROT" in capsys.readouterr().err
+
+
+def test_cli_rejects_unsupported_bus(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["serve", "--data-dir", str(tmp_path), "--bus-url", "nats://127.0.0.1:4222"]
+    assert main(argv) == 2
+    assert "bus.url" in caplog.text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("yggdrasil ")
+
+
+def test_migrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--data-dir", str(tmp_path)]) == 0
+    assert "applied 1 migration" in capsys.readouterr().out
+    assert main(["migrate", "--data-dir", str(tmp_path)]) == 0
+    assert "up to date" in capsys.readouterr().out

@@ -1,0 +1,95 @@
+"""The package layout of ARCHITECTURE.md and STYLE.md, checked."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("actors", "stun_turn", "yggdrasil", "relay", "api")
+
+# package -> our packages it may import (ARCHITECTURE.md, "Packages and the direction of imports")
+ALLOWED: dict[str, set[str]] = {
+    "actors": set(),
+    "stun_turn": set(),
+    "yggdrasil": {"actors", "stun_turn"},
+    "relay": {"actors", "yggdrasil"},
+    "api": {"yggdrasil"},
+}
+# The composition root may import everything.
+COMPOSITION_ROOT = {"yggdrasil/server.py", "yggdrasil/cli.py"}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_import_direction(package: str) -> None:
+    violations = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in COMPOSITION_ROOT:
+            continue
+        for other in imported_packages(path) - {package} - ALLOWED[package]:
+            violations.append(f"{relative} imports {other}")
+    assert violations == []
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text("import trio\nfrom yggdrasil import Store\nfrom . import local\n")
+    assert imported_packages(sample) == {"yggdrasil"}
+
+
+# The public surface of each package; a change here is a deliberate API change.
+EXPORTS: dict[str, set[str]] = {
+    "actors": {
+        "Actor", "ActorError", "Address", "AddressInUse", "Bus", "ChildSpec", "ChildStatistics",
+        "Envelope", "Escalated", "InProcessBus", "InProcessHub", "Mailbox", "MailboxStatistics",
+        "Overflow", "Overloaded", "RequestTimeout", "Restart", "Router", "RouterStatistics",
+        "Strategy", "Supervisor", "Unreachable", "actor_spec", "may_deliver",
+    },
+    "api": {
+        "ApiContext", "ErrorBody", "ErrorDetail", "create_app", "error_response", "serve_api",
+    },
+    "yggdrasil": {
+        "MAX_PAGE", "VERSION", "AuditChainBroken", "AuditEntry", "Config", "ConfigError",
+        "Database", "Device", "Invalid", "Metrics", "Network", "NewDevice", "NotFound", "Page",
+        "PostgresDatabase", "Scope", "Secrets", "SqliteDatabase", "Store", "StoreError",
+        "StoreUnavailable", "Tx", "UniqueViolation", "User", "YggdrasilError",
+        "current_version", "load_config", "load_or_create", "migrate",
+    },
+    "relay": set(),
+    "stun_turn": set(),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exports_are_pinned(package: str) -> None:
+    module = importlib.import_module(package)
+    assert set(module.__all__) == EXPORTS[package]
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_modules_are_private_and_typed(package: str) -> None:
+    folder = ROOT / package
+    assert (folder / "py.typed").exists()
+    public = {
+        p.name
+        for p in folder.glob("*.py")
+        if not p.name.startswith("_") and p.relative_to(ROOT).as_posix() not in COMPOSITION_ROOT
+    }
+    assert public == set()
