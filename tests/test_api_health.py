@@ -78,3 +78,23 @@ async def test_readyz_is_503_while_the_store_is_gone(data_dir: Path) -> None:
         await store.db.aclose()  # the database disappears under the running server
         assert_error(await http.get("/readyz"), 503, "store_unavailable")
         assert (await http.get("/healthz")).status_code == 200  # alive, just not ready
+
+
+async def test_unexpected_errors_are_500_without_a_trace() -> None:
+    from api import ApiContext, create_app
+    from yggdrasil import Metrics
+
+    app = create_app(ApiContext(metrics=Metrics(), store=lambda: None, version="test"))
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError("secret internals")
+
+    client = app.test_client()
+    response = await client.get("/boom")
+    assert response.status_code == 500
+    body = await response.get_json()
+    assert body == {"error": {"code": "internal", "message": "internal error"}}
+    ready = await client.get("/readyz")  # no store yet: not ready
+    assert ready.status_code == 503
+    assert (await ready.get_json())["error"]["code"] == "store_unavailable"

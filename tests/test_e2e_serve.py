@@ -59,6 +59,9 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
         assert any("received SIGTERM" in m for m in messages)
         assert messages[-1] == "yggdrasil stopped"
         assert all(entry.get("level") != "error" for entry in server.log())
+        instances = {entry.get("instance") for entry in server.log()}
+        assert len(instances) == 1  # every line names the one instance
+        assert None not in instances
 
     secrets_dir = data_dir / "secrets"
     keys = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}

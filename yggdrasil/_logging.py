@@ -32,8 +32,30 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+class _InstanceFilter(logging.Filter):
+    """Stamps every record with the instance id, so lines from many instances can be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.instance = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.instance and not hasattr(record, "instance"):
+            record.instance = self.instance
+        return True
+
+
+_instance_filter = _InstanceFilter()
+
+
+def set_instance(instance_id: str) -> None:
+    """Name the instance in every following log record (JSON field ``instance``)."""
+    _instance_filter.instance = instance_id
+
+
 def configure(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_instance_filter)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

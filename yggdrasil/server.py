@@ -30,6 +30,7 @@ from api import ApiContext, create_app, serve_api
 from ._config import Config
 from ._db import Database
 from ._errors import ConfigError, StoreUnavailable, sole_exception
+from ._logging import set_instance
 from ._metrics import Metrics
 from ._migrations import migrate
 from ._postgres import PostgresDatabase
@@ -122,8 +123,8 @@ def _instance_id(config: Config) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{_random.token_hex(3)}".replace(":", "-")
 
 
-def build(config: Config, secrets: Secrets) -> tuple[Supervisor, Services]:
-    router = Router(_instance_id(config), InProcessHub().bus())
+def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
+    router = Router(instance_id, InProcessHub().bus())
     metrics = Metrics()
     metrics.router = router
     services = Services(config, secrets, metrics, router)
@@ -200,10 +201,12 @@ async def serve(
     ``actors.Escalated`` if the tree gives up.
     """
     check(config)
+    instance_id = _instance_id(config)
+    set_instance(instance_id)
+    log.info("yggdrasil %s starting, instance %s", VERSION, instance_id)
     data_dir = prepare_data_dir(config)
     secrets = load_or_create(data_dir)
-    root, services = build(config, secrets)
-    log.info("yggdrasil %s starting, instance %s", VERSION, services.router.instance_id)
+    root, services = build(config, secrets, instance_id)
 
     async def run_tree() -> None:
         try:
