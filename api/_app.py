@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import trio
@@ -13,9 +13,10 @@ from quart_schema import Info, QuartSchema, document_response, tag, validate_res
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from yggdrasil import Metrics, Store, StoreUnavailable
+from yggdrasil import Domain, LimitsConfig, Metrics, RateLimiter, StoreUnavailable, TokenService
 
-from . import _errors
+from . import _admin, _errors, _resources, _users
+from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -23,12 +24,14 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass
 class ApiContext:
-    """What the API reads from the running server. ``store`` returns the current store, or
-    ``None`` while it is (re)starting."""
+    """What the API reads from the running server. ``domain`` returns the current domain
+    services, or ``None`` while the store is (re)starting."""
 
     metrics: Metrics
-    store: Callable[[], Store | None]
+    domain: Callable[[], Domain | None]
     version: str
+    tokens: Callable[[], TokenService | None] = lambda: None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     max_body_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
     response_timeout_s: float = 30.0
@@ -61,8 +64,26 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         redoc_ui_path=None,
         scalar_ui_path=None,
         conversion_preference="msgspec",
+        security_schemes=SECURITY_SCHEMES,
     )
     _errors.install(app)
+    limits = ctx.limits
+    guard = Guard(
+        ctx.tokens,
+        ctx.domain,
+        per_client=RateLimiter(
+            limits.per_client_rate, limits.per_client_burst, max_keys=limits.tracked_keys
+        ),
+        per_principal=RateLimiter(
+            limits.per_principal_rate, limits.per_principal_burst, max_keys=limits.tracked_keys
+        ),
+        auth_per_client=RateLimiter(
+            limits.auth_per_client_rate, limits.auth_per_client_burst, max_keys=limits.tracked_keys
+        ),
+    )
+    _users.install(app, guard)
+    _resources.install(app, guard)
+    _admin.install(app, guard)
 
     @app.before_request
     async def _start_timer() -> None:
@@ -74,6 +95,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             raise RequestEntityTooLarge(
                 f"the request body is limited to {ctx.max_body_bytes} bytes"
             )
+        if request.path.startswith("/api/"):
+            guard.per_client.check(guard.client())
 
     @app.after_request
     async def _count(response: Response) -> Response:
@@ -101,12 +124,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @document_response(ErrorBody, 503)
     async def readyz() -> Ready:
         """Readiness: the data store answers. 503 while it does not."""
-        store = ctx.store()
-        if store is None:
+        domain = ctx.domain()
+        if domain is None:
             raise StoreUnavailable("the data store is starting")
         with trio.move_on_after(ctx.ready_timeout_s):
-            await store.db.ping()
-            return Ready("ready", store.db.dialect)
+            await domain.store.db.ping()
+            return Ready("ready", domain.store.db.dialect)
         raise StoreUnavailable("the data store did not answer in time")
 
     @app.get("/metrics")

@@ -9,7 +9,7 @@ from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from yggdrasil import YggdrasilError
+from yggdrasil import InvalidToken, RateLimited, YggdrasilError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,13 @@ def error_response(
 def install(app: Quart) -> None:
     @app.errorhandler(YggdrasilError)
     async def domain_error(error: YggdrasilError) -> Response:
-        return error_response(error.status, error.code, error.message)
+        headers: dict[str, str] = {}
+        if isinstance(error, RateLimited):
+            headers["Retry-After"] = str(error.retry_after_s)
+        elif isinstance(error, InvalidToken):
+            # RFC 6750, section 3
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return error_response(error.status, error.code, error.message, headers)
 
     @app.errorhandler(RequestSchemaValidationError)
     async def validation_error(error: RequestSchemaValidationError) -> Response:

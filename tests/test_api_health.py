@@ -84,7 +84,7 @@ async def test_unexpected_errors_are_500_without_a_trace() -> None:
     from api import ApiContext, create_app
     from yggdrasil import Metrics
 
-    app = create_app(ApiContext(metrics=Metrics(), store=lambda: None, version="test"))
+    app = create_app(ApiContext(metrics=Metrics(), domain=lambda: None, version="test"))
 
     @app.get("/boom")
     async def boom() -> str:

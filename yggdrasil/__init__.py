@@ -4,10 +4,23 @@ Config, the store and its migrations, accounts, networks and devices. ``server``
 whole process and ``cli`` is its command line; only those two import ``relay`` and ``api``.
 """
 
-from ._config import Config, load_config
+from ._account_data import AccountData
+from ._accounts import (
+    Accounts,
+    AccountSuspended,
+    EnrollmentKey,
+    InvalidCode,
+    InvalidGrant,
+    InvalidKey,
+    Session,
+    normalize_email,
+)
+from ._config import Config, LimitsConfig, load_config
 from ._db import Database, Tx
+from ._domain import Domain
 from ._errors import (
     ConfigError,
+    Forbidden,
     Invalid,
     NotFound,
     StoreError,
@@ -15,9 +28,13 @@ from ._errors import (
     UniqueViolation,
     YggdrasilError,
 )
+from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
 from ._migrations import current_version, migrate
+from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
+from ._operators import Operators
 from ._postgres import PostgresDatabase
+from ._ratelimit import RateLimited, RateLimiter
 from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
 from ._store import (
@@ -25,6 +42,7 @@ from ._store import (
     AuditChainBroken,
     AuditEntry,
     Device,
+    DeviceUpdate,
     Network,
     NewDevice,
     Page,
@@ -32,30 +50,56 @@ from ._store import (
     Store,
     User,
 )
+from ._tokens import InvalidToken, Principal, TokenService
 from ._version import VERSION
 
 __all__ = [
     "MAX_PAGE",
     "VERSION",
+    "AccountData",
+    "AccountSuspended",
+    "Accounts",
     "AuditChainBroken",
     "AuditEntry",
+    "Authorization",
     "Config",
     "ConfigError",
     "Database",
     "Device",
+    "DeviceUpdate",
+    "Domain",
+    "EnrollmentKey",
+    "Forbidden",
     "Invalid",
+    "InvalidCode",
+    "InvalidGrant",
+    "InvalidKey",
+    "InvalidToken",
+    "LimitsConfig",
+    "Mail",
+    "MailQueueFull",
+    "Mailer",
     "Metrics",
     "Network",
     "NewDevice",
     "NotFound",
+    "Oidc",
+    "OidcFailed",
+    "Operators",
     "Page",
     "PostgresDatabase",
+    "Principal",
+    "ProviderUnavailable",
+    "RateLimited",
+    "RateLimiter",
     "Scope",
     "Secrets",
+    "Session",
     "SqliteDatabase",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TokenService",
     "Tx",
     "UniqueViolation",
     "User",
@@ -64,4 +108,5 @@ __all__ = [
     "load_config",
     "load_or_create",
     "migrate",
+    "normalize_email",
 ]

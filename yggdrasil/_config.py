@@ -66,6 +66,60 @@ class BusConfig(_Section, frozen=True):
     """Empty: the in-process bus (a single instance)."""
 
 
+class AuthConfig(_Section, frozen=True):
+    issuer: str = "yggdrasil"
+    """``iss`` of the access tokens this server signs."""
+    audience: str = "yggdrasil-api"
+    access_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 900
+    refresh_ttl_s: Annotated[int, msgspec.Meta(ge=3600)] = 30 * 24 * 3600
+    code_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 600
+    code_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 5
+    codes_per_address: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Codes one e-mail address may be sent per ``codes_window_s``."""
+    codes_window_s: Annotated[int, msgspec.Meta(ge=60)] = 900
+    enrollment_key_max_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
+    revocation_sync_s: Seconds = 5.0
+    """How often revocations written by other instances are picked up."""
+
+
+class MailConfig(_Section, frozen=True):
+    smtp_url: str = ""
+    """Empty: write each message into ``<data-dir>/outbox/``. ``smtp://host:port``,
+    ``smtp+starttls://user:password@host:587`` or ``smtps://user:password@host:465``."""
+    sender: str = "Yggdrasil <no-reply@yggdrasil.invalid>"
+    timeout_s: Seconds = 10.0
+    queue_size: Positive = 1000
+
+
+class LimitsConfig(_Section, frozen=True):
+    """Token buckets: a sustained rate per second and a burst."""
+
+    per_client_rate: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    per_client_burst: Positive = 100
+    per_principal_rate: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    per_principal_burst: Positive = 60
+    auth_per_client_rate: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    """Sign-in attempts (codes requested or verified, refreshes, enrolments) per client address."""
+    auth_per_client_burst: Positive = 10
+    tracked_keys: Positive = 100_000
+
+
+class OidcProviderConfig(_Section, frozen=True):
+    issuer: str
+    client_id: str
+    redirect_uris: list[str]
+    client_secret: str = ""
+    discovery_url: str = ""
+    """Empty: ``<issuer>/.well-known/openid-configuration``."""
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "email", "profile"])
+
+
+class OidcConfig(_Section, frozen=True):
+    providers: dict[str, OidcProviderConfig] = {}
+    http_timeout_s: Seconds = 10.0
+    state_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 600
+
+
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -78,6 +132,10 @@ class Config(_Section, frozen=True):
     turn: TurnConfig = msgspec.field(default_factory=TurnConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    mail: MailConfig = msgspec.field(default_factory=MailConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
     @property
@@ -92,6 +150,10 @@ _SECTIONS: dict[str, type[_Section]] = {
     "turn": TurnConfig,
     "database": DatabaseConfig,
     "bus": BusConfig,
+    "auth": AuthConfig,
+    "mail": MailConfig,
+    "limits": LimitsConfig,
+    "oidc": OidcConfig,
     "log": LogConfig,
 }
 

@@ -69,6 +69,12 @@ class NotFound(YggdrasilError):
     default_message = "not found"
 
 
+class Forbidden(YggdrasilError):
+    status = 403
+    code = "forbidden"
+    default_message = "not allowed"
+
+
 class Invalid(YggdrasilError):
     status = 422
     code = "invalid"

@@ -16,11 +16,11 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._errors import ConfigError
 
@@ -33,6 +33,43 @@ class Secrets:
     signing_kid: str
     data_key: bytes
     turn_secret: bytes
+    retired_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    """Keys that signed tokens before the last rotations: still accepted for verification."""
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The ``kid`` of a key: a hash of its public half."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def rotate_signing_key(data_dir: Path) -> tuple[str, str]:
+    """Retire the current signing key (kept for verification) and generate a new one.
+
+    Returns ``(old_kid, new_kid)``. Running servers pick the new key up at their next start.
+    """
+    folder = data_dir / "secrets"
+    current = folder / "signing-key.pem"
+    old = serialization.load_pem_private_key(current.read_bytes(), password=None)
+    if not isinstance(old, Ed25519PrivateKey):
+        raise ConfigError(f"{current} is not an Ed25519 key")
+    retired = folder / "retired"
+    retired.mkdir(mode=0o700, exist_ok=True)
+    old_kid = key_id(old)
+    public_pem = old.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    target = retired / f"{old_kid}.pub.pem"
+    if not target.exists():
+        _create_exclusive(target, public_pem)
+    fresh = folder / "signing-key.pem.new"
+    fresh.unlink(missing_ok=True)
+    _create_exclusive(fresh, _new_signing_key())
+    os.replace(fresh, current)
+    new = serialization.load_pem_private_key(current.read_bytes(), password=None)
+    assert isinstance(new, Ed25519PrivateKey)
+    return old_kid, key_id(new)
 
 
 def _create_exclusive(path: Path, content: bytes) -> None:
@@ -83,8 +120,9 @@ def load_or_create(data_dir: Path) -> Secrets:
         raise ConfigError(f"cannot load the secrets in {folder}: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey) or len(data_key) != 32 or len(turn_secret) != 32:
         raise ConfigError(f"a secret in {folder} has the wrong type or length")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    kid = hashlib.sha256(public).hexdigest()[:16]
-    return Secrets(key, kid, data_key, turn_secret)
+    retired: dict[str, Ed25519PublicKey] = {}
+    for path in sorted((folder / "retired").glob("*.pub.pem")):
+        public = serialization.load_pem_public_key(path.read_bytes())
+        if isinstance(public, Ed25519PublicKey):
+            retired[key_id(public)] = public
+    return Secrets(key, key_id(key), data_key, turn_secret, retired)

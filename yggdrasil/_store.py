@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 
 from ._db import Database, Row, Tx
-from ._errors import Invalid, NotFound, YggdrasilError
+from ._errors import Forbidden, Invalid, NotFound, YggdrasilError
 from ._ids import decode_cursor, encode_cursor, new_id, now_ms
 
 T = TypeVar("T")
@@ -22,10 +22,27 @@ _json = msgspec.json.Encoder(order="deterministic")
 
 
 class Scope(msgspec.Struct, frozen=True):
-    """Who is asking. Built from the authenticated principal only, never from request data."""
+    """Who is asking. Built from the authenticated principal only, never from request data.
+
+    ``network_id`` is set for a device's token: such a principal sees only that network.
+    """
 
     user_id: str
     role: Literal["user", "operator"] = "user"
+    network_id: str | None = None
+
+    def check_network(self, network_id: str) -> None:
+        """A device-bound scope reaches only its own network: anything else is not found."""
+        if self.network_id is not None and self.network_id != network_id:
+            raise NotFound()
+
+
+class DeviceUpdate(msgspec.Struct, frozen=True):
+    name: str | None = None
+    world_type: WorldType | None = None
+    capabilities: dict[str, Any] | None = None
+    hardware_specs: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class User(msgspec.Struct, frozen=True):
@@ -145,6 +162,85 @@ async def append_audit(
     return seq
 
 
+async def insert_user(
+    tx: Tx,
+    email: str | None,
+    display_name: str = "",
+    network_name: str = "Home",
+    role: Literal["user", "operator"] = "user",
+) -> str:
+    """Create a user and the home network they own, inside ``tx``; returns the user id.
+
+    Every account gets its home network at creation; nobody else is ever put into it implicitly.
+    """
+    user_id, network_id, at = new_id("u"), new_id("n"), now_ms()
+    await tx.execute(
+        "INSERT INTO users (user_id, email, display_name, role, home_network_id,"
+        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        user_id,
+        email,
+        display_name,
+        role,
+        network_id,
+        at,
+    )
+    await tx.execute(
+        "INSERT INTO networks (network_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
+        network_id,
+        network_name,
+        user_id,
+        at,
+    )
+    await tx.execute(
+        "INSERT INTO memberships (network_id, user_id, role, created_at)"
+        " VALUES ($1, $2, 'owner', $3)",
+        network_id,
+        user_id,
+        at,
+    )
+    await append_audit(tx, user_id, "user.create", user_id)
+    return user_id
+
+
+async def set_revocation(tx: Tx, subject: str, not_before_ms: int) -> None:
+    """Refuse access tokens of ``subject`` issued before ``not_before_ms``, on every instance."""
+    updated = await tx.execute(
+        "UPDATE token_revocations SET not_before = $2 WHERE subject = $1 AND not_before < $2",
+        subject,
+        not_before_ms,
+    )
+    if updated == 0:
+        exists = await tx.fetchval("SELECT 1 FROM token_revocations WHERE subject = $1", subject)
+        if not exists:
+            await tx.execute(
+                "INSERT INTO token_revocations (subject, not_before) VALUES ($1, $2)",
+                subject,
+                not_before_ms,
+            )
+
+
+async def revoke_device_tokens(tx: Tx, network_id: str, device_id: str, at: int) -> None:
+    await tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = $3"
+        " WHERE network_id = $1 AND device_id = $2 AND revoked_at IS NULL",
+        network_id,
+        device_id,
+        at,
+    )
+    await set_revocation(tx, f"device:{network_id}/{device_id}", at)
+    await append_audit(tx, "system", "token.revoke", f"device:{network_id}/{device_id}")
+
+
+async def revoke_user_tokens(tx: Tx, user_id: str, at: int) -> None:
+    await tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        user_id,
+        at,
+    )
+    await set_revocation(tx, f"user:{user_id}", at)
+    await append_audit(tx, "system", "token.revoke", f"user:{user_id}")
+
+
 async def _lock_head(tx: Tx) -> Row:
     # An UPDATE takes the row lock on PostgreSQL; SQLite already holds the write lock.
     await tx.execute("UPDATE audit_head SET seq = seq WHERE id = 1")
@@ -170,38 +266,13 @@ class Store:
         role: Literal["user", "operator"] = "user",
     ) -> tuple[User, Network]:
         """Create a user with a home network they own. ``UniqueViolation`` if the e-mail exists."""
-        user_id, network_id, at = new_id("u"), new_id("n"), now_ms()
 
         async def work(tx: Tx) -> tuple[User, Network]:
-            await tx.execute(
-                "INSERT INTO users (user_id, email, display_name, role, home_network_id,"
-                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                user_id,
-                email,
-                display_name,
-                role,
-                network_id,
-                at,
-            )
-            await tx.execute(
-                "INSERT INTO networks (network_id, name, owner_id, created_at)"
-                " VALUES ($1, $2, $3, $4)",
-                network_id,
-                network_name,
-                user_id,
-                at,
-            )
-            await tx.execute(
-                "INSERT INTO memberships (network_id, user_id, role, created_at)"
-                " VALUES ($1, $2, 'owner', $3)",
-                network_id,
-                user_id,
-                at,
-            )
-            await append_audit(tx, user_id, "user.create", user_id)
+            user_id = await insert_user(tx, email, display_name, network_name, role)
             row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
             assert row is not None
-            return _user(row), Network(network_id, network_name, "owner", at)
+            home = row["home_network_id"]
+            return _user(row), Network(home, network_name, "owner", row["created_at"])
 
         return await self.db.write(work)
 
@@ -225,9 +296,41 @@ class Store:
                 scope.user_id,
             )
 
-        return [Network(**row) for row in await self.db.read(work)]
+        networks = [Network(**row) for row in await self.db.read(work)]
+        if scope.network_id is not None:
+            networks = [n for n in networks if n.network_id == scope.network_id]
+        return networks
+
+    async def create_network(self, scope: Scope, name: str) -> Network:
+        """A new network owned by the principal (not from a device-bound token)."""
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot create networks")
+        network_id, at = new_id("n"), now_ms()
+
+        async def work(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO networks (network_id, name, owner_id, created_at)"
+                " VALUES ($1, $2, $3, $4)",
+                network_id,
+                name,
+                scope.user_id,
+                at,
+            )
+            await tx.execute(
+                "INSERT INTO memberships (network_id, user_id, role, created_at)"
+                " VALUES ($1, $2, 'owner', $3)",
+                network_id,
+                scope.user_id,
+                at,
+            )
+            await append_audit(tx, scope.user_id, "network.create", network_id)
+
+        await self.db.write(work)
+        return Network(network_id, name, "owner", at)
 
     async def get_network(self, scope: Scope, network_id: str) -> Network:
+        scope.check_network(network_id)
+
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow(
                 "SELECT n.network_id, n.name, m.role, n.created_at FROM networks n"
@@ -251,6 +354,7 @@ class Store:
         ``UniqueViolation`` when the id is taken in that network. An id taken in another network
         is no conflict.
         """
+        scope.check_network(network_id)
         at = now_ms()
 
         async def work(tx: Tx) -> Row:
@@ -300,6 +404,7 @@ class Store:
             if decoded is None:
                 raise Invalid("malformed cursor")
             after = decoded
+        scope.check_network(network_id)
 
         async def work(tx: Tx) -> list[Row]:
             return await tx.fetch(
@@ -318,6 +423,8 @@ class Store:
         return Page(items, encode_cursor(items[-1].device_id) if more else None)
 
     async def get_device(self, scope: Scope, network_id: str, device_id: str) -> Device:
+        scope.check_network(network_id)
+
         async def work(tx: Tx) -> Row | None:
             return await tx.fetchrow(
                 "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
@@ -332,7 +439,64 @@ class Store:
             raise NotFound()
         return _device(row)
 
-    async def delete_device(self, scope: Scope, network_id: str, device_id: str) -> None:
+    async def update_device(
+        self, scope: Scope, network_id: str, device_id: str, update: DeviceUpdate
+    ) -> Device:
+        scope.check_network(network_id)
+        changes: list[tuple[str, Any]] = []
+        if update.name is not None:
+            changes.append(("name", update.name))
+        if update.world_type is not None:
+            changes.append(("world_type", update.world_type))
+        for field in ("capabilities", "hardware_specs", "metadata"):
+            value = getattr(update, field)
+            if value is not None:
+                changes.append((field, _json.encode(value).decode()))
+
+        async def work(tx: Tx) -> Row:
+            row = await tx.fetchrow(
+                "SELECT d.device_id FROM devices d JOIN memberships m"
+                " ON m.network_id = d.network_id"
+                " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id = $3",
+                scope.user_id,
+                network_id,
+                device_id,
+            )
+            if row is None:
+                raise NotFound()
+            if changes:
+                assignments = ", ".join(f"{name} = ${i + 3}" for i, (name, _) in enumerate(changes))
+                await tx.execute(
+                    f"UPDATE devices SET {assignments} WHERE network_id = $1 AND device_id = $2",
+                    network_id,
+                    device_id,
+                    *[value for _, value in changes],
+                )
+                await append_audit(
+                    tx,
+                    scope.user_id,
+                    "device.update",
+                    f"{network_id}/{device_id}",
+                    {"fields": [name for name, _ in changes]},
+                )
+            updated = await tx.fetchrow(
+                "SELECT * FROM devices WHERE network_id = $1 AND device_id = $2",
+                network_id,
+                device_id,
+            )
+            assert updated is not None
+            return updated
+
+        return _device(await self.db.write(work))
+
+    async def delete_device(self, scope: Scope, network_id: str, device_id: str) -> int:
+        """Delete the device and revoke its tokens in the same transaction.
+
+        Returns the revocation time (ms), for the caller's in-memory token check.
+        """
+        scope.check_network(network_id)
+        at = now_ms()
+
         async def work(tx: Tx) -> None:
             deleted = await tx.execute(
                 "DELETE FROM devices WHERE network_id = $1 AND device_id = $2 AND EXISTS ("
@@ -343,7 +507,26 @@ class Store:
             )
             if deleted != 1:
                 raise NotFound()
+            await revoke_device_tokens(tx, network_id, device_id, at)
             await append_audit(tx, scope.user_id, "device.delete", f"{network_id}/{device_id}")
+
+        await self.db.write(work)
+        return at
+
+    async def set_device_presence(
+        self, network_id: str, device_id: str, status: Literal["online", "offline"]
+    ) -> None:
+        """Record that a device came online or went offline (called by its session)."""
+
+        async def work(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE devices SET status = $3, last_seen = $4"
+                " WHERE network_id = $1 AND device_id = $2",
+                network_id,
+                device_id,
+                status,
+                now_ms(),
+            )
 
         await self.db.write(work)
 

@@ -33,6 +33,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "turn_port": ("turn", "port"),
     "database_url": ("database", "url"),
     "bus_url": ("bus", "url"),
+    "smtp_url": ("mail", "smtp_url"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
 }
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--gateway-port", type=int, metavar="PORT", help="device gateway (8081)")
     serve.add_argument("--turn-port", type=int, metavar="PORT", help="STUN/TURN port (3478)")
     serve.add_argument("--bus-url", metavar="URL", help="bus between instances (in-process)")
+    serve.add_argument(
+        "--smtp-url", metavar="URL", help="send e-mail through SMTP (default: <data-dir>/outbox)"
+    )
 
     migrate_cmd = commands.add_parser("migrate", help="apply database migrations and exit")
     _common(migrate_cmd)

@@ -3,9 +3,11 @@
 ::
 
     root (rest_for_one)
-    ├── store    opens SQLite or PostgreSQL, applies migrations, closes it on the way out
-    ├── bus      the router's link to other instances (in-process for a single instance)
-    └── api      quart-trio on hypercorn
+    ├── mail         delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
+    ├── store        opens SQLite or PostgreSQL, applies migrations, builds the domain services
+    ├── bus          the router's link to other instances (in-process for a single instance)
+    ├── revocations  keeps the in-memory token check current with revocations in the store
+    └── api          quart-trio on hypercorn
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
 the new store. Later issues add the gateway, TURN and jobs children after ``api``.
@@ -29,14 +31,18 @@ from api import ApiContext, create_app, serve_api
 
 from ._config import Config
 from ._db import Database
+from ._domain import Domain
 from ._errors import ConfigError, StoreUnavailable, sole_exception
+from ._ids import now_ms
 from ._logging import set_instance
+from ._mail import Mailer
 from ._metrics import Metrics
 from ._migrations import migrate
 from ._postgres import PostgresDatabase
 from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
 from ._store import Store
+from ._tokens import TokenService
 from ._version import VERSION
 
 log = logging.getLogger(__name__)
@@ -44,14 +50,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
-    """What the children of one instance share. ``store`` is ``None`` while the store restarts."""
+    """What the children of one instance share. ``domain`` is ``None`` while the store restarts."""
 
     config: Config
     secrets: Secrets
     metrics: Metrics
     router: Router
-    store: Store | None = None
+    tokens: TokenService
+    mailer: Mailer
+    domain: Domain | None = None
     urls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Store | None:
+        return None if self.domain is None else self.domain.store
 
 
 @dataclass(frozen=True)
@@ -127,30 +139,61 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     router = Router(instance_id, InProcessHub().bus())
     metrics = Metrics()
     metrics.router = router
-    services = Services(config, secrets, metrics, router)
+    tokens = TokenService(
+        secrets,
+        issuer=config.auth.issuer,
+        audience=config.auth.audience,
+        access_ttl_s=config.auth.access_ttl_s,
+    )
+    mailer = Mailer(
+        sender=config.mail.sender,
+        outbox=config.data_path / "outbox",
+        smtp_url=config.mail.smtp_url,
+        timeout_s=config.mail.timeout_s,
+        queue_size=config.mail.queue_size,
+    )
+    services = Services(config, secrets, metrics, router, tokens, mailer)
+
+    async def mail_child(*, task_status: trio.TaskStatus[None]) -> None:
+        await mailer.run(task_status=task_status)
 
     async def store_child(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         db = await open_database_retrying(config)
         try:
             applied = await migrate(db)
-            services.store = Store(db)
+            services.domain = Domain.build(db, tokens, mailer, config)
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             task_status.started()
             await stopping.wait()
         finally:
-            services.store = None
+            services.domain = None
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await db.aclose()
 
     async def bus_child(*, task_status: trio.TaskStatus[None]) -> None:
         await router.bus.serve(task_status=task_status)
 
+    async def revocations_child(*, task_status: trio.TaskStatus[None]) -> None:
+        """Keep this process's token check current with revocations made anywhere."""
+        domain = services.domain
+        assert domain is not None
+        # Older revocations cannot matter: every token they refuse has expired.
+        since = now_ms() - (config.auth.access_ttl_s + 60) * 1000
+        since = await domain.accounts.load_revocations(since)
+        task_status.started()
+        while True:
+            await trio.sleep(config.auth.revocation_sync_s)
+            # Look back a little: another instance's clock may run behind ours.
+            since = await domain.accounts.load_revocations(since - 60_000)
+
     async def api_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
         app = create_app(
             ApiContext(
                 metrics=metrics,
-                store=lambda: services.store,
+                domain=lambda: services.domain,
+                tokens=lambda: tokens,
                 version=VERSION,
+                limits=config.limits,
                 max_body_bytes=config.api.max_body_bytes,
                 body_timeout_s=config.api.body_timeout_s,
                 response_timeout_s=config.api.response_timeout_s,
@@ -175,8 +218,10 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     root = Supervisor(
         "root",
         [
+            ChildSpec("mail", mail_child, shutdown_s=1.0),
             ChildSpec("store", store_child, shutdown_s=grace, graceful=True),
             ChildSpec("bus", bus_child, shutdown_s=1.0),
+            ChildSpec("revocations", revocations_child, shutdown_s=1.0),
             ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
         ],
         strategy=Strategy.REST_FOR_ONE,

@@ -1,0 +1,172 @@
+"""Networks and devices: always within the caller's own networks."""
+
+from __future__ import annotations
+
+from quart import Quart, Response
+from quart_schema import tag, validate_querystring, validate_request, validate_response
+
+from yggdrasil import DeviceUpdate, Domain, NotFound, Principal
+
+from ._auth import Guard, authenticated, errors
+from ._models import (
+    DeviceIn,
+    DeviceOut,
+    DevicePage,
+    DeviceQuery,
+    DeviceUpdateIn,
+    EnrollmentKeyIn,
+    EnrollmentKeyOut,
+    NetworkIn,
+    NetworkList,
+    NetworkOut,
+    NetworkQuery,
+    convert,
+)
+
+
+async def _network(domain: Domain, principal: Principal, requested: str | None) -> str:
+    """The network a device request is about: the one asked for (checked by the store against
+    the caller's memberships), else the device token's own network, else the home network."""
+    if requested is not None:
+        return requested
+    if principal.network_id is not None:
+        return principal.network_id
+    user = await domain.store.get_me(principal.scope)
+    if user.home_network_id is None:
+        raise NotFound()
+    return user.home_network_id
+
+
+def install(app: Quart, guard: Guard) -> None:
+    # ------------------------------------------------------------------- networks
+
+    @app.get("/api/v1/networks")
+    @tag(["networks"])
+    @validate_response(NetworkList, 200)
+    @authenticated
+    @errors(503)
+    async def list_networks() -> NetworkList:
+        """The caller's networks (a device's token sees only its own)."""
+        principal = guard.principal()
+        networks = await guard.domain().store.list_networks(principal.scope)
+        return NetworkList([convert(n, NetworkOut) for n in networks])
+
+    @app.post("/api/v1/networks")
+    @tag(["networks"])
+    @validate_request(NetworkIn)
+    @validate_response(NetworkOut, 201)
+    @authenticated
+    @errors(403, 422, 503)
+    async def create_network(data: NetworkIn) -> tuple[NetworkOut, int]:
+        principal = guard.principal()
+        network = await guard.domain().store.create_network(principal.scope, data.name)
+        return convert(network, NetworkOut), 201
+
+    @app.get("/api/v1/networks/<network_id>")
+    @tag(["networks"])
+    @validate_response(NetworkOut, 200)
+    @authenticated
+    @errors(404, 503)
+    async def get_network(network_id: str) -> NetworkOut:
+        principal = guard.principal()
+        network = await guard.domain().store.get_network(principal.scope, network_id)
+        return convert(network, NetworkOut)  # type: ignore[no-any-return]
+
+    @app.post("/api/v1/networks/<network_id>/enrollment-keys")
+    @tag(["networks"])
+    @validate_request(EnrollmentKeyIn)
+    @validate_response(EnrollmentKeyOut, 201)
+    @authenticated
+    @errors(403, 404, 422, 503)
+    async def create_enrollment_key(
+        network_id: str, data: EnrollmentKeyIn
+    ) -> tuple[EnrollmentKeyOut, int]:
+        """A single-use key for a headless device to join this network; shown only now."""
+        principal = guard.principal()
+        key = await guard.domain().accounts.create_enrollment_key(
+            principal.scope, network_id, ttl_s=data.ttl_s
+        )
+        return convert(key, EnrollmentKeyOut), 201
+
+    # ------------------------------------------------------------------- devices
+
+    @app.get("/api/v1/devices")
+    @tag(["devices"])
+    @validate_querystring(DeviceQuery)
+    @validate_response(DevicePage, 200)
+    @authenticated
+    @errors(404, 422, 503)
+    async def list_devices(query_args: DeviceQuery) -> DevicePage:
+        """Discovery: the devices of one of the caller's networks, with their status."""
+        principal = guard.principal()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        page = await domain.store.list_devices(
+            principal.scope, network_id, cursor=query_args.cursor, limit=query_args.limit
+        )
+        return convert(page, DevicePage)  # type: ignore[no-any-return]
+
+    @app.post("/api/v1/devices")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @validate_request(DeviceIn)
+    @validate_response(DeviceOut, 201)
+    @authenticated
+    @errors(404, 409, 422, 503)
+    async def register_device(query_args: NetworkQuery, data: DeviceIn) -> tuple[DeviceOut, int]:
+        principal = guard.principal()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        device = await domain.store.register_device(principal.scope, network_id, data.to_new())
+        return convert(device, DeviceOut), 201
+
+    @app.get("/api/v1/devices/<device_id>")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @validate_response(DeviceOut, 200)
+    @authenticated
+    @errors(404, 422, 503)
+    async def get_device(device_id: str, query_args: NetworkQuery) -> DeviceOut:
+        principal = guard.principal()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        device = await domain.store.get_device(principal.scope, network_id, device_id)
+        return convert(device, DeviceOut)  # type: ignore[no-any-return]
+
+    @app.put("/api/v1/devices/<device_id>")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @validate_request(DeviceUpdateIn)
+    @validate_response(DeviceOut, 200)
+    @authenticated
+    @errors(404, 422, 503)
+    async def update_device(
+        device_id: str, query_args: NetworkQuery, data: DeviceUpdateIn
+    ) -> DeviceOut:
+        principal = guard.principal()
+        data.check()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        update = DeviceUpdate(
+            name=data.name,
+            world_type=data.world_type,
+            capabilities=data.capabilities,
+            hardware_specs=data.hardware_specs,
+            metadata=data.metadata,
+        )
+        device = await domain.store.update_device(principal.scope, network_id, device_id, update)
+        return convert(device, DeviceOut)  # type: ignore[no-any-return]
+
+    @app.delete("/api/v1/devices/<device_id>")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @authenticated
+    @errors(404, 422, 503)
+    async def delete_device(device_id: str, query_args: NetworkQuery) -> Response:
+        """Unregister a device; its tokens stop working at once."""
+        principal = guard.principal()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        at = await domain.store.delete_device(principal.scope, network_id, device_id)
+        guard.revoke(f"device:{network_id}/{device_id}", at)
+        return Response(status=204)

@@ -1,0 +1,598 @@
+"""Signing in: e-mail codes, sessions (access + refresh tokens), enrolment keys, revocation.
+
+Every single-use thing (a code, a refresh token, an enrolment key) is consumed with one
+compare-and-set ``UPDATE ... WHERE <still unused>``: of any number of parallel attempts exactly one
+changes a row. Secrets are verified against argon2id hashes on a worker thread, before the
+transaction; a missing row is verified against a dummy hash so that it costs the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._config import AuthConfig
+from ._db import Database, Row, Tx
+from ._errors import Forbidden, Invalid, NotFound, UniqueViolation, YggdrasilError
+from ._hashing import hash_secret, new_token, split_token, verify_secret
+from ._ids import new_id, now_ms
+from ._mail import Mail, Mailer
+from ._ratelimit import RateLimited
+from ._store import NewDevice, Scope, _json, append_audit, insert_user, set_revocation
+from ._tokens import Principal, TokenService, family_subject
+
+log = logging.getLogger(__name__)
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}$")
+
+
+class InvalidCode(YggdrasilError):
+    status = 401
+    code = "invalid_code"
+    default_message = "the code is wrong, expired or used up; request a new one"
+
+
+class InvalidGrant(YggdrasilError):
+    status = 401
+    code = "invalid_grant"
+    default_message = "the refresh token is invalid, expired or revoked; sign in again"
+
+
+class InvalidKey(YggdrasilError):
+    status = 401
+    code = "invalid_key"
+    default_message = "the enrolment key is invalid, expired or used"
+
+
+class AccountSuspended(YggdrasilError):
+    status = 403
+    code = "account_suspended"
+    default_message = "this account is suspended"
+
+
+class Session(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    user_id: str
+    network_id: str | None
+    device_id: str | None
+    token_type: str = "Bearer"
+
+
+class EnrollmentKey(msgspec.Struct, frozen=True):
+    key: str
+    """Shown once; only its hash is stored."""
+    key_id: str
+    network_id: str
+    expires_at: int
+
+
+def normalize_email(email: str) -> str:
+    address = email.strip().lower()
+    if len(address) > 254 or not _EMAIL.match(address):
+        raise Invalid("that is not an e-mail address")
+    return address
+
+
+class _Grant(msgspec.Struct, frozen=True):
+    """What a successful credential check hands to session creation."""
+
+    user_id: str
+    role: str
+    network_id: str | None
+    device_id: str | None
+    family_id: str
+
+
+class Accounts:
+    def __init__(
+        self,
+        db: Database,
+        tokens: TokenService,
+        mailer: Mailer,
+        config: AuthConfig,
+        *,
+        on_revoke: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.tokens = tokens
+        self.mailer = mailer
+        self.config = config
+        self._on_revoke = on_revoke or tokens.revoke
+
+    # ----------------------------------------------------------------- e-mail codes
+
+    async def request_code(self, email: str, *, display_name: str = "") -> None:
+        """Send a sign-in code. Known and unknown addresses get the same answer and the same work:
+        verifying a code for an unknown address creates the account."""
+        address = normalize_email(email)
+        code = f"{secrets.randbelow(10**6):06d}"
+        code_hash = await hash_secret(code)
+        at = now_ms()
+        window_start = at - self.config.codes_window_s * 1000
+
+        async def work(tx: Tx) -> bool:
+            recent = await tx.fetchval(
+                "SELECT COUNT(*) FROM login_codes WHERE email = $1 AND created_at > $2",
+                address,
+                window_start,
+            )
+            if int(recent) >= self.config.codes_per_address:
+                return False
+            await tx.execute(
+                "INSERT INTO login_codes (code_id, email, display_name, code_hash, created_at,"
+                " expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                new_id("c"),
+                address,
+                display_name,
+                code_hash,
+                at,
+                at + self.config.code_ttl_s * 1000,
+            )
+            return True
+
+        if not await self.db.write(work):
+            raise RateLimited(self.config.codes_window_s, "too many codes for this address")
+        minutes = self.config.code_ttl_s // 60
+        self.mailer.submit(
+            Mail(
+                to=address,
+                subject=f"Your Yggdrasil code: {code}",
+                body=(
+                    f"Your sign-in code is {code}\n\n"
+                    f"It is valid for {minutes} minutes and can be used once. If you have no "
+                    "account yet, entering it creates one.\n\n"
+                    "If you did not ask for this code, ignore this message.\n"
+                ),
+            )
+        )
+
+    async def verify_code(
+        self,
+        email: str,
+        code: str,
+        *,
+        device: NewDevice | None = None,
+        network_id: str | None = None,
+    ) -> Session:
+        address = normalize_email(email)
+
+        async def newest(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT code_id, code_hash, display_name FROM login_codes WHERE email = $1"
+                " ORDER BY created_at DESC, code_id DESC LIMIT 1",
+                address,
+            )
+
+        row = await self.db.read(newest)
+        counted = False
+        if row is not None:
+            code_id = row["code_id"]
+
+            async def count_attempt(tx: Tx) -> int:
+                return await tx.execute(
+                    "UPDATE login_codes SET attempts = attempts + 1 WHERE code_id = $1"
+                    " AND attempts < $2 AND consumed_at IS NULL AND expires_at > $3",
+                    code_id,
+                    self.config.code_max_attempts,
+                    now_ms(),
+                )
+
+            counted = await self.db.write(count_attempt) == 1
+        well_formed = bool(re.fullmatch(r"\d{6}", code))
+        matches = await verify_secret(row["code_hash"] if row and counted else None, code)
+        if not (matches and well_formed and row is not None):
+            await self.db.write(_audit_work("anonymous", "login.failure", "", {"method": "code"}))
+            raise InvalidCode()
+        secret_hash, refresh = await _new_refresh()
+
+        async def consume(tx: Tx) -> _Grant:
+            used = await tx.execute(
+                "UPDATE login_codes SET consumed_at = $2"
+                " WHERE code_id = $1 AND consumed_at IS NULL",
+                row["code_id"],
+                now_ms(),
+            )
+            if used != 1:
+                raise InvalidCode()
+            user = await tx.fetchrow(
+                "SELECT user_id, role, status FROM users WHERE email = $1", address
+            )
+            if user is None:
+                user_id = await insert_user(tx, address, row["display_name"])
+                user = {"user_id": user_id, "role": "user", "status": "active"}
+            if user["status"] != "active":
+                raise AccountSuspended()
+            grant = await _open_session(
+                tx,
+                user["user_id"],
+                user["role"],
+                device,
+                network_id,
+                secret_hash,
+                refresh,
+                self.config,
+            )
+            await append_audit(
+                tx, user["user_id"], "login.success", user["user_id"], {"method": "code"}
+            )
+            return grant
+
+        return self._session(await self.db.write(consume), refresh[2])
+
+    # ----------------------------------------------------------------- sessions
+
+    async def sign_in_user(
+        self,
+        tx_work: Callable[[Tx], Any],
+        *,
+        device: NewDevice | None,
+        network_id: str | None,
+        method: str,
+    ) -> Session:
+        """Open a session for the user that ``tx_work`` finds or creates (OIDC uses this)."""
+        secret_hash, refresh = await _new_refresh()
+
+        async def work(tx: Tx) -> _Grant:
+            user = await tx_work(tx)
+            if user["status"] != "active":
+                raise AccountSuspended()
+            grant = await _open_session(
+                tx,
+                user["user_id"],
+                user["role"],
+                device,
+                network_id,
+                secret_hash,
+                refresh,
+                self.config,
+            )
+            await append_audit(
+                tx, user["user_id"], "login.success", user["user_id"], {"method": method}
+            )
+            return grant
+
+        return self._session(await self.db.write(work), refresh[2])
+
+    async def refresh(
+        self, token: str, *, device_id: str | None = None, network_id: str | None = None
+    ) -> Session:
+        """Rotate a refresh token. Presenting one that was already rotated revokes its family."""
+        parts = split_token(token, "rt")
+        token_id = parts[0] if parts else ""
+
+        async def lookup(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT secret_hash FROM refresh_tokens WHERE token_id = $1", token_id
+            )
+
+        row = await self.db.read(lookup) if parts else None
+        if not await verify_secret(row["secret_hash"] if row else None, parts[1] if parts else ""):
+            raise InvalidGrant()
+        secret_hash, refresh = await _new_refresh()
+        at = now_ms()
+
+        async def rotate(tx: Tx) -> _Grant | str:
+            current = await tx.fetchrow(
+                "SELECT r.*, u.role, u.status FROM refresh_tokens r"
+                " JOIN users u ON u.user_id = r.user_id WHERE r.token_id = $1",
+                token_id,
+            )
+            if current is None or current["revoked_at"] is not None:
+                return "invalid"
+            if current["device_id"] is not None and (
+                current["device_id"] != device_id or current["network_id"] != network_id
+            ):
+                return "invalid"  # bound to another device: not this client's token
+            taken = await tx.execute(
+                "UPDATE refresh_tokens SET used_at = $2"
+                " WHERE token_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+                token_id,
+                at,
+            )
+            if taken != 1:
+                await tx.execute(
+                    "UPDATE refresh_tokens SET revoked_at = $2"
+                    " WHERE family_id = $1 AND revoked_at IS NULL",
+                    current["family_id"],
+                    at,
+                )
+                await set_revocation(tx, family_subject(current["family_id"]), at)
+                await append_audit(
+                    tx, current["user_id"], "token.reuse", family_subject(current["family_id"])
+                )
+                return f"reused:{current['family_id']}"
+            if current["expires_at"] <= at or current["status"] != "active":
+                return "invalid"
+            await _insert_refresh(
+                tx,
+                refresh,
+                secret_hash,
+                current["family_id"],
+                current["user_id"],
+                current["network_id"],
+                current["device_id"],
+                self.config,
+            )
+            return _Grant(
+                current["user_id"],
+                current["role"],
+                current["network_id"],
+                current["device_id"],
+                current["family_id"],
+            )
+
+        outcome = await self.db.write(rotate)
+        if isinstance(outcome, str):
+            if outcome.startswith("reused:"):
+                self._on_revoke(family_subject(outcome.split(":", 1)[1]), at)
+                log.warning("refresh token reuse: family revoked")
+            raise InvalidGrant()
+        return self._session(outcome, refresh[2])
+
+    async def logout(self, principal: Principal) -> None:
+        """End the principal's session: its refresh family and its access tokens, at once."""
+        at = now_ms()
+
+        async def work(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE refresh_tokens SET revoked_at = $3"
+                " WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                principal.family_id,
+                principal.user_id,
+                at,
+            )
+            await set_revocation(tx, family_subject(principal.family_id), at)
+            await append_audit(tx, principal.user_id, "logout", family_subject(principal.family_id))
+
+        await self.db.write(work)
+        self._on_revoke(family_subject(principal.family_id), at)
+
+    # ----------------------------------------------------------------- enrolment keys
+
+    async def create_enrollment_key(
+        self, scope: Scope, network_id: str, *, ttl_s: int
+    ) -> EnrollmentKey:
+        """A single-use key for a headless device to join ``network_id`` (owners only)."""
+        scope.check_network(network_id)
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot create enrolment keys")
+        if not 60 <= ttl_s <= self.config.enrollment_key_max_ttl_s:
+            raise Invalid(
+                f"ttl_s must be between 60 and {self.config.enrollment_key_max_ttl_s} seconds"
+            )
+        key_id, secret, key = new_token("ek")
+        secret_hash = await hash_secret(secret)
+        at = now_ms()
+        expires_at = at + ttl_s * 1000
+
+        async def work(tx: Tx) -> None:
+            role = await tx.fetchval(
+                "SELECT role FROM memberships WHERE network_id = $1 AND user_id = $2",
+                network_id,
+                scope.user_id,
+            )
+            if role is None:
+                raise NotFound()
+            if role != "owner":
+                raise Forbidden("only the network's owner can create enrolment keys")
+            await tx.execute(
+                "INSERT INTO enrollment_keys (key_id, network_id, created_by, secret_hash,"
+                " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                key_id,
+                network_id,
+                scope.user_id,
+                secret_hash,
+                at,
+                expires_at,
+            )
+            await append_audit(tx, scope.user_id, "enrollment_key.create", network_id)
+
+        await self.db.write(work)
+        return EnrollmentKey(key, key_id, network_id, expires_at)
+
+    async def enroll(self, key: str, device: NewDevice) -> Session:
+        """Redeem an enrolment key: the device joins the key's network and gets its tokens."""
+        parts = split_token(key, "ek")
+        key_id = parts[0] if parts else ""
+
+        async def lookup(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT secret_hash FROM enrollment_keys WHERE key_id = $1", key_id
+            )
+
+        row = await self.db.read(lookup) if parts else None
+        if not await verify_secret(row["secret_hash"] if row else None, parts[1] if parts else ""):
+            raise InvalidKey()
+        secret_hash, refresh = await _new_refresh()
+        at = now_ms()
+
+        async def redeem(tx: Tx) -> _Grant:
+            taken = await tx.execute(
+                "UPDATE enrollment_keys SET used_at = $2, used_by_device = $3"
+                " WHERE key_id = $1 AND used_at IS NULL AND expires_at > $2",
+                key_id,
+                at,
+                device.device_id,
+            )
+            if taken != 1:
+                raise InvalidKey()
+            owner = await tx.fetchrow(
+                "SELECT k.network_id, u.user_id, u.role, u.status FROM enrollment_keys k"
+                " JOIN users u ON u.user_id = k.created_by"
+                " JOIN memberships m ON m.network_id = k.network_id AND m.user_id = u.user_id"
+                " WHERE k.key_id = $1",
+                key_id,
+            )
+            if owner is None or owner["status"] != "active":
+                raise InvalidKey()
+            grant = await _open_session(
+                tx,
+                owner["user_id"],
+                owner["role"],
+                device,
+                owner["network_id"],
+                secret_hash,
+                refresh,
+                self.config,
+                fresh_device=True,
+            )
+            await append_audit(
+                tx, owner["user_id"], "device.enroll", f"{owner['network_id']}/{device.device_id}"
+            )
+            return grant
+
+        return self._session(await self.db.write(redeem), refresh[2])
+
+    # ----------------------------------------------------------------- revocation sync
+
+    async def load_revocations(self, since_ms: int) -> int:
+        """Apply every revocation newer than ``since_ms``; returns the newest ``not_before``."""
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT subject, not_before FROM token_revocations WHERE not_before > $1",
+                since_ms,
+            )
+
+        newest = since_ms
+        for row in await self.db.read(work):
+            self.tokens.revoke(row["subject"], int(row["not_before"]))
+            newest = max(newest, int(row["not_before"]))
+        return newest
+
+    def _session(self, grant: _Grant, refresh_token: str) -> Session:
+        access, ttl = self.tokens.issue(
+            user_id=grant.user_id,
+            role=grant.role,
+            family_id=grant.family_id,
+            network_id=grant.network_id,
+            device_id=grant.device_id,
+        )
+        return Session(
+            access_token=access,
+            expires_in=ttl,
+            refresh_token=refresh_token,
+            user_id=grant.user_id,
+            network_id=grant.network_id,
+            device_id=grant.device_id,
+        )
+
+
+# --------------------------------------------------------------------- units of work
+
+
+async def _new_refresh() -> tuple[str, tuple[str, str, str]]:
+    token = new_token("rt")
+    return await hash_secret(token[1]), token
+
+
+def _audit_work(
+    actor: str, action: str, subject: str, detail: dict[str, Any]
+) -> Callable[[Tx], Any]:
+    async def work(tx: Tx) -> None:
+        await append_audit(tx, actor, action, subject, detail)
+
+    return work
+
+
+async def _insert_refresh(
+    tx: Tx,
+    refresh: tuple[str, str, str],
+    secret_hash: str,
+    family_id: str,
+    user_id: str,
+    network_id: str | None,
+    device_id: str | None,
+    config: AuthConfig,
+) -> None:
+    at = now_ms()
+    await tx.execute(
+        "INSERT INTO refresh_tokens (token_id, family_id, user_id, network_id, device_id,"
+        " secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        refresh[0],
+        family_id,
+        user_id,
+        network_id,
+        device_id,
+        secret_hash,
+        at,
+        at + config.refresh_ttl_s * 1000,
+    )
+
+
+async def _open_session(
+    tx: Tx,
+    user_id: str,
+    role: str,
+    device: NewDevice | None,
+    network_id: str | None,
+    secret_hash: str,
+    refresh: tuple[str, str, str],
+    config: AuthConfig,
+    *,
+    fresh_device: bool = False,
+) -> _Grant:
+    """Inside the sign-in transaction: join the device to the network and store the refresh token.
+
+    Network ID synchronisation: a signing-in device joins the network the user picked among
+    theirs, or their home network. A device id that another member uses there is a conflict.
+    """
+    chosen: str | None = None
+    if device is not None:
+        if network_id is not None:
+            member = await tx.fetchval(
+                "SELECT 1 FROM memberships WHERE network_id = $1 AND user_id = $2",
+                network_id,
+                user_id,
+            )
+            if not member:
+                raise NotFound()
+            chosen = network_id
+        else:
+            chosen = await tx.fetchval(
+                "SELECT home_network_id FROM users WHERE user_id = $1", user_id
+            )
+            if chosen is None:
+                raise NotFound()
+        owner = await tx.fetchval(
+            "SELECT user_id FROM devices WHERE network_id = $1 AND device_id = $2",
+            chosen,
+            device.device_id,
+        )
+        if owner is None:
+            await tx.execute(
+                "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
+                " capabilities, hardware_specs, metadata, registered_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                chosen,
+                device.device_id,
+                user_id,
+                device.name,
+                device.world_type,
+                _json.encode(device.capabilities).decode(),
+                _json.encode(device.hardware_specs).decode(),
+                _json.encode(device.metadata).decode(),
+                now_ms(),
+            )
+            await append_audit(tx, user_id, "device.register", f"{chosen}/{device.device_id}")
+        elif owner != user_id or fresh_device:
+            raise UniqueViolation("a device with that id exists in this network")
+    family_id = new_id("f")
+    await _insert_refresh(
+        tx,
+        refresh,
+        secret_hash,
+        family_id,
+        user_id,
+        chosen,
+        device.device_id if device else None,
+        config,
+    )
+    return _Grant(user_id, role, chosen, device.device_id if device else None, family_id)

@@ -1,0 +1,94 @@
+"""What operators may do across tenants for support; every action is audited."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ._db import Database, Row, Tx
+from ._errors import Forbidden, NotFound
+from ._ids import now_ms
+from ._store import MAX_PAGE, Device, Scope, User, _device, _user, append_audit, revoke_user_tokens
+
+
+def _require_operator(scope: Scope) -> None:
+    if scope.role != "operator" or scope.network_id is not None:
+        raise Forbidden("operators only")
+
+
+class Operators:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def find_users(self, scope: Scope, *, email: str) -> list[User]:
+        _require_operator(scope)
+
+        async def work(tx: Tx) -> list[Row]:
+            rows = await tx.fetch("SELECT * FROM users WHERE email = $1", email.strip().lower())
+            await append_audit(tx, scope.user_id, "admin.find_user", "", {"found": len(rows)})
+            return rows
+
+        return [_user(row) for row in await self.db.write(work)]
+
+    async def set_status(
+        self, scope: Scope, user_id: str, status: Literal["active", "suspended"]
+    ) -> tuple[User, int]:
+        """Suspend (revoking every token at once) or reactivate a user."""
+        _require_operator(scope)
+        at = now_ms()
+
+        async def work(tx: Tx) -> Row:
+            changed = await tx.execute(
+                "UPDATE users SET status = $2, updated_at = $3"
+                " WHERE user_id = $1 AND status != 'deleted'",
+                user_id,
+                status,
+                at,
+            )
+            if changed != 1:
+                raise NotFound()
+            if status == "suspended":
+                await revoke_user_tokens(tx, user_id, at)
+            await append_audit(tx, scope.user_id, f"admin.{status}", user_id)
+            row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
+            assert row is not None
+            return row
+
+        return _user(await self.db.write(work)), at
+
+    async def user_devices(self, scope: Scope, user_id: str) -> list[Device]:
+        _require_operator(scope)
+
+        async def work(tx: Tx) -> list[Row]:
+            exists = await tx.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id)
+            if not exists:
+                raise NotFound()
+            rows = await tx.fetch(
+                "SELECT * FROM devices WHERE user_id = $1 ORDER BY network_id, device_id LIMIT $2",
+                user_id,
+                MAX_PAGE,
+            )
+            await append_audit(tx, scope.user_id, "admin.list_devices", user_id)
+            return rows
+
+        return [_device(row) for row in await self.db.write(work)]
+
+    async def grant_role(self, email: str, role: Literal["user", "operator"]) -> User:
+        """For the command line (``yggdrasil admin grant``): there is no API to become operator."""
+
+        async def work(tx: Tx) -> Row:
+            changed = await tx.execute(
+                "UPDATE users SET role = $2, updated_at = $3 WHERE email = $1",
+                email.strip().lower(),
+                role,
+                now_ms(),
+            )
+            if changed != 1:
+                raise NotFound()
+            row = await tx.fetchrow("SELECT * FROM users WHERE email = $1", email.strip().lower())
+            assert row is not None
+            # Tokens carry the role: the old ones must not outlive the change.
+            await revoke_user_tokens(tx, row["user_id"], now_ms())
+            await append_audit(tx, "cli", f"admin.grant_{role}", row["user_id"])
+            return row
+
+        return _user(await self.db.write(work))
