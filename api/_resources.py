@@ -169,4 +169,4 @@ def install(app: Quart, guard: Guard) -> None:
         network_id = await _network(domain, principal, query_args.network_id)
         at = await domain.store.delete_device(principal.scope, network_id, device_id)
         guard.revoke(f"device:{network_id}/{device_id}", at)
-        return Response(status=204)
+        return Response(b"", status=204)

@@ -91,7 +91,7 @@ def install(app: Quart, guard: Guard) -> None:
         """End this session: its refresh tokens and access tokens stop working at once."""
         principal = guard.principal()
         await guard.domain().accounts.logout(principal)
-        return Response(status=204)
+        return Response(b"", status=204)
 
     @app.post("/api/v1/enroll")
     @tag(["accounts"])
@@ -164,7 +164,7 @@ def install(app: Quart, guard: Guard) -> None:
         principal = guard.principal()
         at = await guard.domain().account_data.delete(principal.scope)
         guard.revoke(f"user:{principal.user_id}", at)
-        return Response(status=204)
+        return Response(b"", status=204)
 
     @app.get("/api/v1/users/me/export")
     @tag(["accounts"])

@@ -261,8 +261,9 @@ async def serve(
         except BaseExceptionGroup as group:
             raise sole_exception(group) from None
 
-    if _is_postgres(config.database.url):
-        # asyncpg lives on asyncio; trio-asyncio runs that loop inside ours.
+    if _is_postgres(config.database.url) and trio_asyncio.current_loop.get() is None:
+        # asyncpg lives on asyncio; trio-asyncio runs that loop inside ours (unless the caller
+        # already runs one, which we then share).
         async with trio_asyncio.open_loop():
             await run_tree()
     else:
