@@ -91,7 +91,8 @@ async def test_new_user_journey(http: httpx.AsyncClient, outbox: Path) -> None:
     assert export["user"]["email"] == "ada@example.org"
     assert {d["device_id"] for d in export["devices"]} == {"laptop", "phone", "server", "tablet"}
     assert any(entry["action"] == "login.success" for entry in export["audit_log"])
-    assert "secret_hash" not in str(export) and "code_hash" not in str(export)
+    assert "secret_hash" not in str(export)
+    assert "code_hash" not in str(export)
 
     deleted = await ada.delete("/api/v1/users/me")
     assert deleted.status_code == 204
@@ -412,4 +413,5 @@ async def test_operator_routes(http: httpx.AsyncClient, outbox: Path, server: Ru
 async def test_jwks_publishes_the_signing_key(http: httpx.AsyncClient) -> None:
     keys = (await http.get("/.well-known/jwks.json")).json()["keys"]
     assert len(keys) == 1
-    assert keys[0]["kty"] == "OKP" and keys[0]["crv"] == "Ed25519" and "d" not in keys[0]
+    assert (keys[0]["kty"], keys[0]["crv"]) == ("OKP", "Ed25519")
+    assert "d" not in keys[0]

@@ -20,19 +20,18 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def unb64(text: str) -> dict[str, object]:
+    decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    return decoded
+
+
 def parts(token: str) -> tuple[dict[str, object], dict[str, object], str]:
     header, payload, signature = token.split(".")
-    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return (
-        json.loads(base64.urlsafe_b64decode(pad(header))),
-        json.loads(base64.urlsafe_b64decode(pad(payload))),
-        signature,
-    )
+    return unb64(header), unb64(payload), signature
 
 
 def assemble(header: dict[str, object], payload: dict[str, object], signature: str) -> str:
-    encode = lambda d: b64(json.dumps(d).encode())  # noqa: E731
-    return f"{encode(header)}.{encode(payload)}.{signature}"
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}.{signature}"
 
 
 class Clock:

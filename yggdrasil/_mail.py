@@ -124,9 +124,11 @@ class Mailer:
 
     def _write_file(self, message: EmailMessage) -> Path:
         self.outbox.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        now_ns = time.time_ns()
+        # Names sort in the order the messages were written.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns / 1e9))
         token = message["Message-ID"].strip("<>").split("@")[0]
-        path = self.outbox / f"{stamp}-{token}.eml"
+        path = self.outbox / f"{stamp}.{now_ns % 10**9:09d}-{token}.eml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(message.as_bytes())
