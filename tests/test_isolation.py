@@ -1,0 +1,173 @@
+"""Tenant isolation, tried by an attacker: every route that takes an id, from the OpenAPI
+document, answers a second tenant exactly as it answers a nonexistent id, and changes nothing."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.clients import RELAXED_LIMITS, count_mail, device, read_code, sign_in
+from tests.conftest import fresh_pg_database
+from tests.servers import running_server
+
+# Path parameters that name tenant data, and which parameters are not tenant data at all.
+TENANT_PARAMS = {"device_id", "network_id", "user_id"}
+PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
+
+# A valid body for every route with an id that takes one: without it the request would stop at
+# validation and prove nothing. A new route with a body must be added here (the test says so).
+BODIES: dict[tuple[str, str], Any] = {
+    ("put", "/api/v1/devices/{device_id}"): {"name": "pwned", "metadata": {"x": 1}},
+    ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
+}
+IGNORED_HEADERS = {"date"}
+
+
+def snapshot(response: httpx.Response) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+    headers = tuple(
+        sorted((k, v) for k, v in response.headers.items() if k.lower() not in IGNORED_HEADERS)
+    )
+    return response.status_code, response.content, headers
+
+
+@pytest.fixture
+async def world(
+    data_dir: Path, backend: str, asyncio_loop: None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+        running = await stack.enter_async_context(
+            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
+        )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=running.api_url, timeout=30)
+        )
+        yield http, data_dir / "outbox"
+
+
+async def test_foreign_ids_look_exactly_like_nonexistent_ones(
+    world: tuple[httpx.AsyncClient, Path],
+) -> None:
+    http, outbox = world
+    alice = await sign_in(http, outbox, "alice@example.org")
+    alice_home = (await alice.get("/api/v1/users/me")).json()["home_network_id"]
+    assert (await alice.post("/api/v1/devices", json=device("laptop"))).status_code == 201
+    lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
+    await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
+    alice_ids = {
+        "device_id": "laptop",
+        "network_id": alice_home,
+        "user_id": alice.session["user_id"],
+    }
+    bob = await sign_in(http, outbox, "bob@example.org")
+    bob_device = await sign_in(http, outbox, "bob@example.org", device_body=device("bobs-phone"))
+    await bob.post("/api/v1/devices", json=device("laptop"))  # same id, his own network
+
+    before = (await alice.get("/api/v1/users/me/export")).json()
+    spec = (await http.get("/openapi.json")).json()
+    checked = 0
+    for template, operations in spec["paths"].items():
+        params = set(re.findall(r"{(\w+)}", template))
+        unknown = params - TENANT_PARAMS - PUBLIC_PARAMS
+        assert not unknown, f"{template}: classify the parameter(s) {unknown} in this test"
+        if not params & TENANT_PARAMS:
+            continue
+        for method, operation in operations.items():
+            body = BODIES.get((method, template))
+            if "requestBody" in operation:
+                assert body is not None, f"add a valid body for {method.upper()} {template}"
+            query_names = {
+                p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"
+            }
+            for attacker in (bob, bob_device):
+                foreign = template
+                missing = template
+                for name in params & TENANT_PARAMS:
+                    foreign = foreign.replace(f"{{{name}}}", alice_ids[name])
+                    missing = missing.replace(f"{{{name}}}", f"x{secrets.token_hex(8)}")
+                # Device ids are unique per network only, so the network travels in the query:
+                # Alice's real device in her real network against a made-up device in a
+                # made-up network, and against a made-up device in her real network.
+                own: dict[str, str] = {}
+                made_up: dict[str, str] = {}
+                if "network_id" in query_names:
+                    own = {"network_id": alice_home}
+                    made_up = {"network_id": f"n_{secrets.token_hex(8)}"}
+                variants = [(foreign, missing, own, made_up)]
+                if own:
+                    variants.append((foreign, missing, own, own))
+                for foreign_path, missing_path, foreign_query, missing_query in variants:
+                    answers = []
+                    for path, query in (
+                        (foreign_path, foreign_query),
+                        (missing_path, missing_query),
+                    ):
+                        response = await attacker.request(
+                            method.upper(), path, params=query, json=body
+                        )
+                        answers.append(snapshot(response))
+                    assert answers[0] == answers[1], (method, template, answers)
+                    assert answers[0][0] in (403, 404), (method, template, answers[0])
+                    checked += 1
+    assert checked >= 20  # the harness really ran over the routes with ids
+
+    after = (await alice.get("/api/v1/users/me/export")).json()
+    assert after == before
+    listed = (await alice.get("/api/v1/devices")).json()["items"]
+    assert [(d["device_id"], d["name"]) for d in listed] == [("laptop", "device laptop")]
+
+
+async def test_network_names_and_counts_never_leak(world: tuple[httpx.AsyncClient, Path]) -> None:
+    http, outbox = world
+    alice = await sign_in(http, outbox, "alice2@example.org")
+    await alice.post("/api/v1/networks", json={"name": "Project Nightingale"})
+    bob = await sign_in(http, outbox, "bob2@example.org")
+    seen: list[str] = []
+    for path in (
+        "/api/v1/networks",
+        "/api/v1/devices",
+        "/api/v1/users/me",
+        "/api/v1/users/me/export",
+    ):
+        seen.append((await bob.get(path)).text)
+    blob = "\n".join(seen)
+    assert "Nightingale" not in blob
+    assert alice.session["user_id"] not in blob
+    assert "alice2@example.org" not in blob
+    assert len((await bob.get("/api/v1/networks")).json()["items"]) == 1
+
+
+async def test_a_user_can_not_pick_a_foreign_network_at_sign_in(
+    world: tuple[httpx.AsyncClient, Path],
+) -> None:
+    http, outbox = world
+    alice = await sign_in(http, outbox, "alice3@example.org")
+    alice_home = (await alice.get("/api/v1/users/me")).json()["home_network_id"]
+    answers = []
+    for network_id in (alice_home, "n_made_up"):
+        await http.post("/api/v1/users/login", json={"email": "mallory@example.org"})
+        code = await read_code(
+            outbox, "mallory@example.org", seen=count_mail(outbox, "mallory@example.org") - 1
+        )
+        response = await http.post(
+            "/api/v1/users/verify",
+            json={
+                "email": "mallory@example.org",
+                "code": code,
+                "device": device("spy"),
+                "network_id": network_id,
+            },
+        )
+        answers.append(snapshot(response))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 404
+    assert (await alice.get("/api/v1/devices")).json()["items"] == []
