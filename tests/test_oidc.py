@@ -152,7 +152,7 @@ async def test_id_tokens_signed_by_another_key_are_refused(world: World) -> None
 async def test_hmac_id_tokens_are_refused(world: World) -> None:
     # Key confusion: an HS256 token whose HMAC key is the issuer's published public key.
     world.issuer.algorithm = "HS256"
-    public = world.issuer.key.as_dict(private=False)["n"].encode()
+    public = str(world.issuer.key.as_dict(private=False)["n"]).encode()
     world.issuer.signing_key = jwk.OctKey.import_key(public)
     state, code = await authorize(world)
     assert (await callback(world, state, code)).status_code == 401

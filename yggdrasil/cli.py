@@ -7,8 +7,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import trio
 import trio_asyncio
@@ -17,12 +17,16 @@ from actors import Escalated
 
 from . import server
 from ._config import Config, load_config
-from ._errors import ConfigError, StoreUnavailable, sole_exception
+from ._db import Database
+from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
 from ._logging import configure
 from ._migrations import migrate
+from ._operators import Operators
+from ._secrets import rotate_signing_key
 from ._version import VERSION
 
 log = logging.getLogger("yggdrasil")
+T = TypeVar("T")
 
 # flag -> (section, key)
 _FLAGS: dict[str, tuple[str, str]] = {
@@ -67,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate_cmd = commands.add_parser("migrate", help="apply database migrations and exit")
     _common(migrate_cmd)
+
+    admin = commands.add_parser("admin", help="operator tasks on the data store")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="TASK")
+    grant = admin_commands.add_parser("grant", help="give a user the operator (or user) role")
+    grant.add_argument("email")
+    grant.add_argument("--role", choices=["operator", "user"], default="operator")
+    _common(grant)
+
+    keys = commands.add_parser("keys", help="token signing keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="TASK")
+    rotate = keys_commands.add_parser(
+        "rotate", help="sign new tokens with a new key; tokens of the old key stay valid"
+    )
+    _common(rotate)
     return parser
 
 
@@ -113,14 +131,14 @@ async def _serve_until_signalled(config: Config) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _migrate(config: Config) -> list[int]:
+async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
     server.check(config)
     server.prepare_data_dir(config)
 
-    async def run() -> list[int]:
+    async def run() -> T:
         db = await server.open_database(config)
         try:
-            return await migrate(db)
+            return await work(db)
         finally:
             await db.aclose()
 
@@ -128,6 +146,19 @@ async def _migrate(config: Config) -> list[int]:
         async with trio_asyncio.open_loop():
             return await run()
     return await run()
+
+
+async def _migrate(config: Config) -> list[int]:
+    return await _with_database(config, migrate)
+
+
+async def _grant(config: Config, email: str, role: Literal["user", "operator"]) -> str:
+    async def work(db: Database) -> str:
+        await migrate(db)
+        user = await Operators(db).grant_role(email, role)
+        return user.user_id
+
+    return await _with_database(config, work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,12 +172,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             trio.run(_serve, config)
-        else:
+        elif args.command == "migrate":
             applied = trio.run(_migrate, config)
             print(f"applied {len(applied)} migration(s): {applied}" if applied else "up to date")
+        elif args.command == "admin":
+            user_id = trio.run(_grant, config, args.email, args.role)
+            print(
+                f"{args.email} ({user_id}) now has the role {args.role}; their tokens were revoked"
+            )
+        else:
+            old, new = rotate_signing_key(config.data_path)
+            print(f"new signing key {new}; key {old} is retired and still verifies its tokens")
+            print("restart the server to sign with the new key")
     except ConfigError as exc:
         log.error("%s", exc.message)
         return 2
+    except NotFound:
+        log.error("no such user")
+        return 1
     except StoreUnavailable as exc:
         log.error("store unavailable: %s", exc.message)
         return 1
