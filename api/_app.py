@@ -6,18 +6,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
 import trio
 from quart import Response, g, request
-from quart_schema import Info, QuartSchema, document_response, tag, validate_response
+from quart_schema import Info, QuartSchema, document_response, hide, tag, validate_response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from yggdrasil import Domain, LimitsConfig, Metrics, RateLimiter, StoreUnavailable, TokenService
 
 from . import _admin, _errors, _resources, _users
+from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
+from ._openapi import CompleteOpenAPIProvider
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -38,15 +39,6 @@ class ApiContext:
     ready_timeout_s: float = 2.0
 
 
-class Health(msgspec.Struct):
-    status: str
-
-
-class Ready(msgspec.Struct):
-    status: str
-    store: str
-
-
 def create_app(ctx: ApiContext) -> QuartTrio:
     app = QuartTrio("yggdrasil")
     app.config.update(
@@ -65,6 +57,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         scalar_ui_path=None,
         conversion_preference="msgspec",
         security_schemes=SECURITY_SCHEMES,
+        openapi_provider_class=CompleteOpenAPIProvider,
     )
     _errors.install(app)
     limits = ctx.limits
@@ -95,6 +88,10 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             raise RequestEntityTooLarge(
                 f"the request body is limited to {ctx.max_body_bytes} bytes"
             )
+        # Read the (bounded) body before anything can answer early: an error sent while the body
+        # is still unread would leave it on a keep-alive connection, and the client's next
+        # request there would wait behind it.
+        await request.get_data(cache=True)
         if request.path.startswith("/api/"):
             guard.per_client.check(guard.client())
 
@@ -133,7 +130,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         raise StoreUnavailable("the data store did not answer in time")
 
     @app.get("/metrics")
-    @tag(["operations"])
+    @hide
     async def metrics() -> Response:
         """Prometheus text exposition: process, HTTP, actors, supervisors."""
         return Response(ctx.metrics.render(), content_type=METRICS_CONTENT_TYPE)

@@ -63,6 +63,10 @@ def install(app: Quart) -> None:
             headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return error_response(error.status, error.code, error.message, headers)
 
+    @app.errorhandler(UnicodeDecodeError)
+    async def not_utf8(error: UnicodeDecodeError) -> Response:
+        return error_response(400, "bad_request", "the request body is not valid UTF-8 JSON")
+
     @app.errorhandler(RequestSchemaValidationError)
     async def validation_error(error: RequestSchemaValidationError) -> Response:
         return error_response(422, "validation_error", str(error.validation_error))
@@ -75,6 +79,9 @@ def install(app: Quart) -> None:
         if status == 404:
             message = "not found"
         headers: dict[str, str] = {}
+        if status == 413:
+            # The unread body is still on the wire: this connection cannot carry another request.
+            headers["Connection"] = "close"
         if status == 405 and error.valid_methods is not None:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return error_response(status, code, message, headers)

@@ -9,7 +9,9 @@ import msgspec
 from yggdrasil import Invalid, NewDevice
 
 DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+Email = Annotated[
+    str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}$")
+]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 OpaqueId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 WorldType = Literal["midgard", "asgard", "alfheim", "jotnar"]

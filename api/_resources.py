@@ -22,6 +22,7 @@ from ._models import (
     NetworkQuery,
     convert,
 )
+from ._openapi import no_content
 
 
 async def _network(domain: Domain, principal: Principal, requested: str | None) -> str:
@@ -56,7 +57,7 @@ def install(app: Quart, guard: Guard) -> None:
     @validate_request(NetworkIn)
     @validate_response(NetworkOut, 201)
     @authenticated
-    @errors(403, 422, 503)
+    @errors(400, 403, 413, 422, 503)
     async def create_network(data: NetworkIn) -> tuple[NetworkOut, int]:
         principal = guard.principal()
         network = await guard.domain().store.create_network(principal.scope, data.name)
@@ -77,7 +78,7 @@ def install(app: Quart, guard: Guard) -> None:
     @validate_request(EnrollmentKeyIn)
     @validate_response(EnrollmentKeyOut, 201)
     @authenticated
-    @errors(403, 404, 422, 503)
+    @errors(400, 403, 404, 413, 422, 503)
     async def create_enrollment_key(
         network_id: str, data: EnrollmentKeyIn
     ) -> tuple[EnrollmentKeyOut, int]:
@@ -112,7 +113,7 @@ def install(app: Quart, guard: Guard) -> None:
     @validate_request(DeviceIn)
     @validate_response(DeviceOut, 201)
     @authenticated
-    @errors(404, 409, 422, 503)
+    @errors(400, 404, 409, 413, 422, 503)
     async def register_device(query_args: NetworkQuery, data: DeviceIn) -> tuple[DeviceOut, int]:
         principal = guard.principal()
         domain = guard.domain()
@@ -139,7 +140,7 @@ def install(app: Quart, guard: Guard) -> None:
     @validate_request(DeviceUpdateIn)
     @validate_response(DeviceOut, 200)
     @authenticated
-    @errors(404, 422, 503)
+    @errors(400, 404, 413, 422, 503)
     async def update_device(
         device_id: str, query_args: NetworkQuery, data: DeviceUpdateIn
     ) -> DeviceOut:
@@ -161,6 +162,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["devices"])
     @validate_querystring(NetworkQuery)
     @authenticated
+    @no_content
     @errors(404, 422, 503)
     async def delete_device(device_id: str, query_args: NetworkQuery) -> Response:
         """Unregister a device; its tokens stop working at once."""

@@ -23,6 +23,7 @@ from ._models import (
     VerifyIn,
     convert,
 )
+from ._openapi import no_content
 
 CODE_SENT = Accepted("code_sent")
 
@@ -32,7 +33,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(RegisterIn)
     @validate_response(Accepted, 202)
-    @errors(422, 429, 503)
+    @errors(400, 413, 422, 429, 503)
     async def register(data: RegisterIn) -> tuple[Accepted, int]:
         """Send a sign-in code to an e-mail address; verifying it creates the account.
 
@@ -46,7 +47,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(LoginIn)
     @validate_response(Accepted, 202)
-    @errors(422, 429, 503)
+    @errors(400, 413, 422, 429, 503)
     async def login(data: LoginIn) -> tuple[Accepted, int]:
         """Send a sign-in code (same answer for known and unknown addresses)."""
         guard.sign_in_attempt()
@@ -57,7 +58,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(VerifyIn)
     @validate_response(SessionOut, 200)
-    @errors(401, 403, 404, 409, 422, 429, 503)
+    @errors(400, 401, 403, 404, 409, 413, 422, 429, 503)
     async def verify(data: VerifyIn) -> SessionOut:
         """Exchange a code for tokens. With ``device``, the device joins ``network_id`` (or the
         home network) and the tokens are bound to it."""
@@ -74,7 +75,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(RefreshIn)
     @validate_response(SessionOut, 200)
-    @errors(401, 422, 429, 503)
+    @errors(400, 401, 413, 422, 429, 503)
     async def refresh(data: RefreshIn) -> SessionOut:
         """Rotate a refresh token. A device's token needs that device's id and network."""
         guard.sign_in_attempt()
@@ -86,6 +87,7 @@ def install(app: Quart, guard: Guard) -> None:
     @app.post("/api/v1/auth/logout")
     @tag(["accounts"])
     @authenticated
+    @no_content
     @errors(503)
     async def logout() -> Response:
         """End this session: its refresh tokens and access tokens stop working at once."""
@@ -97,7 +99,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(EnrollIn)
     @validate_response(SessionOut, 200)
-    @errors(401, 409, 422, 429, 503)
+    @errors(400, 401, 409, 413, 422, 429, 503)
     async def enroll(data: EnrollIn) -> SessionOut:
         """A headless device redeems a single-use enrolment key and joins that network."""
         guard.sign_in_attempt()
@@ -119,7 +121,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["accounts"])
     @validate_request(OidcCallbackIn)
     @validate_response(SessionOut, 200)
-    @errors(401, 403, 404, 409, 422, 429, 502, 503)
+    @errors(400, 401, 403, 404, 409, 413, 422, 429, 502, 503)
     async def oidc_callback(provider: str, data: OidcCallbackIn) -> SessionOut:
         """Finish signing in: the ``state`` and ``code`` the provider sent to the redirect URI."""
         guard.sign_in_attempt()
@@ -147,7 +149,7 @@ def install(app: Quart, guard: Guard) -> None:
     @validate_request(ProfileIn)
     @validate_response(UserOut, 200)
     @authenticated
-    @errors(404, 422, 503)
+    @errors(400, 404, 413, 422, 503)
     async def update_me(data: ProfileIn) -> UserOut:
         principal = guard.principal()
         user = await guard.domain().account_data.update_profile(
@@ -158,6 +160,7 @@ def install(app: Quart, guard: Guard) -> None:
     @app.delete("/api/v1/users/me")
     @tag(["accounts"])
     @authenticated
+    @no_content
     @errors(404, 503)
     async def delete_me() -> Response:
         """Delete the account and everything linked to it; every token stops working at once."""
