@@ -72,9 +72,13 @@ class Mailbox(Generic[T]):
             raise Unreachable() from None
         self._count()
 
-    async def put(self, item: T) -> None:
-        """Queue ``item``; under ``WAIT`` block until there is room, otherwise as ``put_nowait``."""
-        if self.overflow is not Overflow.WAIT:
+    async def put(self, item: T, *, overflow: Overflow | None = None) -> None:
+        """Queue ``item``; under ``WAIT`` block until there is room, otherwise as ``put_nowait``.
+
+        ``overflow`` overrides the mailbox's policy for this one item: an actor that queues its own
+        work (a session queueing its acknowledgements) waits, while others are refused.
+        """
+        if (overflow or self.overflow) is not Overflow.WAIT:
             self.put_nowait(item)
             return
         try:

@@ -336,8 +336,15 @@ class Supervisor:
             child.expected_exit = True
             if child.spec.graceful:
                 child.stopping.set()
-                with trio.move_on_after(child.spec.shutdown_s):
+                with trio.move_on_after(child.spec.shutdown_s) as grace:
                     await child.done.wait()
+                if grace.cancelled_caught:
+                    log.warning(
+                        "supervisor=%s child=%s did not stop within %.1f s; cancelling it",
+                        self.name,
+                        child.spec.id,
+                        child.spec.shutdown_s,
+                    )
             if child.scope is not None:
                 child.scope.cancel()
             await child.done.wait()

@@ -29,7 +29,9 @@ async def serve_api(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = grace_s
+    # hypercorn's graceful stop can wait out the whole period for a keep-alive connection that
+    # is already idle; in-flight API requests are short, so a few seconds bound the stop.
+    config.graceful_timeout = min(grace_s, 3.0)
     config.include_server_header = False
 
     async def _run(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -1,7 +1,67 @@
-"""The device gateway: wire protocol, device sessions, presence and the device client.
+"""The device gateway: wire protocol, device sessions, network actors and the device client."""
 
-Filled in by the device relay issue; the package exists so that the import direction of
-ARCHITECTURE.md is checked from the start.
-"""
+from ._gateway import Gateway
+from ._network import NetworkActor, Networks, TenantQuota
+from ._protocol import (
+    VERSION,
+    Ack,
+    ClientFrame,
+    Deliver,
+    Error,
+    Hello,
+    Incoming,
+    Nack,
+    PeerState,
+    Ping,
+    Pong,
+    Presence,
+    ProtocolError,
+    Reply,
+    Request,
+    Response,
+    Send,
+    ServerFrame,
+    Signal,
+    SignalFrom,
+    ThorAction,
+    ThorResult,
+    Welcome,
+    decode_client_frame,
+    decode_server_frame,
+    encode,
+)
+from ._session import DeviceSession
 
-__all__: list[str] = []
+__all__ = [
+    "VERSION",
+    "Ack",
+    "ClientFrame",
+    "Deliver",
+    "DeviceSession",
+    "Error",
+    "Gateway",
+    "Hello",
+    "Incoming",
+    "Nack",
+    "NetworkActor",
+    "Networks",
+    "PeerState",
+    "Ping",
+    "Pong",
+    "Presence",
+    "ProtocolError",
+    "Reply",
+    "Request",
+    "Response",
+    "Send",
+    "ServerFrame",
+    "Signal",
+    "SignalFrom",
+    "TenantQuota",
+    "ThorAction",
+    "ThorResult",
+    "Welcome",
+    "decode_client_frame",
+    "decode_server_frame",
+    "encode",
+]

@@ -15,7 +15,7 @@ from ._accounts import (
     Session,
     normalize_email,
 )
-from ._config import Config, LimitsConfig, load_config
+from ._config import Config, GatewayConfig, LimitsConfig, load_config
 from ._db import Database, Tx
 from ._domain import Domain
 from ._errors import (
@@ -70,6 +70,7 @@ __all__ = [
     "Domain",
     "EnrollmentKey",
     "Forbidden",
+    "GatewayConfig",
     "Invalid",
     "InvalidCode",
     "InvalidGrant",

@@ -45,6 +45,28 @@ class ApiConfig(_Section, frozen=True):
 
 class GatewayConfig(_Section, frozen=True):
     port: Port = 8081
+    max_data_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 1024 * 1024
+    """Largest payload of one message; a bigger websocket message closes the session (1009)."""
+    queue_size: Positive = 256
+    """Frames waiting for one device; beyond it senders get ``overloaded``."""
+    send_timeout_s: Seconds = 10.0
+    """A device that takes longer to accept one frame is disconnected as a slow consumer."""
+    handshake_timeout_s: Seconds = 10.0
+    hello_timeout_s: Seconds = 10.0
+    ping_interval_s: Seconds = 20.0
+    ping_timeout_s: Seconds = 10.0
+    messages_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    """Per session: frames a device may send per second (with a burst of twice that)."""
+    max_sessions_per_user: Positive = 32
+    max_pending_requests: Positive = 64
+    """Requests one device may have waiting for answers at once."""
+    tenant_messages_per_s: Annotated[float, msgspec.Meta(gt=0)] = 2000.0
+    tenant_bytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 64.0 * 1024 * 1024
+    network_idle_s: Seconds = 60.0
+    """A network actor with no sessions stops after this long."""
+    revocation_check_s: Seconds = 1.0
+    allowed_origins: list[str] = []
+    """Browser origins allowed to connect; connections with another ``Origin`` are refused."""
 
 
 class TurnConfig(_Section, frozen=True):

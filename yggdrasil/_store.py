@@ -513,6 +513,19 @@ class Store:
         await self.db.write(work)
         return at
 
+    async def network_devices(self, network_id: str) -> list[Device]:
+        """Every device of one network, for that network's own actor (the relay's presence).
+
+        Not for request handlers: they read devices through :meth:`list_devices` with a scope.
+        """
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT * FROM devices WHERE network_id = $1 ORDER BY device_id", network_id
+            )
+
+        return [_device(row) for row in await self.db.read(work)]
+
     async def set_device_presence(
         self, network_id: str, device_id: str, status: Literal["online", "offline"]
     ) -> None:

@@ -176,6 +176,10 @@ class TokenService:
         if not_before_ms > self._not_before.get(subject, 0):
             self._not_before[subject] = not_before_ms
 
+    def is_revoked(self, principal: Principal) -> bool:
+        """Whether a principal verified earlier has been revoked since (long-lived sessions)."""
+        return self._revoked(principal)
+
     def _revoked(self, principal: Principal) -> bool:
         subjects = [f"user:{principal.user_id}", f"family:{principal.family_id}"]
         if principal.device_id is not None:

@@ -7,10 +7,12 @@
     ├── store        opens SQLite or PostgreSQL, applies migrations, builds the domain services
     ├── bus          the router's link to other instances (in-process for a single instance)
     ├── revocations  keeps the in-memory token check current with revocations in the store
-    └── api          quart-trio on hypercorn
+    ├── api          quart-trio on hypercorn
+    ├── networks     a supervisor of one actor per active tenant network (presence, quotas)
+    └── gateway      the device websocket listener; one DeviceSession per connected device
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
-the new store. Later issues add the gateway, TURN and jobs children after ``api``.
+the new store. Later issues add TURN and the jobs after ``gateway``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import trio_asyncio
 
 from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
+from relay import Gateway, Networks
 
 from ._config import Config
 from ._db import Database
@@ -59,6 +62,7 @@ class Services:
     tokens: TokenService
     mailer: Mailer
     domain: Domain | None = None
+    gateway: Gateway | None = None
     urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -73,6 +77,11 @@ class Running:
     api_url: str
     services: Services
     root: Supervisor
+
+    @property
+    def gateway_url(self) -> str:
+        assert self.services.gateway is not None
+        return self.services.gateway.url
 
 
 def _is_postgres(url: str) -> bool:
@@ -214,6 +223,21 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             services.urls["api"] = url
             task_status.started(url)
 
+    networks = Networks(
+        router,
+        lambda: services.store,
+        idle_s=config.gateway.network_idle_s,
+        messages_per_s=config.gateway.tenant_messages_per_s,
+        bytes_per_s=config.gateway.tenant_bytes_per_s,
+    )
+    gateway = Gateway(router, networks, tokens, config.gateway)
+    services.gateway = gateway
+
+    async def gateway_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
+        await gateway.serve(
+            config.server.host, config.gateway.port, stopping=stopping, task_status=task_status
+        )
+
     grace = config.server.grace_s
     root = Supervisor(
         "root",
@@ -223,6 +247,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             ChildSpec("bus", bus_child, shutdown_s=1.0),
             ChildSpec("revocations", revocations_child, shutdown_s=1.0),
             ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
+            networks.supervisor.as_child(shutdown_s=2.0),
+            ChildSpec("gateway", gateway_child, shutdown_s=grace, graceful=True),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -230,7 +256,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         backoff_base_s=0.2,
         backoff_max_s=5.0,
     )
-    metrics.supervisors.append(root)
+    metrics.supervisors.extend([root, networks.supervisor])
     return root, services
 
 

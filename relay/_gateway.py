@@ -1,0 +1,160 @@
+"""The device gateway: a trio-websocket listener that authenticates before the upgrade.
+
+Each accepted connection runs one :class:`DeviceSession`; the connection handler is its error
+boundary (a crash closes that one connection and is logged once with the session id). One live
+session per device: a new one replaces the old, which closes with 4000 ``replaced``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from actors import Address, Router
+from yggdrasil import GatewayConfig, InvalidToken, Principal, TokenService
+
+from ._network import Networks
+from ._protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES
+from ._session import DeviceSession
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return _json.encode({"error": {"code": code, "message": message}})
+
+
+class Gateway:
+    def __init__(
+        self,
+        router: Router,
+        networks: Networks,
+        tokens: TokenService,
+        config: GatewayConfig,
+    ) -> None:
+        self.router = router
+        self.networks = networks
+        self.tokens = tokens
+        self.config = config
+        self.sessions: dict[Address, DeviceSession] = {}
+        self._per_user: Counter[str] = Counter()
+        self.accepted = 0
+        self.rejected = 0
+        self.url = ""
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        stopping: trio.Event,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen until ``stopping`` is set, then close every session with 1001 (going away)."""
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=nursery,
+                    max_message_size=MAX_FRAME_BYTES,
+                    receive_buffer_size=64 * 1024,
+                    connect_timeout=self.config.handshake_timeout_s,
+                    disconnect_timeout=2.0,
+                    task_status=task_status,
+                )
+            )
+            listener = server.listeners[0]
+            url = f"ws://{listener.address}:{listener.port}"
+            if ":" in str(listener.address):
+                url = f"ws://[{listener.address}]:{listener.port}"
+            self.url = url
+            log.info("gateway listening on %s", url, extra={"listener": "gateway", "url": url})
+            task_status.started(url)
+            await stopping.wait()
+            for session in list(self.sessions.values()):
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
+            with trio.move_on_after(5):
+                for session in list(self.sessions.values()):
+                    await session.closed.wait()
+            nursery.cancel_scope.cancel()
+
+    def _authenticate(self, request: WebSocketRequest) -> Principal:
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1") for key, value in request.headers
+        }
+        token = ""
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            token = value.strip()
+        if not token:
+            # Browsers cannot set headers on a websocket; they pass the token in the query.
+            token = parse_qs(urlsplit(request.path).query).get("access_token", [""])[0]
+        principal = self.tokens.verify(token)
+        return principal
+
+    def _origin_allowed(self, request: WebSocketRequest) -> bool:
+        for key, value in request.headers:
+            if key.lower() == b"origin":
+                return value.decode("latin-1") in self.config.allowed_origins
+        return True  # not a browser
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if not self._origin_allowed(request):
+            self.rejected += 1
+            await request.reject(403, body=_error_body("forbidden", "origin not allowed"))
+            return
+        try:
+            principal = self._authenticate(request)
+        except InvalidToken as exc:
+            self.rejected += 1
+            await request.reject(
+                401,
+                extra_headers=[(b"www-authenticate", b'Bearer error="invalid_token"')],
+                body=_error_body(exc.code, exc.message),
+            )
+            return
+        if principal.device_id is None or principal.network_id is None:
+            self.rejected += 1
+            await request.reject(
+                403, body=_error_body("forbidden", "only a device's token opens a session")
+            )
+            return
+        if self._per_user[principal.user_id] >= self.config.max_sessions_per_user:
+            self.rejected += 1
+            await request.reject(
+                429, body=_error_body("rate_limited", "too many sessions for this account")
+            )
+            return
+        ws = await request.accept()
+        self.accepted += 1
+        session = DeviceSession(ws, principal, self.router, self.networks, self.tokens, self.config)
+        self._per_user[principal.user_id] += 1
+        try:
+            await session.run(self._register)
+        except Exception:
+            log.exception("session=%s crashed", session.session_id)
+        finally:
+            self._per_user[principal.user_id] -= 1
+            if self._per_user[principal.user_id] <= 0:
+                del self._per_user[principal.user_id]
+            if self.sessions.get(session.address) is session:
+                del self.sessions[session.address]
+
+    def _register(self, session: DeviceSession) -> None:
+        """Make ``session`` the device's one live session, replacing an older one."""
+        old = self.sessions.get(session.address)
+        if old is not None:
+            old.close(CLOSE_REPLACED, "replaced by a new session")
+            # The old session's address must be free before the new one registers it.
+            old.mailbox.close()
+            self.router.unregister(old.address, old.mailbox)
+        self.sessions[session.address] = session

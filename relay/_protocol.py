@@ -1,0 +1,245 @@
+"""The device wire protocol: MessagePack frames, typed as msgspec tagged unions (sans-IO).
+
+One websocket binary message is one frame. Every frame is a map whose ``t`` field names its type;
+:func:`decode_client_frame` is the only way the server reads what a device sends, and
+:func:`decode_server_frame` the only way a device reads what the server sends. Anything else -
+not MessagePack, an unknown ``t``, a missing field, a value of the wrong type - raises
+:class:`ProtocolError`. New fields get defaults, so older peers keep working.
+
+The sender of anything a device receives (``from``) is always stamped by the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+VERSION = 1
+MAX_FRAME_BYTES = 1024 * 1024 + 4096
+"""A data payload may be 1 MiB; the frame around it adds a little."""
+
+
+class ProtocolError(Exception):
+    """A frame that does not decode; the session answers with an ``error`` frame and closes."""
+
+
+class _Frame(msgspec.Struct, tag_field="t", omit_defaults=True, frozen=True, kw_only=True):
+    pass
+
+
+# ----------------------------------------------------------------------------- shared parts
+
+
+class PeerState(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One device of the network, as the network map shows it."""
+
+    device_id: str
+    name: str
+    world_type: str
+    online: bool
+    last_seen: int | None = None
+
+
+class ThorAction(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What device A asks device B to do (the seed's cross-device action execution)."""
+
+    action: str
+    params: dict[str, Any] = {}
+
+
+class ThorResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    """For ``ok=False``: ``unreachable``, ``timeout``, ``overloaded``, or the executor's code."""
+
+
+NackReason = Literal["unreachable", "overloaded", "too_large", "rate_limited", "quota"]
+
+
+# ----------------------------------------------------------------------------- device -> server
+
+
+class Hello(_Frame, tag="hello", frozen=True):
+    """The first frame of a session. ``serial`` is the last presence serial the device saw."""
+
+    v: int = VERSION
+    client: str = ""
+
+
+class Send(_Frame, tag="send", frozen=True):
+    """Deliver ``data`` to device ``to`` of the same network; answered by ``ack`` or ``nack``."""
+
+    id: int
+    to: str
+    data: bytes
+
+
+class Request(_Frame, tag="request", frozen=True):
+    """Ask device ``to`` to execute ``action``; answered by ``response`` with the same ``id``."""
+
+    id: int
+    to: str
+    action: ThorAction
+    timeout_ms: int = 10_000
+
+
+class Reply(_Frame, tag="reply", frozen=True):
+    """The answer to an ``incoming`` request, by its ``id``."""
+
+    id: int
+    result: ThorResult
+
+
+class Signal(_Frame, tag="signal", frozen=True):
+    """Opaque connection set-up data (SDP offer/answer, ICE candidates) for device ``to``;
+    answered by ``ack`` or ``nack`` with the same ``id``."""
+
+    id: int
+    to: str
+    kind: str
+    payload: bytes
+
+
+class Ping(_Frame, tag="ping", frozen=True):
+    nonce: int = 0
+
+
+class Pong(_Frame, tag="pong", frozen=True):
+    nonce: int = 0
+
+
+ClientFrame = Hello | Send | Request | Reply | Signal | Ping | Pong
+
+
+# ----------------------------------------------------------------------------- server -> device
+
+
+class Welcome(_Frame, tag="welcome", frozen=True):
+    """The answer to ``hello``: who the device is, and the network map as of ``serial``."""
+
+    v: int
+    session_id: str
+    device_id: str
+    network_id: str
+    serial: int
+    devices: list[PeerState]
+    max_data_bytes: int
+    ping_interval_ms: int
+
+
+class Deliver(_Frame, tag="deliver", frozen=True):
+    """``data`` from device ``from_``, stamped by the server."""
+
+    from_: str = msgspec.field(name="from")
+    data: bytes
+
+
+class Ack(_Frame, tag="ack", frozen=True):
+    """The ``send`` with this ``id`` is queued for its recipient's session."""
+
+    id: int
+
+
+class Nack(_Frame, tag="nack", frozen=True):
+    """The ``send`` or ``request`` with this ``id`` was not delivered, and why."""
+
+    id: int
+    reason: NackReason
+
+
+class Incoming(_Frame, tag="incoming", frozen=True):
+    """A request from device ``from_``; answer with ``reply`` before ``deadline_ms`` passes."""
+
+    id: int
+    from_: str = msgspec.field(name="from")
+    action: ThorAction
+    timeout_ms: int
+
+
+class Response(_Frame, tag="response", frozen=True):
+    """The result of this device's ``request`` with this ``id``."""
+
+    id: int
+    result: ThorResult
+
+
+class Presence(_Frame, tag="presence", frozen=True):
+    """A change of the network map: serials increase by one per change."""
+
+    serial: int
+    device: PeerState
+
+
+class SignalFrom(_Frame, tag="signal_from", frozen=True):
+    from_: str = msgspec.field(name="from")
+    kind: str
+    payload: bytes
+
+
+class Error(_Frame, tag="error", frozen=True):
+    code: str
+    message: str
+
+
+ServerFrame = (
+    Welcome
+    | Deliver
+    | Ack
+    | Nack
+    | Incoming
+    | Response
+    | Presence
+    | SignalFrom
+    | Error
+    | Ping
+    | Pong
+)
+
+
+# ----------------------------------------------------------------------------- codec
+
+_encoder = msgspec.msgpack.Encoder()
+_client_decoder = msgspec.msgpack.Decoder(ClientFrame)
+_server_decoder = msgspec.msgpack.Decoder(ServerFrame)
+
+
+def encode(frame: _Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def decode_client_frame(data: bytes | bytearray | memoryview | str) -> ClientFrame:
+    """What a device sent, or :class:`ProtocolError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("frames are binary MessagePack, not text")
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame too large")
+    try:
+        frame: ClientFrame = _client_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(str(exc)) from None
+    return frame
+
+
+def decode_server_frame(data: bytes | bytearray | memoryview | str) -> ServerFrame:
+    """What the server sent, or :class:`ProtocolError` (for the device client)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("frames are binary MessagePack, not text")
+    try:
+        frame: ServerFrame = _server_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(str(exc)) from None
+    return frame
+
+
+# Websocket close codes (RFC 6455 section 7.4, and the 4000-4999 private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_REPLACED = 4000
+CLOSE_REVOKED = 4001
+CLOSE_SLOW_CONSUMER = 4002
+CLOSE_PING_TIMEOUT = 4003

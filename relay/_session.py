@@ -1,0 +1,428 @@
+"""One actor per connected device: it owns the websocket, its mailbox and its network membership.
+
+Tasks: one reader (decodes frames, routes them), one writer (the only task that writes to the
+socket, draining the mailbox), a pinger and a revocation watcher. The first of them to finish ends
+the session; the websocket is closed with a code that says why.
+
+Backpressure: the mailbox is bounded and refuses (``overloaded``) what other devices send once it
+is full; the session's own frames (acknowledgements, answers) wait for room instead, which stops
+the reader, which stops reading the socket. A device that does not take a frame within
+``send_timeout_s`` is disconnected (4002): a slow reader never grows server memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from actors import (
+    Address,
+    Envelope,
+    Mailbox,
+    Overflow,
+    Overloaded,
+    RequestTimeout,
+    Router,
+    Unreachable,
+)
+from yggdrasil import GatewayConfig, Principal, RateLimited, RateLimiter, TokenService
+
+from ._messages import (
+    ActionFrom,
+    DataFrom,
+    Encoded,
+    Join,
+    Joined,
+    Leave,
+    Refused,
+    SignalFromDevice,
+)
+from ._network import NetworkActor, Networks
+from ._protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_PING_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REVOKED,
+    CLOSE_SLOW_CONSUMER,
+    VERSION,
+    Ack,
+    Deliver,
+    Error,
+    Hello,
+    Incoming,
+    Nack,
+    NackReason,
+    Ping,
+    Pong,
+    ProtocolError,
+    Reply,
+    Request,
+    Response,
+    Send,
+    Signal,
+    SignalFrom,
+    ThorResult,
+    Welcome,
+    decode_client_frame,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Closing(Exception):
+    """Ends the session's task group with a close code, and optionally a last frame to send."""
+
+    def __init__(self, code: int, reason: str, last: Error | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.last = last
+
+
+@dataclass
+class SessionStats:
+    received: int = 0
+    sent: int = 0
+
+
+def _protocol_error(exc: ProtocolError) -> Error:
+    return Error(code="protocol_error", message=str(exc)[:200])
+
+
+class DeviceSession:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        principal: Principal,
+        router: Router,
+        networks: Networks,
+        tokens: TokenService,
+        config: GatewayConfig,
+    ) -> None:
+        assert principal.network_id is not None
+        assert principal.device_id is not None
+        self.ws = ws
+        self.principal = principal
+        self.network_id = principal.network_id
+        self.device_id = principal.device_id
+        self.address = Address.device(self.network_id, self.device_id)
+        self.network_address = Address.of_network(self.network_id)
+        self.session_id = secrets.token_urlsafe(9)
+        self.router = router
+        self.networks = networks
+        self.tokens = tokens
+        self.config = config
+        self.mailbox: Mailbox[Envelope] = Mailbox(config.queue_size, Overflow.REJECT)
+        self.rate = RateLimiter(config.messages_per_s, max(1, int(2 * config.messages_per_s)))
+        self.closed = trio.Event()
+        self.close_code = CLOSE_GOING_AWAY
+        self.close_reason = ""
+        self.stats = SessionStats()
+        self._network: NetworkActor | None = None
+        self._incoming: dict[int, Envelope] = {}
+        self._incoming_ids = itertools.count(1)
+        self._outstanding = 0
+        self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._last: Error | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the session to end (from outside its tasks): replaced, shutdown, revoked."""
+        self.close_code, self.close_reason = code, reason
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def run(self, register: Callable[[DeviceSession], None]) -> None:
+        """Serve the device until either side ends the session; closes the websocket."""
+        try:
+            with trio.CancelScope() as self._cancel:
+                try:
+                    await self._open(register)
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._reader)
+                        nursery.start_soon(self._writer)
+                        nursery.start_soon(self._pinger)
+                        nursery.start_soon(self._watch)
+                except* _Closing as group:
+                    first = group.exceptions[0]
+                    assert isinstance(first, _Closing)
+                    self.close_code, self.close_reason = first.code, first.reason
+                    self._last = first.last
+                except* ConnectionClosed:
+                    self.close_code, self.close_reason = CLOSE_GOING_AWAY, "device closed"
+        finally:
+            self.mailbox.close()
+            self.router.unregister(self.address, self.mailbox)
+            await self._leave()
+            with trio.move_on_after(2) as cleanup:
+                cleanup.shield = True
+                if self._last is not None:  # the writer has stopped: this is the only writer now
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.ws.send_message(encode(self._last))
+                await self.ws.aclose(self.close_code, self.close_reason)
+            self.closed.set()
+            log.info(
+                "session=%s device closed code=%d reason=%s",
+                self.session_id,
+                self.close_code,
+                self.close_reason,
+            )
+
+    async def _open(self, register: Callable[[DeviceSession], None]) -> None:
+        raw: bytes | str | None = None
+        with trio.move_on_after(self.config.hello_timeout_s):
+            raw = await self.ws.get_message()
+        if raw is None:
+            raise _Closing(CLOSE_PROTOCOL_ERROR, "no hello in time")
+        try:
+            hello = decode_client_frame(raw)
+        except ProtocolError as exc:
+            raise _Closing(CLOSE_PROTOCOL_ERROR, "protocol error", _protocol_error(exc)) from None
+        if not isinstance(hello, Hello):
+            error = Error(code="protocol_error", message="the first frame must be hello")
+            raise _Closing(CLOSE_PROTOCOL_ERROR, "expected hello", error)
+        if hello.v != VERSION:
+            error = Error(code="version", message=f"this server speaks version {VERSION}")
+            raise _Closing(CLOSE_PROTOCOL_ERROR, "unsupported version", error)
+        register(self)
+        self.router.register(self.address, self.mailbox)
+        joined = await self._join()
+        await self._send_now(
+            Welcome(
+                v=VERSION,
+                session_id=self.session_id,
+                device_id=self.device_id,
+                network_id=self.network_id,
+                serial=joined.serial,
+                devices=joined.devices,
+                max_data_bytes=self.config.max_data_bytes,
+                ping_interval_ms=int(self.config.ping_interval_s * 1000),
+            )
+        )
+
+    async def _join(self) -> Joined:
+        for _ in range(3):  # the network actor may be stopping for idleness right now
+            self._network = await self.networks.ensure(self.network_id)
+            try:
+                answer = await self.router.request(
+                    self.address,
+                    self.network_address,
+                    Join(self.device_id, self.session_id),
+                    timeout_s=10,
+                )
+            except Unreachable:
+                continue
+            if isinstance(answer, Refused):
+                raise _Closing(CLOSE_REVOKED, "device unknown")
+            assert isinstance(answer, Joined)
+            return answer
+        raise _Closing(CLOSE_GOING_AWAY, "network unavailable")
+
+    async def _leave(self) -> None:
+        if self._network is None:
+            return
+        # If the network actor is gone or jammed, presence resyncs when it restarts.
+        with contextlib.suppress(Unreachable, Overloaded):
+            self._network.mailbox.put_nowait(
+                Envelope(self.address, self.network_address, Leave(self.device_id, self.session_id))
+            )
+
+    # ----------------------------------------------------------------- reading
+
+    async def _reader(self) -> None:
+        while True:
+            raw = await self.ws.get_message()
+            self.stats.received += 1
+            try:
+                frame = decode_client_frame(raw)
+            except ProtocolError as exc:
+                error = _protocol_error(exc)
+                raise _Closing(CLOSE_PROTOCOL_ERROR, "protocol error", error) from None
+            match frame:
+                case Send():
+                    await self._on_send(frame)
+                case Request():
+                    await self._on_request(frame)
+                case Reply():
+                    await self._on_reply(frame)
+                case Signal():
+                    await self._on_signal(frame)
+                case Ping(nonce=nonce):
+                    await self._queue(Pong(nonce=nonce))
+                case Pong():
+                    pass
+                case Hello():
+                    await self._queue(
+                        Error(code="protocol_error", message="hello was already sent")
+                    )
+                    raise _Closing(CLOSE_PROTOCOL_ERROR, "second hello")
+
+    def _admit(self, size: int) -> NackReason | None:
+        if size > self.config.max_data_bytes:
+            return "too_large"
+        try:
+            self.rate.check("session")
+        except RateLimited:
+            return "rate_limited"
+        network = self._network
+        if network is not None and not network.quota.allow(size):
+            return "quota"
+        return None
+
+    async def _on_send(self, frame: Send) -> None:
+        refused = self._admit(len(frame.data))
+        if refused is None:
+            refused = await self._route(frame.to, DataFrom(self.device_id, frame.data))
+        await self._queue(
+            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
+        )
+
+    async def _on_signal(self, frame: Signal) -> None:
+        refused = self._admit(len(frame.payload))
+        if refused is None:
+            body = SignalFromDevice(self.device_id, frame.kind, frame.payload)
+            refused = await self._route(frame.to, body)
+        await self._queue(
+            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
+        )
+
+    async def _route(self, to: str, body: object) -> NackReason | None:
+        try:
+            destination = Address.device(self.network_id, to)
+        except ValueError:
+            return "unreachable"
+        try:
+            await self.router.send(Envelope(self.address, destination, body))
+        except Unreachable:
+            return "unreachable"
+        except Overloaded:
+            return "overloaded"
+        return None
+
+    async def _on_request(self, frame: Request) -> None:
+        refused = self._admit(0)
+        if refused is None and self._outstanding >= self.config.max_pending_requests:
+            refused = "overloaded"
+        if refused is not None:
+            await self._queue(Response(id=frame.id, result=ThorResult(ok=False, error=refused)))
+            return
+        assert self._nursery is not None
+        self._outstanding += 1
+        self._nursery.start_soon(self._await_answer, frame)
+
+    async def _await_answer(self, frame: Request) -> None:
+        try:
+            timeout_s = max(0.001, min(frame.timeout_ms, 60_000) / 1000)
+            try:
+                destination = Address.device(self.network_id, frame.to)
+                body = ActionFrom(self.device_id, frame.action, int(timeout_s * 1000))
+                answer = await self.router.request(
+                    self.address, destination, body, timeout_s=timeout_s
+                )
+                result = (
+                    answer
+                    if isinstance(answer, ThorResult)
+                    else ThorResult(ok=False, error="bad_answer")
+                )
+            except (Unreachable, ValueError):
+                result = ThorResult(ok=False, error="unreachable")
+            except RequestTimeout:
+                result = ThorResult(ok=False, error="timeout")
+            except Overloaded:
+                result = ThorResult(ok=False, error="overloaded")
+            await self._queue(Response(id=frame.id, result=result))
+        finally:
+            self._outstanding -= 1
+
+    async def _on_reply(self, frame: Reply) -> None:
+        envelope = self._incoming.pop(frame.id, None)
+        if envelope is None:
+            return  # late (timed out) or made up: nothing waits for it
+        with contextlib.suppress(Unreachable, Overloaded):
+            await self.router.reply(envelope, frame.result)
+
+    # ----------------------------------------------------------------- writing
+
+    async def _queue(self, frame: object) -> None:
+        """Queue one of our own frames for the writer, waiting for room (backpressure)."""
+        await self.mailbox.put(
+            Envelope(self.address, self.address, Encoded(encode(frame))),  # type: ignore[arg-type]
+            overflow=Overflow.WAIT,
+        )
+
+    async def _send_now(self, frame: object) -> None:
+        await self._write(encode(frame))  # type: ignore[arg-type]
+
+    async def _write(self, data: bytes) -> None:
+        with trio.move_on_after(self.config.send_timeout_s):
+            await self.ws.send_message(data)
+            self.stats.sent += 1
+            return
+        raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    async def _writer(self) -> None:
+        async for envelope in self.mailbox:
+            match envelope.body:
+                case Encoded(frame=data):
+                    await self._write(data)
+                case DataFrom(device_id=sender, data=data):
+                    await self._write(encode(Deliver(from_=sender, data=data)))
+                case SignalFromDevice(device_id=sender, kind=kind, payload=payload):
+                    await self._write(encode(SignalFrom(from_=sender, kind=kind, payload=payload)))
+                case ActionFrom(device_id=sender, action=action, timeout_ms=timeout_ms):
+                    await self._deliver_request(envelope, sender, action, timeout_ms)
+                case _:
+                    log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
+
+    async def _deliver_request(
+        self, envelope: Envelope, sender: str, action: object, timeout_ms: int
+    ) -> None:
+        if envelope.deadline is not None and envelope.deadline < time.time():
+            return  # expired while queued
+        if len(self._incoming) >= self.config.max_pending_requests:
+            with contextlib.suppress(Unreachable, Overloaded):
+                await self.router.reply(envelope, ThorResult(ok=False, error="overloaded"))
+            return
+        self._purge_expired()
+        incoming_id = next(self._incoming_ids)
+        self._incoming[incoming_id] = envelope
+        await self._write(
+            encode(Incoming(id=incoming_id, from_=sender, action=action, timeout_ms=timeout_ms))  # type: ignore[arg-type]
+        )
+
+    def _purge_expired(self) -> None:
+        now = time.time()
+        for key, envelope in list(self._incoming.items()):
+            if envelope.deadline is not None and envelope.deadline < now:
+                del self._incoming[key]
+
+    # ----------------------------------------------------------------- liveness
+
+    async def _pinger(self) -> None:
+        while True:
+            await trio.sleep(self.config.ping_interval_s)
+            with trio.move_on_after(self.config.ping_timeout_s):
+                await self.ws.ping()
+                continue
+            raise _Closing(CLOSE_PING_TIMEOUT, "ping timeout")
+
+    async def _watch(self) -> None:
+        """Revoked tokens and deleted devices end the session within ``revocation_check_s``."""
+        while True:
+            await trio.sleep(self.config.revocation_check_s)
+            if self.tokens.is_revoked(self.principal):
+                raise _Closing(CLOSE_REVOKED, "revoked")
+            if self._network is not None and not self._network.alive:
+                raise _Closing(CLOSE_GOING_AWAY, "network restarted")
