@@ -25,6 +25,7 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
     """One instance on port 0 in this trio run; stopped gracefully on exit."""
     overrides: dict[str, dict[str, Any]] = {"server": {"data_dir": str(data_dir)}}
     overrides.setdefault("api", {})["port"] = 0
+    overrides.setdefault("gateway", {})["port"] = 0
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     config = load_config(overrides=overrides)
@@ -80,6 +81,8 @@ def server_process(
         "--data-dir",
         str(data_dir),
         "--api-port",
+        "0",
+        "--gateway-port",
         "0",
         "--log-format",
         "json",
