@@ -1,5 +1,21 @@
 """The device gateway: wire protocol, device sessions, network actors and the device client."""
 
+from . import _device_cli as device_cli
+from ._client import (
+    BUILTIN_ACTIONS,
+    ClientError,
+    Connected,
+    Credentials,
+    DeliveryFailed,
+    DeviceClient,
+    Disconnected,
+    Message,
+    NotConnected,
+    PresenceChanged,
+    RequestAnswered,
+    SignalReceived,
+    SignedOut,
+)
 from ._gateway import Gateway
 from ._network import NetworkActor, Networks, TenantQuota
 from ._protocol import (
@@ -33,35 +49,49 @@ from ._protocol import (
 from ._session import DeviceSession
 
 __all__ = [
+    "BUILTIN_ACTIONS",
     "VERSION",
     "Ack",
+    "ClientError",
     "ClientFrame",
+    "Connected",
+    "Credentials",
     "Deliver",
+    "DeliveryFailed",
+    "DeviceClient",
     "DeviceSession",
+    "Disconnected",
     "Error",
     "Gateway",
     "Hello",
     "Incoming",
+    "Message",
     "Nack",
     "NetworkActor",
     "Networks",
+    "NotConnected",
     "PeerState",
     "Ping",
     "Pong",
     "Presence",
+    "PresenceChanged",
     "ProtocolError",
     "Reply",
     "Request",
+    "RequestAnswered",
     "Response",
     "Send",
     "ServerFrame",
     "Signal",
     "SignalFrom",
+    "SignalReceived",
+    "SignedOut",
     "TenantQuota",
     "ThorAction",
     "ThorResult",
     "Welcome",
     "decode_client_frame",
     "decode_server_frame",
+    "device_cli",
     "encode",
 ]

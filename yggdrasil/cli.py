@@ -14,6 +14,7 @@ import trio
 import trio_asyncio
 
 from actors import Escalated
+from relay import device_cli
 
 from . import server
 from ._config import Config, load_config
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="sign new tokens with a new key; tokens of the old key stay valid"
     )
     _common(rotate)
+
+    device_cli.add_commands(commands)
     return parser
 
 
@@ -163,6 +166,9 @@ async def _grant(config: Config, email: str, role: Literal["user", "operator"]) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "device":
+        configure("warning", "text")
+        return device_cli.run(args)
     try:
         config = _config(args)
     except ConfigError as exc:

@@ -1,0 +1,396 @@
+"""The device side: a client that keeps one session with Yggdrasil alive.
+
+:class:`DeviceClient` connects to the gateway with the device's access token, reconnects by itself
+(at once, then with exponential backoff and jitter), refreshes its tokens when the gateway says
+they expired, keeps the network map current from presence deltas, answers incoming requests with
+the actions it was given, and reports everything else as events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from actors import Mailbox, Overflow
+
+from ._protocol import (
+    MAX_FRAME_BYTES,
+    Ack,
+    Deliver,
+    Error,
+    Hello,
+    Incoming,
+    Nack,
+    PeerState,
+    Ping,
+    Pong,
+    Presence,
+    ProtocolError,
+    Reply,
+    Request,
+    Response,
+    Send,
+    Signal,
+    SignalFrom,
+    ThorAction,
+    ThorResult,
+    Welcome,
+    decode_server_frame,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+Action = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""An executor for incoming requests: ``(from_device, params) -> result``."""
+
+
+class Credentials(msgspec.Struct):
+    api_url: str
+    gateway_url: str
+    device_id: str
+    network_id: str
+    access_token: str
+    refresh_token: str
+
+
+class ClientError(Exception):
+    """Root of the client's errors."""
+
+
+class NotConnected(ClientError):
+    def __init__(self) -> None:
+        super().__init__("not connected")
+
+
+class DeliveryFailed(ClientError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SignedOut(ClientError):
+    """The refresh token was refused: the device must sign in again."""
+
+
+# Events the client reports.
+class Connected(msgspec.Struct, frozen=True):
+    welcome: Welcome
+
+
+class Disconnected(msgspec.Struct, frozen=True):
+    code: int | None
+    reason: str
+
+
+class Message(msgspec.Struct, frozen=True):
+    from_device: str
+    data: bytes
+
+
+class PresenceChanged(msgspec.Struct, frozen=True):
+    device: PeerState
+    serial: int
+
+
+class SignalReceived(msgspec.Struct, frozen=True):
+    from_device: str
+    kind: str
+    payload: bytes
+
+
+class RequestAnswered(msgspec.Struct, frozen=True):
+    from_device: str
+    action: str
+    result: ThorResult
+
+
+Event = Connected | Disconnected | Message | PresenceChanged | SignalReceived | RequestAnswered
+
+
+class _Slot:
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+
+
+class DeviceClient:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        actions: dict[str, Action] | None = None,
+        on_credentials: Callable[[Credentials], None] | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        events_capacity: int = 1024,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.actions = dict(actions or {})
+        self._on_credentials = on_credentials
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = rng or random.Random()
+        self.peers: dict[str, PeerState] = {}
+        self.serial = 0
+        self.connected = False
+        self.connections = 0
+        self.events: Mailbox[Event] = Mailbox(events_capacity, Overflow.DROP_OLDEST)
+        self._ws: WebSocketConnection | None = None
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Slot] = {}
+        self._ready = trio.Event()
+
+    # ----------------------------------------------------------------- public
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected until cancelled; raises :class:`SignedOut` if the tokens are gone.
+
+        Reports started at once; :meth:`wait_connected` waits for a session.
+        """
+        task_status.started()
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+            except ConnectionRejected as rejected:
+                if rejected.status_code == 401:
+                    await self._refresh()
+                    continue
+                log.warning("gateway refused the session: %s", rejected.status_code)
+            except (OSError, HandshakeError, ConnectionClosed, ProtocolError, trio.TooSlowError):
+                pass
+            finally:
+                if self._ws is not None:
+                    attempt = 0  # that session worked: the next try is immediate
+                self._disconnected()
+            delay = 0.0
+            if attempt > 0:
+                delay = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (attempt - 1))
+                delay *= 0.5 + 0.5 * self._rng.random()
+            attempt += 1
+            await trio.sleep(delay)
+
+    async def wait_connected(self) -> None:
+        """Return once a session is up (at once if it is)."""
+        while not self.connected:
+            await self._ready.wait()
+
+    async def send(self, to: str, data: bytes, *, timeout_s: float = 10.0) -> None:
+        """Deliver ``data`` to device ``to``; :class:`DeliveryFailed` with the server's reason."""
+        frame_id = next(self._ids)
+        result = await self._roundtrip(frame_id, Send(id=frame_id, to=to, data=data), timeout_s)
+        if isinstance(result, Nack):
+            raise DeliveryFailed(result.reason)
+
+    async def signal(self, to: str, kind: str, payload: bytes, *, timeout_s: float = 10.0) -> None:
+        frame_id = next(self._ids)
+        frame = Signal(id=frame_id, to=to, kind=kind, payload=payload)
+        result = await self._roundtrip(frame_id, frame, timeout_s)
+        if isinstance(result, Nack):
+            raise DeliveryFailed(result.reason)
+
+    async def request(
+        self,
+        to: str,
+        action: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout_s: float = 10.0,
+    ) -> ThorResult:
+        """Ask device ``to`` to run ``action``; its :class:`ThorResult`, ``ok=False`` on failure."""
+        frame_id = next(self._ids)
+        frame = Request(
+            id=frame_id,
+            to=to,
+            action=ThorAction(action, params or {}),
+            timeout_ms=int(timeout_s * 1000),
+        )
+        result = await self._roundtrip(frame_id, frame, timeout_s + 5)
+        if isinstance(result, Nack):
+            return ThorResult(ok=False, error=result.reason)
+        assert isinstance(result, ThorResult)
+        return result
+
+    # ----------------------------------------------------------------- internals
+
+    async def _roundtrip(self, frame_id: int, frame: Any, timeout_s: float) -> Any:
+        slot = _Slot()
+        self._pending[frame_id] = slot
+        try:
+            await self._send(frame)
+            with trio.fail_after(timeout_s):
+                await slot.done.wait()
+        finally:
+            self._pending.pop(frame_id, None)
+        if slot.value is None:
+            raise NotConnected()
+        return slot.value
+
+    async def _send(self, frame: Any) -> None:
+        ws = self._ws
+        if ws is None:
+            raise NotConnected()
+        async with self._send_lock:  # one writer at a time on the socket
+            try:
+                await ws.send_message(encode(frame))
+            except ConnectionClosed:
+                raise NotConnected() from None
+
+    async def _session(self) -> None:
+        headers = [(b"authorization", f"Bearer {self.credentials.access_token}".encode())]
+        async with open_websocket_url(
+            self.credentials.gateway_url,
+            extra_headers=headers,
+            max_message_size=MAX_FRAME_BYTES,
+            connect_timeout=10,
+            disconnect_timeout=2,
+        ) as ws:
+            await ws.send_message(encode(Hello(client="yggdrasil-device")))
+            with trio.fail_after(10):
+                welcome = decode_server_frame(await ws.get_message())
+            if not isinstance(welcome, Welcome):
+                raise ProtocolError(f"expected welcome, got {type(welcome).__name__}")
+            self._ws = ws
+            self.connected = True
+            self.connections += 1
+            self.serial = welcome.serial
+            self.peers = {p.device_id: p for p in welcome.devices}
+            self._ready.set()
+            self._emit(Connected(welcome))
+            try:
+                async with trio.open_nursery() as nursery:
+                    while True:
+                        frame = decode_server_frame(await ws.get_message())
+                        await self._dispatch(frame, nursery)
+            except BaseExceptionGroup as group:
+                closed = _sole(group)
+                if not isinstance(closed, ConnectionClosed):
+                    raise
+                reason = closed.reason
+                code = reason.code if reason is not None else None
+                self._emit(Disconnected(code, (reason.reason or "") if reason is not None else ""))
+                raise closed from None
+
+    async def _dispatch(self, frame: Any, nursery: trio.Nursery) -> None:
+        match frame:
+            case Ack(id=frame_id) | Nack(id=frame_id):
+                self._resolve(frame_id, frame)
+            case Response(id=frame_id, result=result):
+                self._resolve(frame_id, result)
+            case Deliver(from_=sender, data=data):
+                self._emit(Message(sender, data))
+            case Presence(serial=serial, device=device):
+                self.peers[device.device_id] = device
+                self.serial = max(self.serial, serial)
+                self._emit(PresenceChanged(device, serial))
+            case SignalFrom(from_=sender, kind=kind, payload=payload):
+                self._emit(SignalReceived(sender, kind, payload))
+            case Incoming():
+                nursery.start_soon(self._execute, frame)
+            case Ping(nonce=nonce):
+                await self._send(Pong(nonce=nonce))
+            case Error(code=code, message=message):
+                log.warning("server error %s: %s", code, message)
+            case _:
+                pass
+
+    async def _execute(self, frame: Incoming) -> None:
+        action = self.actions.get(frame.action.action)
+        if action is None:
+            result = ThorResult(ok=False, error="unknown_action")
+        else:
+            try:
+                with trio.fail_after(max(0.001, frame.timeout_ms / 1000)):
+                    result = ThorResult(
+                        ok=True, result=await action(frame.from_, frame.action.params)
+                    )
+            except trio.TooSlowError:
+                result = ThorResult(ok=False, error="timeout")
+            except Exception as exc:  # the executor's failure is the requester's answer
+                result = ThorResult(ok=False, error=type(exc).__name__)
+        self._emit(RequestAnswered(frame.from_, frame.action.action, result))
+        with contextlib.suppress(NotConnected):  # the requester learns "timeout" instead
+            await self._send(Reply(id=frame.id, result=result))
+
+    def _resolve(self, frame_id: int, value: Any) -> None:
+        slot = self._pending.get(frame_id)
+        if slot is not None and not slot.done.is_set():
+            slot.value = value
+            slot.done.set()
+
+    def _emit(self, event: Event) -> None:
+        self.events.put_nowait(event)
+
+    def _disconnected(self) -> None:
+        self._ws = None
+        self.connected = False
+        if self._ready.is_set():  # a fresh event for the next wait; waiters on an unset one stay
+            self._ready = trio.Event()
+        for slot in self._pending.values():
+            slot.done.set()  # value None: NotConnected
+
+    async def _refresh(self) -> None:
+        body = {
+            "refresh_token": self.credentials.refresh_token,
+            "device_id": self.credentials.device_id,
+            "network_id": self.credentials.network_id,
+        }
+        try:
+            async with httpx.AsyncClient(base_url=self.credentials.api_url, timeout=10) as http:
+                response = await http.post("/api/v1/auth/refresh", json=body)
+        except httpx.HTTPError:
+            await trio.sleep(self.backoff_base_s)
+            return
+        if response.status_code == 401:
+            raise SignedOut("the refresh token was refused; sign in again")
+        if response.status_code != 200:
+            await trio.sleep(self.backoff_base_s)
+            return
+        session = response.json()
+        self.credentials = msgspec.structs.replace(
+            self.credentials,
+            access_token=session["access_token"],
+            refresh_token=session["refresh_token"],
+        )
+        if self._on_credentials is not None:
+            self._on_credentials(self.credentials)
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The only exception inside nested groups, or the group if there are several."""
+    current: BaseException = group
+    while isinstance(current, BaseExceptionGroup) and len(current.exceptions) == 1:
+        current = current.exceptions[0]
+    return current
+
+
+async def echo(from_device: str, params: dict[str, Any]) -> Any:
+    """Built-in action: the parameters back."""
+    return params
+
+
+async def whoami(from_device: str, params: dict[str, Any]) -> Any:
+    return {"asked_by": from_device}
+
+
+BUILTIN_ACTIONS: dict[str, Action] = {"echo": echo, "whoami": whoami}
