@@ -1,0 +1,130 @@
+"""The wire codec: round trips for every frame, and garbage never crashes the decoder."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import (
+    Ack,
+    Deliver,
+    Error,
+    Hello,
+    Incoming,
+    Nack,
+    PeerState,
+    Ping,
+    Pong,
+    Presence,
+    ProtocolError,
+    Reply,
+    Request,
+    Response,
+    Send,
+    Signal,
+    SignalFrom,
+    ThorAction,
+    ThorResult,
+    Welcome,
+    decode_client_frame,
+    decode_server_frame,
+    encode,
+)
+
+CLIENT_FRAMES = [
+    Hello(client="x"),
+    Send(id=1, to="phone", data=b"\x00\xff"),
+    Request(id=2, to="phone", action=ThorAction("lights.on", {"room": "kitchen"}), timeout_ms=500),
+    Reply(id=3, result=ThorResult(ok=True, result=[1, 2])),
+    Signal(id=4, to="phone", kind="candidate", payload=b"a=candidate"),
+    Ping(nonce=5),
+    Pong(nonce=6),
+]
+SERVER_FRAMES = [
+    Welcome(
+        v=1,
+        session_id="s",
+        device_id="laptop",
+        network_id="n",
+        serial=3,
+        devices=[PeerState("laptop", "Laptop", "midgard", True, 17)],
+        max_data_bytes=1024,
+        ping_interval_ms=20000,
+    ),
+    Deliver(from_="phone", data=b"hi"),
+    Ack(id=1),
+    Nack(id=2, reason="unreachable"),
+    Incoming(id=3, from_="phone", action=ThorAction("x"), timeout_ms=10),
+    Response(id=4, result=ThorResult(ok=False, error="timeout")),
+    Presence(serial=4, device=PeerState("phone", "Phone", "alfheim", False)),
+    SignalFrom(from_="phone", kind="offer", payload=b"v=0"),
+    Error(code="protocol_error", message="m"),
+]
+
+
+@pytest.mark.parametrize("frame", CLIENT_FRAMES, ids=lambda f: type(f).__name__)
+def test_client_frames_round_trip(frame: object) -> None:
+    assert decode_client_frame(encode(frame)) == frame  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("frame", SERVER_FRAMES, ids=lambda f: type(f).__name__)
+def test_server_frames_round_trip(frame: object) -> None:
+    assert decode_server_frame(encode(frame)) == frame  # type: ignore[arg-type]
+
+
+def test_the_wire_names_are_stable() -> None:
+    raw = msgspec.msgpack.decode(encode(Deliver(from_="phone", data=b"x")))
+    assert raw == {"t": "deliver", "from": "phone", "data": b"x"}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        msgspec.msgpack.encode({"t": "nope"}),
+        msgspec.msgpack.encode({"t": "send", "id": "1", "to": "x", "data": b""}),
+        msgspec.msgpack.encode({"t": "send", "id": 1, "to": "x"}),
+        msgspec.msgpack.encode({"t": "deliver", "from": "x", "data": b""}),  # a server frame
+        msgspec.msgpack.encode([1, 2, 3]),
+        "text",
+        b"\x00" * (2 * 1024 * 1024),
+    ],
+)
+def test_bad_frames_are_protocol_errors(payload: bytes | str) -> None:
+    with pytest.raises(ProtocolError):
+        decode_client_frame(payload)
+
+
+@given(st.binary(max_size=512))
+def test_any_bytes_give_a_frame_or_a_protocol_error(data: bytes) -> None:
+    try:
+        frame = decode_client_frame(data)
+    except ProtocolError:
+        return
+    assert type(frame).__name__ in {"Hello", "Send", "Request", "Reply", "Signal", "Ping", "Pong"}
+
+
+field_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["t", "id", "to", "data", "action", "result", "kind", "payload", "v"]),
+        field_values | st.sampled_from(["send", "request", "reply", "signal", "hello", "ping"]),
+        max_size=6,
+    )
+)
+def test_structured_garbage_gives_a_frame_or_a_protocol_error(fields: dict[str, object]) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_client_frame(msgspec.msgpack.encode(fields))

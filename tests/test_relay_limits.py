@@ -1,0 +1,153 @@
+"""Every limit of the relay, pushed until it holds: queues, rates, quotas, caps, pings."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import wsproto
+from trio_websocket import ConnectionRejected
+from wsproto.events import AcceptConnection
+from wsproto.events import Request as WsRequest
+
+from relay import Ack, Nack, Send
+from tests.clients import RELAXED_LIMITS, User, device, sign_in
+from tests.devices import close_code, raw_device
+from tests.servers import running_server
+
+
+@asynccontextmanager
+async def server(data_dir: Path, **gateway: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    settings = {"revocation_check_s": 0.2, **gateway}
+    async with (
+        running_server(data_dir, limits=RELAXED_LIMITS, gateway=settings) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        yield running.gateway_url, http
+
+
+async def devices(http: httpx.AsyncClient, outbox: Path, *names: str) -> list[User]:
+    return [
+        await sign_in(http, outbox, "limits@example.org", device_body=device(name))
+        for name in names
+    ]
+
+
+async def test_a_slow_reader_is_throttled_then_disconnected(data_dir: Path) -> None:
+    async with server(data_dir, queue_size=4, send_timeout_s=0.5) as (gateway, http):
+        fast, slow = await devices(http, data_dir / "outbox", "fast", "slow")
+        async with (
+            raw_device(gateway, fast.session["access_token"]) as sender,
+            raw_device(gateway, slow.session["access_token"]) as sleeper,
+        ):
+            # The slow device never reads. The sender floods it with 64 KiB messages.
+            reasons: list[str] = []
+            block = b"x" * 65536
+            with trio.fail_after(30):
+                for i in range(100_000):
+                    await sender.send(Send(id=i, to="slow", data=block))
+                    answer = await sender.receive_type((Ack, Nack))  # type: ignore[arg-type]
+                    if isinstance(answer, Nack):
+                        reasons.append(answer.reason)
+                        if answer.reason == "unreachable":
+                            break  # the slow device has been disconnected
+                        await trio.sleep(0.005)  # let the writer fill the socket's buffers
+            assert "overloaded" in reasons  # throttled first: the queue is bounded
+            assert reasons[-1] == "unreachable"  # then cut off
+            # 4002 if the close frame still fits into the full socket, else the connection drops.
+            assert await close_code(sleeper.ws, timeout_s=15) in (4002, 1006)
+
+
+async def test_per_session_rate_limit(data_dir: Path) -> None:
+    async with server(data_dir, messages_per_s=5.0) as (gateway, http):
+        (only,) = await devices(http, data_dir / "outbox", "chatty")
+        async with raw_device(gateway, only.session["access_token"]) as chatty:
+            answers = []
+            for i in range(15):
+                await chatty.send(Send(id=i, to="chatty", data=b"."))
+                answers.append(await chatty.receive_type((Ack, Nack)))  # type: ignore[arg-type]
+            refused = [a for a in answers if isinstance(a, Nack)]
+            assert refused
+            assert {a.reason for a in refused} == {"rate_limited"}
+            assert sum(isinstance(a, Ack) for a in answers) == 10  # the burst
+
+
+async def test_per_network_quota(data_dir: Path) -> None:
+    async with server(data_dir, tenant_messages_per_s=3.0) as (gateway, http):
+        a, b = await devices(http, data_dir / "outbox", "a", "b")
+        async with (
+            raw_device(gateway, a.session["access_token"]) as first,
+            raw_device(gateway, b.session["access_token"]) as second,
+        ):
+            answers = []
+            for i in range(4):
+                for sender in (first, second):
+                    await sender.send(Send(id=i, to="a", data=b"."))
+                    answers.append(await sender.receive_type((Ack, Nack)))  # type: ignore[arg-type]
+            assert {a.reason for a in answers if isinstance(a, Nack)} == {"quota"}
+            assert sum(isinstance(a, Ack) for a in answers) == 3  # shared by the whole network
+
+
+async def test_sessions_per_account_are_capped(data_dir: Path) -> None:
+    async with server(data_dir, max_sessions_per_user=2) as (gateway, http):
+        users = await devices(http, data_dir / "outbox", "one", "two", "three")
+        async with (
+            raw_device(gateway, users[0].session["access_token"]),
+            raw_device(gateway, users[1].session["access_token"]),
+        ):
+            with pytest.raises(ConnectionRejected) as info:
+                async with raw_device(gateway, users[2].session["access_token"]):
+                    pass
+            assert info.value.status_code == 429
+        # Once the others are gone, the third one gets in.
+        async with raw_device(gateway, users[2].session["access_token"]) as third:
+            assert third.welcome.device_id == "three"
+
+
+async def test_a_silent_device_is_dropped_after_the_ping_timeout(data_dir: Path) -> None:
+    """A device that completes the handshake and then answers nothing, not even pings."""
+    async with server(data_dir, ping_interval_s=0.2, ping_timeout_s=0.3, hello_timeout_s=30) as (
+        gateway,
+        http,
+    ):
+        (silent,) = await devices(http, data_dir / "outbox", "silent")
+        host, port = gateway.removeprefix("ws://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        handshake = WsRequest(
+            host=host,
+            target="/",
+            extra_headers=[(b"authorization", f"Bearer {silent.session['access_token']}".encode())],
+        )
+        await stream.send_all(connection.send(handshake))
+        with trio.fail_after(5):
+            while True:
+                connection.receive_data(await stream.receive_some(65536))
+                if any(isinstance(e, AcceptConnection) for e in connection.events()):
+                    break
+        from wsproto.events import BytesMessage
+
+        from relay import Hello, encode
+
+        await stream.send_all(connection.send(BytesMessage(data=encode(Hello()))))
+        # From now on we read the socket but never answer: no pong goes back.
+        closed = False
+        with trio.fail_after(5):
+            while not closed:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                connection.receive_data(data)
+                for event in connection.events():
+                    if isinstance(event, wsproto.events.CloseConnection):
+                        assert event.code == 4003
+                        closed = True
+        assert closed
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
