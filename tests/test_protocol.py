@@ -110,7 +110,11 @@ def test_any_bytes_give_a_frame_or_a_protocol_error(data: bytes) -> None:
 
 
 field_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
     ),

@@ -13,10 +13,10 @@ import pytest
 import trio
 import wsproto
 from trio_websocket import ConnectionRejected
-from wsproto.events import AcceptConnection
+from wsproto.events import AcceptConnection, BytesMessage
 from wsproto.events import Request as WsRequest
 
-from relay import Ack, Nack, Send
+from relay import Ack, Hello, Nack, Send, encode
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
 from tests.servers import running_server
@@ -131,10 +131,6 @@ async def test_a_silent_device_is_dropped_after_the_ping_timeout(data_dir: Path)
                 connection.receive_data(await stream.receive_some(65536))
                 if any(isinstance(e, AcceptConnection) for e in connection.events()):
                     break
-        from wsproto.events import BytesMessage
-
-        from relay import Hello, encode
-
         await stream.send_all(connection.send(BytesMessage(data=encode(Hello()))))
         # From now on we read the socket but never answer: no pong goes back.
         closed = False
