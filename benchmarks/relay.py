@@ -1,0 +1,457 @@
+"""Device-to-device relay: throughput and one-way latency, and memory per idle session.
+
+Run:  .venv/bin/python -m benchmarks.relay [--seconds 3] [--pairs 1,10,100]
+                                           [--sizes 64,1024,16384] [--sessions 1000,10000]
+
+Two servers, each in its own process, measured in the same run by the same load generator (a third
+process):
+
+- baseline: a bare trio-websocket relay - each message names its destination, the server looks it up
+  in a dict and forwards it (no authentication, no actors, no router);
+- yggdrasil: ``yggdrasil serve`` on a fresh data directory - gateway, session actors, the router,
+  per-session and per-network limits - with the devices' frames as a real device sends them.
+
+Senders are windowed (at most ``--window`` messages of each pair in flight) so that the figures are
+a sustained rate, not a queue filling up. One-way latency is taken from a monotonic timestamp in the
+payload (both ends are on this machine). Memory is the server's resident set growth per open idle
+session. Every Yggdrasil figure is printed with its ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, serve_websocket
+
+_STAMP = struct.Struct("!Q")
+_DEST = struct.Struct("!I")
+
+
+# ----------------------------------------------------------------------------- baseline server
+
+
+def baseline_server(port_queue: Any) -> None:
+    """A relay with nothing but a dict: the path names a connection, 4 bytes name the peer."""
+    _raise_fd_limit()
+    connections: dict[int, WebSocketConnection] = {}
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        me = int(request.path.strip("/"))
+        connections[me] = ws
+        try:
+            while True:
+                message = await ws.get_message()
+                (dest,) = _DEST.unpack_from(message)
+                peer = connections.get(dest)
+                if peer is not None:
+                    await peer.send_message(message)
+        except Exception:
+            pass
+        finally:
+            connections.pop(me, None)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    handler,
+                    "127.0.0.1",
+                    0,
+                    None,
+                    max_message_size=2**21,
+                    receive_buffer_size=65536,
+                    task_status=task_status,
+                )
+            )
+            port_queue.put(server.port)
+
+    trio.run(main)
+
+
+# ----------------------------------------------------------------------------- yggdrasil server
+
+
+def prepare_yggdrasil(data_dir: Path, count: int) -> tuple[list[str], list[str]]:
+    """Register ``count`` devices directly in a fresh data directory and mint their tokens."""
+    from yggdrasil import SqliteDatabase, Store, TokenService, Tx, load_or_create, migrate
+    from yggdrasil._ids import now_ms
+
+    async def main() -> tuple[str, str]:
+        db = await SqliteDatabase.open(_ensure(data_dir) / "yggdrasil.sqlite3")
+        await migrate(db)
+        user, home = await Store(db).create_user("bench@example.org")
+        at = now_ms()
+
+        async def register(tx: Tx) -> None:
+            for i in range(count):
+                await tx.execute(
+                    "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
+                    " registered_at) VALUES ($1, $2, $3, $4, 'midgard', $5)",
+                    home.network_id,
+                    f"d{i}",
+                    user.user_id,
+                    f"bench {i}",
+                    at,
+                )
+
+        await db.write(register)
+        await db.aclose()
+        return user.user_id, home.network_id
+
+    user_id, network_id = trio.run(main)
+    tokens = TokenService(
+        load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
+    )
+    names = [f"d{i}" for i in range(count)]
+    minted = [
+        tokens.issue(
+            user_id=user_id, role="user", family_id="f_bench", network_id=network_id, device_id=name
+        )[0]
+        for name in names
+    ]
+    return names, minted
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    script = Path(sys.executable).with_name("yggdrasil")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "yggdrasil"]
+    relaxed = {
+        "YGG_GATEWAY_MESSAGES_PER_S": "1000000",
+        "YGG_GATEWAY_TENANT_MESSAGES_PER_S": "100000000",
+        "YGG_GATEWAY_TENANT_BYTES_PER_S": "100000000000",
+        "YGG_GATEWAY_MAX_SESSIONS_PER_USER": "100000",
+        "YGG_GATEWAY_QUEUE_SIZE": "1024",
+        "YGG_GATEWAY_PING_INTERVAL_S": "600",
+    }
+    log_path = data_dir.parent / "yggdrasil.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            *command,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--api-port",
+            "0",
+            "--gateway-port",
+            "0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **relaxed},
+        preexec_fn=_raise_fd_limit,
+    )
+    for _ in range(400):
+        for line in log_path.read_text().splitlines():
+            if '"listener":"gateway"' in line:
+                return process, json.loads(line)["url"]
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(log_path.read_text())
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+def _raise_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Target:
+    """How the generator speaks to one kind of server."""
+
+    def __init__(self, kind: str, url: str, tokens: list[str] | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.tokens = tokens or []
+
+    async def connect(self, index: int) -> WebSocketConnection:
+        if self.kind == "baseline":
+            return await _open(f"{self.url}/{index}", [])
+        from relay import Hello, Welcome, decode_server_frame, encode
+
+        headers = [(b"authorization", f"Bearer {self.tokens[index]}".encode())]
+        ws = await _open(self.url, headers)
+        await ws.send_message(encode(Hello(client="bench")))
+        welcome = decode_server_frame(await ws.get_message())
+        assert isinstance(welcome, Welcome), welcome
+        return ws
+
+    def frame(self, dest: int, payload: bytes, seq: int) -> bytes:
+        if self.kind == "baseline":
+            return _DEST.pack(dest) + payload
+        from relay import Send, encode
+
+        return encode(Send(id=seq, to=f"d{dest}", data=payload))
+
+    def payload_of(self, message: bytes | str) -> bytes | None:
+        assert isinstance(message, bytes)
+        if self.kind == "baseline":
+            return message[_DEST.size :]
+        from relay import Deliver, decode_server_frame
+
+        frame = decode_server_frame(message)
+        return frame.data if isinstance(frame, Deliver) else None
+
+
+async def _open(url: str, headers: list[tuple[bytes, bytes]]) -> WebSocketConnection:
+    from trio_websocket import connect_websocket_url
+
+    return await connect_websocket_url(
+        _nursery, url, extra_headers=headers, max_message_size=2**21, receive_buffer_size=65536
+    )
+
+
+_nursery: Any = None
+
+
+async def run_cell(
+    target: Target, pairs: int, size: int, seconds: float, window: int
+) -> dict[str, float]:
+    global _nursery
+    latencies: list[float] = []
+    delivered = 0
+    async with trio.open_nursery() as nursery:
+        _nursery = nursery
+        senders = [await target.connect(2 * i) for i in range(pairs)]
+        receivers = [await target.connect(2 * i + 1) for i in range(pairs)]
+        measuring = trio.Event()
+        deadline = trio.current_time() + 0.5 + seconds
+
+        async def pair(i: int) -> None:
+            nonlocal delivered
+            credit = trio.Semaphore(window)
+            pad = b"\x00" * max(0, size - _STAMP.size)
+
+            async def send() -> None:
+                seq = 0
+                while trio.current_time() < deadline:
+                    await credit.acquire()
+                    seq += 1
+                    payload = _STAMP.pack(time.monotonic_ns()) + pad
+                    await senders[i].send_message(target.frame(2 * i + 1, payload, seq))
+
+            async def drain_acks() -> None:
+                if target.kind == "baseline":
+                    return
+                while True:
+                    await senders[i].get_message()
+
+            async def receive() -> None:
+                nonlocal delivered
+                while True:
+                    payload = target.payload_of(await receivers[i].get_message())
+                    if payload is None:
+                        continue
+                    credit.release()
+                    if measuring.is_set():
+                        (stamp,) = _STAMP.unpack_from(payload)
+                        latencies.append((time.monotonic_ns() - stamp) / 1e6)
+                        delivered += 1
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(drain_acks)
+                inner.start_soon(receive)
+                await send()
+                await trio.sleep(0.2)
+                inner.cancel_scope.cancel()
+
+        async with trio.open_nursery() as group:
+            for i in range(pairs):
+                group.start_soon(pair, i)
+            await trio.sleep(0.5)
+            measuring.set()
+        for ws in senders + receivers:
+            await ws.aclose()
+        nursery.cancel_scope.cancel()
+    latencies.sort()
+    count = len(latencies) or 1
+    return {
+        "rate": delivered / seconds,
+        "p50": latencies[count // 2] if latencies else float("nan"),
+        "p99": latencies[min(count - 1, int(count * 0.99))] if latencies else float("nan"),
+    }
+
+
+async def open_idle(target: Target, count: int, hold: trio.Event) -> None:
+    global _nursery
+    async with trio.open_nursery() as nursery:
+        _nursery = nursery
+        sockets = []
+        limiter = trio.CapacityLimiter(64)
+
+        async def one(i: int) -> None:
+            async with limiter:
+                sockets.append(await target.connect(i))
+
+        async with trio.open_nursery() as group:
+            for i in range(count):
+                group.start_soon(one, i)
+        hold.set()
+        await trio.sleep_forever()
+
+
+def generator(job: dict[str, Any], out: Any) -> None:
+    _raise_fd_limit()
+    target = Target(job["kind"], job["url"], job.get("tokens"))
+    if job["mode"] == "cell":
+        out.put(
+            trio.run(run_cell, target, job["pairs"], job["size"], job["seconds"], job["window"])
+        )
+        return
+
+    async def idle() -> None:
+        hold = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_idle, target, job["count"], hold)
+            await hold.wait()
+            out.put("open")
+            await trio.to_thread.run_sync(job["release"].wait)
+            nursery.cancel_scope.cancel()
+
+    trio.run(idle)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_cell(
+    kind: str,
+    url: str,
+    tokens: list[str] | None,
+    pairs: int,
+    size: int,
+    seconds: float,
+    window: int,
+) -> dict[str, float]:
+    out: Any = multiprocessing.Queue()
+    job = {
+        "mode": "cell",
+        "kind": kind,
+        "url": url,
+        "tokens": tokens,
+        "pairs": pairs,
+        "size": size,
+        "seconds": seconds,
+        "window": window,
+    }
+    process = multiprocessing.Process(target=generator, args=(job, out))
+    process.start()
+    result: dict[str, float] = out.get(timeout=seconds + 120)
+    process.join()
+    return result
+
+
+def measure_idle(
+    kind: str, url: str, tokens: list[str] | None, count: int, server_pid: int
+) -> float:
+    out: Any = multiprocessing.Queue()
+    release = multiprocessing.Event()
+    before = rss_kib(server_pid)
+    job = {
+        "mode": "idle",
+        "kind": kind,
+        "url": url,
+        "tokens": tokens,
+        "count": count,
+        "release": release,
+    }
+    process = multiprocessing.Process(target=generator, args=(job, out))
+    process.start()
+    out.get(timeout=600)
+    time.sleep(1.0)
+    after = rss_kib(server_pid)
+    release.set()
+    process.join(timeout=60)
+    time.sleep(1.0)
+    return (after - before) / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--pairs", default="1,10,100")
+    parser.add_argument("--sizes", default="64,1024,16384")
+    parser.add_argument("--sessions", default="1000,10000")
+    parser.add_argument("--window", type=int, default=8)
+    args = parser.parse_args(argv)
+    pairs = [int(p) for p in args.pairs.split(",") if p]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sessions = [int(s) for s in args.sessions.split(",") if s]
+    needed = max([2 * max(pairs, default=1), *sessions])
+
+    _raise_fd_limit()
+    ports: Any = multiprocessing.Queue()
+    base = multiprocessing.Process(target=baseline_server, args=(ports,), daemon=True)
+    base.start()
+    baseline_url = f"ws://127.0.0.1:{ports.get(timeout=30)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        _, tokens = prepare_yggdrasil(data_dir, needed)
+        ygg, ygg_url = start_yggdrasil(data_dir)
+        try:
+            window, seconds = args.window, args.seconds
+            print(f"relay throughput, windowed senders (window {window}), {seconds:g} s per cell")
+            print(
+                f"{'pairs':>5} {'size':>6} | {'baseline msg/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
+                f"{'yggdrasil msg/s':>15} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
+            )
+            for p in pairs:
+                for size in sizes:
+                    b = measure_cell(
+                        "baseline", baseline_url, None, p, size, args.seconds, args.window
+                    )
+                    y = measure_cell(
+                        "yggdrasil", ygg_url, tokens, p, size, args.seconds, args.window
+                    )
+                    base_part = f"{b['rate']:>14.0f} {b['p50']:>7.2f} {b['p99']:>7.2f}"
+                    ratio = y["rate"] / b["rate"]
+                    ygg_part = f"{y['rate']:>15.0f} {ratio:>6.2f} {y['p50']:>7.2f} {y['p99']:>7.2f}"
+                    print(f"{p:>5} {size:>6} | {base_part} | {ygg_part}", flush=True)
+            print("memory per idle session (server RSS growth)")
+            for count in sessions:
+                b_kib = measure_idle("baseline", baseline_url, None, count, base.pid or 0)
+                y_kib = measure_idle("yggdrasil", ygg_url, tokens, count, ygg.pid)
+                print(
+                    f"{count:>6} sessions | baseline {b_kib:7.1f} KiB | yggdrasil {y_kib:7.1f} KiB"
+                    f" | ratio {y_kib / b_kib if b_kib > 0 else float('nan'):.2f}",
+                    flush=True,
+                )
+        finally:
+            ygg.terminate()
+            ygg.wait(timeout=30)
+            base.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
