@@ -145,7 +145,7 @@ async def test_the_sender_is_stamped_by_the_server(world: World) -> None:
             {"t": "send", "id": 1, "to": "target", "data": b"x", "from": "admin"}
         )
         await honest.ws.send_message(forged)
-        reply = await honest.receive()
+        reply = await honest.receive_type((Ack, Error))  # type: ignore[arg-type]
         if isinstance(reply, Ack):
             delivered = await target.receive_type(Deliver)
             assert delivered.from_ == "honest"
@@ -237,3 +237,42 @@ async def test_server_shutdown_closes_sessions_with_going_away(data_dir: Path) -
         await connected.wait()
         # Leaving the block stops the server gracefully; the device sees why.
     assert codes == [1001]
+
+
+async def test_a_device_that_never_says_hello_is_closed(data_dir: Path) -> None:
+    async with (
+        running_server(
+            data_dir, limits=RELAXED_LIMITS, gateway={"hello_timeout_s": 0.3}
+        ) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        dev = await sign_in(http, data_dir / "outbox", "mute@example.org", device_body=device("m"))
+        async with raw_device(
+            running.gateway_url, dev.session["access_token"], hello=False
+        ) as mute:
+            assert await close_code(mute.ws) == 1002
+
+
+async def test_logout_closes_the_devices_session(world: World) -> None:
+    gadget = await world.device("bye2@example.org", "gadget")
+    async with raw_device(world.gateway, gadget.session["access_token"]) as session:
+        assert (await gadget.post("/api/v1/auth/logout")).status_code == 204
+        assert await close_code(session.ws) == 4001
+
+
+async def test_network_actors_start_on_first_use_and_stop_when_idle(data_dir: Path) -> None:
+    gateway = {"network_idle_s": 0.3}
+    async with (
+        running_server(data_dir, limits=RELAXED_LIMITS, gateway=gateway) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        dev = await sign_in(http, data_dir / "outbox", "idle@example.org", device_body=device("i"))
+        networks = running.services.gateway.networks  # type: ignore[union-attr]
+        assert networks.actors == {}
+        async with raw_device(running.gateway_url, dev.session["access_token"]):
+            assert list(networks.actors) == [dev.session["network_id"]]
+        with trio.fail_after(5):
+            while networks.actors:  # noqa: ASYNC110 - the actor stops on its own timer
+                await trio.sleep(0.05)
+        metrics = (await http.get("/metrics")).text
+        assert "yggdrasil_gateway_sessions_accepted_total 1.0" in metrics

@@ -33,10 +33,14 @@ class _ActorCollector(Collector):
     """
 
     def __init__(
-        self, router: Callable[[], Router | None], supervisors: Callable[[], Iterable[Supervisor]]
+        self,
+        router: Callable[[], Router | None],
+        supervisors: Callable[[], Iterable[Supervisor]],
+        gateway: Callable[[], tuple[int, int, int] | None],
     ) -> None:
         self._router = router
         self._supervisors = supervisors
+        self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
@@ -93,6 +97,20 @@ class _ActorCollector(Collector):
                 running.add_metric([supervisor.name, child.id], 1 if child.running else 0)
         yield restarts
         yield running
+        gateway = self._gateway()
+        if gateway is not None:
+            sessions, accepted, refused = gateway
+            yield GaugeMetricFamily(
+                "yggdrasil_gateway_sessions", "Device sessions open", value=sessions
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_gateway_sessions_accepted", "Sessions accepted", value=accepted
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_gateway_sessions_rejected",
+                "Handshakes refused (token, origin, caps)",
+                value=refused,
+            )
 
 
 class Metrics:
@@ -116,7 +134,15 @@ class Metrics:
         )
         self.router: Router | None = None
         self.supervisors: list[Supervisor] = []
-        self.registry.register(_ActorCollector(lambda: self.router, lambda: self.supervisors))
+        self.gateway: Callable[[], tuple[int, int, int]] | None = None
+        """Open sessions, accepted and rejected handshakes, when a gateway runs."""
+        self.registry.register(
+            _ActorCollector(
+                lambda: self.router,
+                lambda: self.supervisors,
+                lambda: None if self.gateway is None else self.gateway(),
+            )
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

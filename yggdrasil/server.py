@@ -232,6 +232,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     )
     gateway = Gateway(router, networks, tokens, config.gateway)
     services.gateway = gateway
+    metrics.gateway = lambda: (len(gateway.sessions), gateway.accepted, gateway.rejected)
 
     async def gateway_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
         await gateway.serve(
