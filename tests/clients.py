@@ -22,7 +22,8 @@ RELAXED_LIMITS = {
 
 
 async def read_code(outbox: Path, address: str, *, seen: int = 0) -> str:
-    """The code in the newest message to ``address`` after the first ``seen`` of them."""
+    """The code in the newest message to ``address`` once there are more than ``seen``."""
+    assert seen >= 0
     with trio.fail_after(10):
         while True:
             messages = []

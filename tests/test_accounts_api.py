@@ -395,10 +395,9 @@ async def test_operator_routes(http: httpx.AsyncClient, outbox: Path, server: Ru
     suspended = await operator.post(f"/api/admin/users/{target.session['user_id']}/suspend")
     assert suspended.json()["status"] == "suspended"
     assert (await target.get("/api/v1/users/me")).status_code == 401
+    seen = count_mail(outbox, "target@example.org")
     await http.post("/api/v1/users/login", json={"email": "target@example.org"})
-    code = await read_code(
-        outbox, "target@example.org", seen=count_mail(outbox, "target@example.org") - 1
-    )
+    code = await read_code(outbox, "target@example.org", seen=seen)
     blocked = await http.post(
         "/api/v1/users/verify", json={"email": "target@example.org", "code": code}
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -190,13 +190,13 @@ class Accounts:
         if not (matches and well_formed and row is not None):
             await self.db.write(_audit_work("anonymous", "login.failure", "", {"method": "code"}))
             raise InvalidCode()
-        secret_hash, refresh = await _new_refresh()
+        code_id, display_name = row["code_id"], row["display_name"]
 
-        async def consume(tx: Tx) -> _Grant:
+        async def consume_and_find(tx: Tx) -> Row:
             used = await tx.execute(
                 "UPDATE login_codes SET consumed_at = $2"
                 " WHERE code_id = $1 AND consumed_at IS NULL",
-                row["code_id"],
+                code_id,
                 now_ms(),
             )
             if used != 1:
@@ -205,38 +205,29 @@ class Accounts:
                 "SELECT user_id, role, status FROM users WHERE email = $1", address
             )
             if user is None:
-                user_id = await insert_user(tx, address, row["display_name"])
+                user_id = await insert_user(tx, address, display_name)
                 user = {"user_id": user_id, "role": "user", "status": "active"}
-            if user["status"] != "active":
-                raise AccountSuspended()
-            grant = await _open_session(
-                tx,
-                user["user_id"],
-                user["role"],
-                device,
-                network_id,
-                secret_hash,
-                refresh,
-                self.config,
-            )
-            await append_audit(
-                tx, user["user_id"], "login.success", user["user_id"], {"method": "code"}
-            )
-            return grant
+            return user
 
-        return self._session(await self.db.write(consume), refresh[2])
+        return await self.sign_in_user(
+            consume_and_find, device=device, network_id=network_id, method="code"
+        )
 
     # ----------------------------------------------------------------- sessions
 
     async def sign_in_user(
         self,
-        tx_work: Callable[[Tx], Any],
+        tx_work: Callable[[Tx], Coroutine[Any, Any, Row]],
         *,
         device: NewDevice | None,
         network_id: str | None,
         method: str,
     ) -> Session:
-        """Open a session for the user that ``tx_work`` finds or creates (OIDC uses this)."""
+        """Open a session for the user that ``tx_work`` finds or creates, in its transaction.
+
+        ``tx_work`` returns the user's ``user_id``, ``role`` and ``status``; it is where a code is
+        consumed or an identity linked, so that either everything happens or nothing does.
+        """
         secret_hash, refresh = await _new_refresh()
 
         async def work(tx: Tx) -> _Grant:
