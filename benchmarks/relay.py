@@ -84,45 +84,55 @@ def baseline_server(port_queue: Any) -> None:
 # ----------------------------------------------------------------------------- yggdrasil server
 
 
-def prepare_yggdrasil(data_dir: Path, count: int) -> tuple[list[str], list[str]]:
-    """Register ``count`` devices directly in a fresh data directory and mint their tokens."""
-    from yggdrasil import SqliteDatabase, Store, TokenService, Tx, load_or_create, migrate
+def prepare_yggdrasil(data_dir: Path, count: int, per_network: int) -> list[str]:
+    """Register ``count`` devices directly in a fresh data directory, ``per_network`` to a user
+    and network, and mint their access tokens with the data directory's own signing key."""
+    from yggdrasil import SqliteDatabase, TokenService, Tx, load_or_create, migrate
     from yggdrasil._ids import now_ms
+    from yggdrasil._store import insert_user
 
-    async def main() -> tuple[str, str]:
+    owners: list[tuple[str, str]] = []
+
+    async def main() -> None:
         db = await SqliteDatabase.open(_ensure(data_dir) / "yggdrasil.sqlite3")
         await migrate(db)
-        user, home = await Store(db).create_user("bench@example.org")
         at = now_ms()
 
         async def register(tx: Tx) -> None:
             for i in range(count):
+                if i % per_network == 0:
+                    user_id = await insert_user(tx, f"bench{i}@example.org")
+                    network_id = await tx.fetchval(
+                        "SELECT home_network_id FROM users WHERE user_id = $1", user_id
+                    )
+                owners.append((user_id, network_id))
                 await tx.execute(
                     "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
                     " registered_at) VALUES ($1, $2, $3, $4, 'midgard', $5)",
-                    home.network_id,
+                    network_id,
                     f"d{i}",
-                    user.user_id,
+                    user_id,
                     f"bench {i}",
                     at,
                 )
 
         await db.write(register)
         await db.aclose()
-        return user.user_id, home.network_id
 
-    user_id, network_id = trio.run(main)
+    trio.run(main)
     tokens = TokenService(
         load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
     )
-    names = [f"d{i}" for i in range(count)]
-    minted = [
+    return [
         tokens.issue(
-            user_id=user_id, role="user", family_id="f_bench", network_id=network_id, device_id=name
+            user_id=user_id,
+            role="user",
+            family_id="f_bench",
+            network_id=network_id,
+            device_id=f"d{i}",
         )[0]
-        for name in names
+        for i, (user_id, network_id) in enumerate(owners)
     ]
-    return names, minted
 
 
 def _ensure(path: Path) -> Path:
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,1024,16384")
     parser.add_argument("--sessions", default="1000,10000")
     parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--keep-log", help="copy the server's log here (debugging)")
     args = parser.parse_args(argv)
     pairs = [int(p) for p in args.pairs.split(",") if p]
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -416,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     baseline_url = f"ws://127.0.0.1:{ports.get(timeout=30)}"
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        _, tokens = prepare_yggdrasil(data_dir, needed)
+        # Pairs must share a network: networks of 10 devices hold 5 pairs each, as a
+        # household's devices would.
+        tokens = prepare_yggdrasil(data_dir, needed, per_network=10)
         ygg, ygg_url = start_yggdrasil(data_dir)
         try:
             window, seconds = args.window, args.seconds
@@ -450,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             ygg.terminate()
             ygg.wait(timeout=30)
             base.kill()
+            if args.keep_log:
+                Path(args.keep_log).write_bytes((Path(tmp) / "yggdrasil.log").read_bytes())
     return 0
 
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import trio
 
@@ -70,6 +71,8 @@ class NetworkActor(Actor):
         self.devices: dict[str, PeerState] = {}
         self.sessions: dict[str, str] = {}  # device id -> session id of its live session
         self.alive = False
+        self._unsaved: dict[str, tuple[Literal["online", "offline"], int]] = {}
+        self._wake_saver = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[Actor] = trio.TASK_STATUS_IGNORED) -> None:
         await self._load()
@@ -77,17 +80,40 @@ class NetworkActor(Actor):
         self.alive = True
         task_status.started(self)
         try:
-            while True:
-                with trio.move_on_after(self._idle_s if not self.sessions else float("inf")):
-                    envelope = await self.mailbox.get()
-                    await self.handle(envelope)
-                    continue
-                log.debug("network=%s idle, stopping", self.network_id)
-                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._save_presence)
+                while True:
+                    with trio.move_on_after(self._idle_s if not self.sessions else float("inf")):
+                        envelope = await self.mailbox.get()
+                        await self.handle(envelope)
+                        continue
+                    log.debug("network=%s idle, stopping", self.network_id)
+                    nursery.cancel_scope.cancel()
+                    break
         finally:
             self.alive = False
             self.mailbox.close()
             self.router.unregister(self.address, self.mailbox)
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._flush()
+
+    async def _save_presence(self) -> None:
+        """Write presence changes to the device registry in batches, off the actor's path."""
+        while True:
+            await self._wake_saver.wait()
+            self._wake_saver = trio.Event()
+            await self._flush()
+            await trio.sleep(0.2)  # gather the next burst
+
+    async def _flush(self) -> None:
+        store = self._store()
+        if not self._unsaved or store is None:
+            return
+        batch, self._unsaved = self._unsaved, {}
+        try:
+            await store.set_device_presence(self.network_id, batch)
+        except Exception:  # presence must not die with the database; the map stays right
+            log.warning("network=%s could not record presence", self.network_id, exc_info=True)
 
     async def handle(self, envelope: Envelope) -> None:
         match envelope.body:
@@ -113,15 +139,10 @@ class NetworkActor(Actor):
                 await self.router.reply(envelope, body)
 
     async def _change(self, device_id: str, *, online: bool) -> None:
-        store = self._store()
-        if store is not None:
-            try:
-                await store.set_device_presence(
-                    self.network_id, device_id, "online" if online else "offline"
-                )
-            except Exception:  # presence must not die with the database; the map stays right
-                log.warning("network=%s could not record presence", self.network_id, exc_info=True)
         now = int(time.time() * 1000)
+        # The registry learns of it in the next batch: a burst of joins costs one transaction.
+        self._unsaved[device_id] = ("online" if online else "offline", now)
+        self._wake_saver.set()
         current = self.devices.get(device_id)
         if current is None:
             return

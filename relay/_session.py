@@ -52,6 +52,7 @@ from ._protocol import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REVOKED,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TRY_AGAIN,
     VERSION,
     Ack,
     Deliver,
@@ -224,6 +225,8 @@ class DeviceSession:
                 )
             except Unreachable:
                 continue
+            except RequestTimeout:
+                raise _Closing(CLOSE_TRY_AGAIN, "network busy, try again") from None
             if isinstance(answer, Refused):
                 raise _Closing(CLOSE_REVOKED, "device unknown")
             assert isinstance(answer, Joined)

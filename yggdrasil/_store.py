@@ -527,19 +527,21 @@ class Store:
         return [_device(row) for row in await self.db.read(work)]
 
     async def set_device_presence(
-        self, network_id: str, device_id: str, status: Literal["online", "offline"]
+        self, network_id: str, changes: dict[str, tuple[Literal["online", "offline"], int]]
     ) -> None:
-        """Record that a device came online or went offline (called by its session)."""
+        """Record, in one transaction, which devices of a network came online or went offline
+        and when (``device_id -> (status, last_seen)``); called by the network's actor."""
 
         async def work(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE devices SET status = $3, last_seen = $4"
-                " WHERE network_id = $1 AND device_id = $2",
-                network_id,
-                device_id,
-                status,
-                now_ms(),
-            )
+            for device_id, (status, seen) in changes.items():
+                await tx.execute(
+                    "UPDATE devices SET status = $3, last_seen = $4"
+                    " WHERE network_id = $1 AND device_id = $2",
+                    network_id,
+                    device_id,
+                    status,
+                    seen,
+                )
 
         await self.db.write(work)
 
