@@ -1,7 +1,54 @@
-"""A generic STUN/TURN server library (sans-IO core, trio drivers).
+"""A generic STUN/TURN server library (sans-IO core, trio drivers). Knows nothing of users.
 
-Filled in by the STUN/TURN issue; the package exists so that the import direction of
-ARCHITECTURE.md is checked from the start.
+So far: the strict message codec (RFC 8489 STUN, RFC 8656 TURN attributes, ChannelData), verified
+against RFC 5769's test vectors. The allocation state and the UDP/TCP drivers come next.
 """
 
-__all__: list[str] = []
+from ._codec import (
+    MAGIC_COOKIE,
+    Attr,
+    Class,
+    Message,
+    Method,
+    comprehension_required,
+    decode,
+    decode_channel_data,
+    encode,
+    encode_channel_data,
+    is_channel_data,
+    is_stun,
+    long_term_key,
+    pack_error_code,
+    pack_unknown_attributes,
+    pack_xor_address,
+    stream_frame_length,
+    unpack_error_code,
+    unpack_xor_address,
+    verify_integrity,
+)
+from ._errors import StunDecodeError, StunError
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "Attr",
+    "Class",
+    "Message",
+    "Method",
+    "StunDecodeError",
+    "StunError",
+    "comprehension_required",
+    "decode",
+    "decode_channel_data",
+    "encode",
+    "encode_channel_data",
+    "is_channel_data",
+    "is_stun",
+    "long_term_key",
+    "pack_error_code",
+    "pack_unknown_attributes",
+    "pack_xor_address",
+    "stream_frame_length",
+    "unpack_error_code",
+    "unpack_xor_address",
+    "verify_integrity",
+]

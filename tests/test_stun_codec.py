@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stun_turn._codec import (
+from stun_turn import (
     Attr,
     Class,
     Message,
     Method,
+    StunDecodeError,
     decode,
     decode_channel_data,
     encode,
@@ -24,7 +25,6 @@ from stun_turn._codec import (
     unpack_xor_address,
     verify_integrity,
 )
-from stun_turn._errors import StunDecodeError
 
 # RFC 5769 section 2.1: sample request (short-term credentials).
 REQUEST = bytes.fromhex(
