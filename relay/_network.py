@@ -124,8 +124,10 @@ class NetworkActor(Actor):
                     await self._answer(envelope, Refused("unknown device"))
                     return
                 self.sessions[device_id] = session_id
-                await self._answer(envelope, Joined(self.serial, list(self.devices.values())))
+                # The change first: the joining device's map shows itself online, at the serial
+                # the others see in their delta.
                 await self._change(device_id, online=True)
+                await self._answer(envelope, Joined(self.serial, list(self.devices.values())))
             case Leave(device_id=device_id, session_id=session_id):
                 if self.sessions.get(device_id) == session_id:
                     del self.sessions[device_id]

@@ -66,14 +66,14 @@ async def test_two_devices_see_each_other_and_talk(world: World) -> None:
         assert laptop.welcome.device_id == "laptop"
         assert laptop.welcome.network_id == a.session["network_id"]
         states = {d.device_id: d.online for d in laptop.welcome.devices}
-        assert states == {"laptop": False, "phone": False}  # the map as of the join
+        assert states == {"laptop": True, "phone": False}  # the map as of the join
         async with raw_device(world.gateway, b.session["access_token"]) as phone:
             assert {d.device_id: d.online for d in phone.welcome.devices}["laptop"] is True
             joined = await laptop.receive_type(Presence)
             assert (joined.device.device_id, joined.device.online) == ("phone", True)
-            assert (
-                joined.serial == phone.welcome.serial + 1 or joined.serial > laptop.welcome.serial
-            )
+            # The phone's map is as of its own join: the serial the laptop's delta carries.
+            assert joined.serial == phone.welcome.serial == laptop.welcome.serial + 1
+            assert {d.device_id: d.online for d in phone.welcome.devices}["phone"] is True
 
             await laptop.send(Send(id=1, to="phone", data=b"hello phone"))
             assert await laptop.receive_type(Ack) == Ack(id=1)
