@@ -1,7 +1,8 @@
 """A generic STUN/TURN server library (sans-IO core, trio drivers). Knows nothing of users.
 
 So far: the strict message codec (RFC 8489 STUN, RFC 8656 TURN attributes, ChannelData), verified
-against RFC 5769's test vectors. The allocation state and the UDP/TCP drivers come next.
+against RFC 5769's test vectors; the peer deny list; the allocation state and logic (sans-IO);
+the UDP driver. TCP and TLS drivers are still to come.
 """
 
 from ._codec import (
@@ -27,15 +28,27 @@ from ._codec import (
     verify_integrity,
 )
 from ._errors import StunDecodeError, StunError
+from ._policy import PeerPolicy, canonical
+from ._server import CloseRelay, ToClient, ToPeer, TurnCore, TurnSettings, TurnStats
+from ._udp import UdpTurnServer
 
 __all__ = [
     "MAGIC_COOKIE",
     "Attr",
     "Class",
+    "CloseRelay",
     "Message",
     "Method",
+    "PeerPolicy",
     "StunDecodeError",
     "StunError",
+    "ToClient",
+    "ToPeer",
+    "TurnCore",
+    "TurnSettings",
+    "TurnStats",
+    "UdpTurnServer",
+    "canonical",
     "comprehension_required",
     "decode",
     "decode_channel_data",

@@ -71,6 +71,20 @@ class GatewayConfig(_Section, frozen=True):
 
 class TurnConfig(_Section, frozen=True):
     port: Port = 3478
+    """STUN and TURN over UDP (TCP and TLS are not served yet)."""
+    realm: str = "yggdrasil"
+    relay_port_min: Port = 49152
+    relay_port_max: Port = 65535
+    static_users: list[str] = []
+    """``user:password`` long-term credentials for operators and benchmarks (off by default)."""
+    allow_peers: list[str] = []
+    """CIDRs a relay may reach despite the deny list (tests, special deployments)."""
+    credential_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
+    """Lifetime of the ephemeral credentials issued to devices."""
+    max_allocations: Positive = 10_000
+    max_allocations_per_user: Positive = 64
+    default_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 600
+    max_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
 
 
 class DatabaseConfig(_Section, frozen=True):

@@ -39,6 +39,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
     "bus_url": ("bus", "url"),
     "smtp_url": ("mail", "smtp_url"),
+    "turn_static_user": ("turn", "static_users"),
+    "turn_allow_peer": ("turn", "allow_peers"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
 }
@@ -68,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bus-url", metavar="URL", help="bus between instances (in-process)")
     serve.add_argument(
         "--smtp-url", metavar="URL", help="send e-mail through SMTP (default: <data-dir>/outbox)"
+    )
+    serve.add_argument(
+        "--turn-static-user",
+        action="append",
+        metavar="USER:PASS",
+        help="a static TURN user (repeatable; off by default)",
+    )
+    serve.add_argument(
+        "--turn-allow-peer",
+        action="append",
+        metavar="CIDR",
+        help="let relays reach this network despite the deny list (repeatable)",
     )
 
     migrate_cmd = commands.add_parser("migrate", help="apply database migrations and exit")

@@ -9,10 +9,11 @@
     ├── revocations  keeps the in-memory token check current with revocations in the store
     ├── api          quart-trio on hypercorn
     ├── networks     a supervisor of one actor per active tenant network (presence, quotas)
-    └── gateway      the device websocket listener; one DeviceSession per connected device
+    ├── gateway      the device websocket listener; one DeviceSession per connected device
+    └── turn         STUN and TURN over UDP
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
-the new store. Later issues add TURN and the jobs after ``gateway``.
+the new store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import trio_asyncio
 from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
 from relay import Gateway, Networks
+from stun_turn import PeerPolicy, TurnCore, TurnSettings, UdpTurnServer
 
 from ._config import Config
 from ._db import Database
@@ -46,6 +48,7 @@ from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
 from ._store import Store
 from ._tokens import TokenService
+from ._turn import key_lookup
 from ._version import VERSION
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class Services:
     mailer: Mailer
     domain: Domain | None = None
     gateway: Gateway | None = None
+    turn: UdpTurnServer | None = None
     urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -239,6 +243,34 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             config.server.host, config.gateway.port, stopping=stopping, task_status=task_status
         )
 
+    async def turn_child(*, task_status: trio.TaskStatus[None]) -> None:
+        udp = UdpTurnServer(
+            config.server.host,
+            config.turn.port,
+            config.server.host,
+            range(config.turn.relay_port_min, config.turn.relay_port_max + 1),
+        )
+        core = TurnCore(
+            TurnSettings(
+                realm=config.turn.realm,
+                default_lifetime_s=config.turn.default_lifetime_s,
+                max_lifetime_s=config.turn.max_lifetime_s,
+                max_allocations=config.turn.max_allocations,
+                max_allocations_per_user=config.turn.max_allocations_per_user,
+            ),
+            secret=secrets.turn_secret,
+            key_for=key_lookup(config.turn, secrets.turn_secret),
+            open_relay=udp.open_relay,
+            peer_allowed=PeerPolicy(allow=config.turn.allow_peers).allowed,
+        )
+        services.turn = udp
+
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(udp.serve, core)
+            url = f"turn:{host}:{port}"
+            log.info("turn listening on %s (udp)", url, extra={"listener": "turn", "url": url})
+            task_status.started()
+
     grace = config.server.grace_s
     root = Supervisor(
         "root",
@@ -250,6 +282,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
             networks.supervisor.as_child(shutdown_s=2.0),
             ChildSpec("gateway", gateway_child, shutdown_s=grace, graceful=True),
+            ChildSpec("turn", turn_child, shutdown_s=1.0),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,

@@ -1,0 +1,70 @@
+"""Which peers a relay may talk to (SECURITY.md: never loopback, private, link-local, CGNAT,
+multicast, reserved or metadata addresses, nor the server's own).
+
+Every IPv6 form that embeds an IPv4 address is judged as that IPv4 address first: IPv4-mapped
+(``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::/96``), 6to4
+(``2002::/16``) and Teredo (``2001::/32``). That closes CVE-2020-26262 and its successors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+
+
+def canonical(address: str) -> IPAddress:
+    """The address a packet to ``address`` really reaches, as far as the server can tell."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        packed = ip.packed
+        if packed[:12] == bytes(12) and int(ip) > 1:
+            return ipaddress.IPv4Address(packed[12:])  # IPv4-compatible (deprecated, still routed)
+        if ip in _NAT64 or ip in _NAT64_LOCAL:
+            return ipaddress.IPv4Address(packed[12:])
+        if ip in _SIX_TO_FOUR:
+            return ipaddress.IPv4Address(packed[2:6])
+        if ip in _TEREDO:
+            # The client's public IPv4 address, obfuscated by XOR in the last 32 bits.
+            return ipaddress.IPv4Address(bytes(b ^ 0xFF for b in packed[12:]))
+    return ip
+
+
+def _forbidden(ip: IPAddress) -> bool:
+    return (
+        not ip.is_global
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+    )
+
+
+class PeerPolicy:
+    """Decides whether a relay may send to a peer address."""
+
+    def __init__(self, *, own: Iterable[str] = (), allow: Iterable[str] = ()) -> None:
+        self._own = {canonical(a) for a in own}
+        self._allow: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allow]
+
+    def allowed(self, address: str) -> bool:
+        try:
+            ip = canonical(address)
+        except ValueError:
+            return False
+        if any(ip in network for network in self._allow):
+            return True
+        if ip in self._own:
+            return False
+        return not _forbidden(ip)

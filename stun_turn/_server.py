@@ -1,0 +1,543 @@
+"""The TURN server's state and logic, without sockets or clocks (RFC 8656 over UDP).
+
+:class:`TurnCore` takes datagrams and the current time and returns what to send where. The trio
+driver owns the sockets: it opens a relay socket when the core asks (``open_relay``) and closes it
+when an output says so. Allocations, permissions (300 s) and channels (600 s) expire by the time
+passed in; :meth:`TurnCore.expire` reports what to close.
+
+Unauthenticated requests get the smallest answer that works (no reason phrases, no SOFTWARE),
+and no more than ``unauthenticated_answer_bytes`` or the request's own size, whichever is larger,
+and at most ``unauthenticated_answers_per_s`` per client address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ._codec import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    decode,
+    decode_channel_data,
+    encode,
+    encode_channel_data,
+    is_channel_data,
+    pack_error_code,
+    pack_unknown_attributes,
+    pack_xor_address,
+    unpack_xor_address,
+    verify_integrity,
+)
+from ._errors import StunDecodeError
+
+Address = tuple[str, int]
+UDP = 17
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    realm: str = "yggdrasil"
+    default_lifetime_s: int = 600
+    max_lifetime_s: int = 3600
+    permission_lifetime_s: int = 300
+    channel_lifetime_s: int = 600
+    nonce_lifetime_s: int = 600
+    max_allocations: int = 10_000
+    max_allocations_per_user: int = 64
+    unauthenticated_answer_bytes: int = 128
+    unauthenticated_answers_per_s: float = 50.0
+
+
+@dataclass(frozen=True)
+class ToClient:
+    client: Address
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ToPeer:
+    relay_id: int
+    peer: Address
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CloseRelay:
+    relay_id: int
+
+
+Output = ToClient | ToPeer | CloseRelay
+
+
+@dataclass
+class Allocation:
+    client: Address
+    username: str
+    key: bytes
+    relay_id: int
+    relayed: Address
+    expires: float
+    permissions: dict[str, float] = field(default_factory=dict)
+    channels: dict[int, tuple[Address, float]] = field(default_factory=dict)
+    channel_of: dict[Address, int] = field(default_factory=dict)
+    last_allocate: tuple[bytes, bytes] | None = None  # (transaction id, response) for retries
+
+
+@dataclass
+class TurnStats:
+    allocations_created: int = 0
+    permissions_created: int = 0
+    channels_bound: int = 0
+    packets_to_peers: int = 0
+    packets_to_clients: int = 0
+    bytes_to_peers: int = 0
+    bytes_to_clients: int = 0
+    auth_failures: int = 0
+    malformed: int = 0
+    dropped_no_permission: int = 0
+    dropped_amplification: int = 0
+    refused_peers: int = 0
+
+
+class TurnCore:
+    def __init__(
+        self,
+        settings: TurnSettings,
+        *,
+        secret: bytes,
+        key_for: Callable[[str, float], bytes | None],
+        open_relay: Callable[[int, bool], tuple[int, Address] | None],
+        peer_allowed: Callable[[str], bool],
+    ) -> None:
+        """``key_for(username, now)`` is the long-term key of a user, or ``None``;
+        ``open_relay(family, even_port)`` binds a relay socket (family 1: IPv4, 2: IPv6) and
+        returns its id and address, or ``None`` when no port is free."""
+        self.settings = settings
+        self._secret = secret
+        self._key_for = key_for
+        self._open_relay = open_relay
+        self._peer_allowed = peer_allowed
+        self.allocations: dict[Address, Allocation] = {}
+        self._by_relay: dict[int, Allocation] = {}
+        self._per_user: dict[str, int] = {}
+        self._answers: dict[str, tuple[float, float]] = {}
+        self.stats = TurnStats()
+        self._realm = settings.realm.encode()
+
+    # ----------------------------------------------------------------- input
+
+    def handle_client(self, now: float, client: Address, data: bytes) -> list[Output]:
+        """A datagram from a client to the server's listening address."""
+        if is_channel_data(data):
+            return self._channel_data(now, client, data)
+        try:
+            message = decode(data)
+        except StunDecodeError:
+            self.stats.malformed += 1
+            return []
+        if message.cls == Class.INDICATION:
+            return (
+                self._send_indication(now, client, message) if message.method == Method.SEND else []
+            )
+        if message.cls != Class.REQUEST:
+            return []
+        unknown = message.unknown_required()
+        if unknown:
+            answer = self._error(
+                message,
+                420,
+                attributes=[(Attr.UNKNOWN_ATTRIBUTES, pack_unknown_attributes(unknown))],
+            )
+            return self._unauthenticated(now, client, data, answer)
+        if message.method == Method.BINDING:
+            return self._binding(now, client, message, data)
+        if message.method not in (
+            Method.ALLOCATE,
+            Method.REFRESH,
+            Method.CREATE_PERMISSION,
+            Method.CHANNEL_BIND,
+        ):
+            return self._unauthenticated(now, client, data, self._error(message, 400))
+        key, username, challenge = self._authenticate(now, client, message)
+        if challenge is not None:
+            return self._unauthenticated(now, client, data, challenge)
+        assert key is not None
+        assert username is not None
+        if message.method == Method.ALLOCATE:
+            answer = self._allocate(now, client, message, username, key)
+        elif message.method == Method.REFRESH:
+            return self._refresh(now, client, message, username, key)
+        elif message.method == Method.CREATE_PERMISSION:
+            answer = self._create_permission(now, client, message, username, key)
+        else:
+            answer = self._channel_bind(now, client, message, username, key)
+        return [ToClient(client, answer)]
+
+    def handle_peer(self, now: float, relay_id: int, peer: Address, data: bytes) -> list[Output]:
+        """A datagram from a peer to a relayed address: to the client, if permitted."""
+        allocation = self._by_relay.get(relay_id)
+        if allocation is None or allocation.expires <= now:
+            return []
+        if allocation.permissions.get(peer[0], 0.0) <= now:
+            self.stats.dropped_no_permission += 1
+            return []
+        channel = allocation.channel_of.get(peer)
+        if channel is not None and allocation.channels[channel][1] > now:
+            frame = encode_channel_data(channel, data)
+        else:
+            transaction_id = hashlib.blake2b(
+                data[:16] + struct.pack("!d", now), digest_size=12
+            ).digest()
+            indication = Message(
+                Method.DATA,
+                Class.INDICATION,
+                transaction_id,
+                [
+                    (Attr.XOR_PEER_ADDRESS, pack_xor_address(peer, transaction_id)),
+                    (Attr.DATA, data),
+                ],
+            )
+            frame = encode(indication, fingerprint=False)
+        self.stats.packets_to_clients += 1
+        self.stats.bytes_to_clients += len(data)
+        return [ToClient(allocation.client, frame)]
+
+    def expire(self, now: float) -> list[Output]:
+        """Forget what has expired; the relay sockets of ended allocations are to be closed."""
+        closed: list[Output] = []
+        for client, allocation in list(self.allocations.items()):
+            if allocation.expires <= now:
+                closed.append(self._remove(client))
+                continue
+            for peer_ip, until in list(allocation.permissions.items()):
+                if until <= now:
+                    del allocation.permissions[peer_ip]
+            for channel, (peer, until) in list(allocation.channels.items()):
+                if until <= now:
+                    del allocation.channels[channel]
+                    allocation.channel_of.pop(peer, None)
+        return closed
+
+    def next_deadline(self) -> float | None:
+        deadlines = [a.expires for a in self.allocations.values()]
+        return min(deadlines) if deadlines else None
+
+    # ----------------------------------------------------------------- requests
+
+    def _binding(self, now: float, client: Address, message: Message, data: bytes) -> list[Output]:
+        answer = Message(
+            Method.BINDING,
+            Class.SUCCESS,
+            message.transaction_id,
+            [
+                (Attr.XOR_MAPPED_ADDRESS, pack_xor_address(client, message.transaction_id)),
+            ],
+        )
+        return self._unauthenticated(
+            now, client, data, encode(answer, fingerprint=message.has(Attr.FINGERPRINT))
+        )
+
+    def _authenticate(
+        self, now: float, client: Address, message: Message
+    ) -> tuple[bytes | None, str | None, bytes | None]:
+        """``(key, username, None)`` for a request whose integrity checks, else a challenge."""
+        if not message.has(Attr.MESSAGE_INTEGRITY):
+            return None, None, self._challenge(now, client, message, 401)
+        username = message.get(Attr.USERNAME)
+        realm = message.get(Attr.REALM)
+        nonce = message.get(Attr.NONCE)
+        if username is None or realm is None or nonce is None:
+            return None, None, self._error(message, 400)
+        if not self._nonce_valid(now, client, nonce):
+            return None, None, self._challenge(now, client, message, 438)
+        try:
+            name = username.decode()
+        except UnicodeDecodeError:
+            return None, None, self._error(message, 400)
+        key = self._key_for(name, now) if realm == self._realm else None
+        if key is None or not verify_integrity(message, key):
+            self.stats.auth_failures += 1
+            return None, None, self._challenge(now, client, message, 401)
+        return key, name, None
+
+    def _allocate(
+        self, now: float, client: Address, message: Message, username: str, key: bytes
+    ) -> bytes:
+        existing = self.allocations.get(client)
+        if existing is not None:
+            if existing.last_allocate and existing.last_allocate[0] == message.transaction_id:
+                return existing.last_allocate[1]  # a retransmission: the same answer
+            return self._error(message, 437, key=key)
+        transport = message.get(Attr.REQUESTED_TRANSPORT)
+        if transport is None:
+            return self._error(message, 400, key=key)
+        if transport[0] != UDP:
+            return self._error(message, 442, key=key)
+        if message.has(Attr.RESERVATION_TOKEN):
+            return self._error(message, 508, key=key)
+        even = message.get(Attr.EVEN_PORT)
+        if even is not None and even and even[0] & 0x80:
+            return self._error(message, 508, key=key)  # port reservations are not offered
+        family_value = message.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        family = family_value[0] if family_value else 1
+        if family not in (1, 2):
+            return self._error(message, 440, key=key)
+        if (
+            len(self.allocations) >= self.settings.max_allocations
+            or self._per_user.get(username, 0) >= self.settings.max_allocations_per_user
+        ):
+            return self._error(message, 486, key=key)
+        opened = self._open_relay(family, even is not None)
+        if opened is None:
+            return self._error(message, 508, key=key)
+        relay_id, relayed = opened
+        lifetime = self._lifetime(message) or self.settings.default_lifetime_s
+        allocation = Allocation(client, username, key, relay_id, relayed, now + lifetime)
+        self.allocations[client] = allocation
+        self._by_relay[relay_id] = allocation
+        self._per_user[username] = self._per_user.get(username, 0) + 1
+        self.stats.allocations_created += 1
+        answer = encode(
+            Message(
+                Method.ALLOCATE,
+                Class.SUCCESS,
+                message.transaction_id,
+                [
+                    (Attr.XOR_RELAYED_ADDRESS, pack_xor_address(relayed, message.transaction_id)),
+                    (Attr.LIFETIME, struct.pack("!I", lifetime)),
+                    (Attr.XOR_MAPPED_ADDRESS, pack_xor_address(client, message.transaction_id)),
+                ],
+            ),
+            integrity_key=key,
+        )
+        allocation.last_allocate = (message.transaction_id, answer)
+        return answer
+
+    def _refresh(
+        self, now: float, client: Address, message: Message, username: str, key: bytes
+    ) -> list[Output]:
+        allocation = self.allocations.get(client)
+        if allocation is None or allocation.expires <= now:
+            return [ToClient(client, self._error(message, 437, key=key))]
+        if allocation.username != username:
+            return [ToClient(client, self._error(message, 441, key=key))]
+        lifetime = self._lifetime(message)
+        outputs: list[Output] = []
+        if lifetime == 0:
+            outputs.append(self._remove(client))
+        else:
+            allocation.expires = now + lifetime
+        answer = encode(
+            Message(
+                Method.REFRESH,
+                Class.SUCCESS,
+                message.transaction_id,
+                [
+                    (Attr.LIFETIME, struct.pack("!I", lifetime)),
+                ],
+            ),
+            integrity_key=key,
+        )
+        return [ToClient(client, answer), *outputs]
+
+    def _create_permission(
+        self, now: float, client: Address, message: Message, username: str, key: bytes
+    ) -> bytes:
+        allocation = self._own_allocation(now, client, username)
+        if allocation is None:
+            return self._error(message, 437, key=key)
+        peers = [value for kind, value in message.attributes if kind == Attr.XOR_PEER_ADDRESS]
+        if not peers:
+            return self._error(message, 400, key=key)
+        addresses = []
+        for value in peers:
+            try:
+                host, _ = unpack_xor_address(value, message.transaction_id)
+            except StunDecodeError:
+                return self._error(message, 400, key=key)
+            if not self._peer_allowed(host):
+                self.stats.refused_peers += 1
+                return self._error(message, 403, key=key)
+            addresses.append(host)
+        for host in addresses:  # all or nothing (RFC 8656 section 9.2)
+            allocation.permissions[host] = now + self.settings.permission_lifetime_s
+            self.stats.permissions_created += 1
+        return encode(
+            Message(Method.CREATE_PERMISSION, Class.SUCCESS, message.transaction_id),
+            integrity_key=key,
+        )
+
+    def _channel_bind(
+        self, now: float, client: Address, message: Message, username: str, key: bytes
+    ) -> bytes:
+        allocation = self._own_allocation(now, client, username)
+        if allocation is None:
+            return self._error(message, 437, key=key)
+        number = message.get(Attr.CHANNEL_NUMBER)
+        peer_value = message.get(Attr.XOR_PEER_ADDRESS)
+        if number is None or peer_value is None or len(number) != 4:
+            return self._error(message, 400, key=key)
+        channel = struct.unpack("!H", number[:2])[0]
+        try:
+            peer = unpack_xor_address(peer_value, message.transaction_id)
+        except StunDecodeError:
+            return self._error(message, 400, key=key)
+        # RFC 8656 narrows channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's among them)
+        # still use the old range up to 0x7FFE, and ChannelData decodes either way.
+        if not 0x4000 <= channel <= 0x7FFE:
+            return self._error(message, 400, key=key)
+        bound = allocation.channels.get(channel)
+        if (bound is not None and bound[0] != peer) or allocation.channel_of.get(
+            peer, channel
+        ) != channel:
+            return self._error(message, 400, key=key)
+        if not self._peer_allowed(peer[0]):
+            self.stats.refused_peers += 1
+            return self._error(message, 403, key=key)
+        allocation.channels[channel] = (peer, now + self.settings.channel_lifetime_s)
+        allocation.channel_of[peer] = channel
+        allocation.permissions[peer[0]] = now + self.settings.permission_lifetime_s
+        self.stats.channels_bound += 1
+        return encode(
+            Message(Method.CHANNEL_BIND, Class.SUCCESS, message.transaction_id), integrity_key=key
+        )
+
+    # ----------------------------------------------------------------- data
+
+    def _send_indication(self, now: float, client: Address, message: Message) -> list[Output]:
+        allocation = self.allocations.get(client)
+        peer_value = message.get(Attr.XOR_PEER_ADDRESS)
+        payload = message.get(Attr.DATA)
+        if allocation is None or allocation.expires <= now or peer_value is None or payload is None:
+            return []
+        try:
+            peer = unpack_xor_address(peer_value, message.transaction_id)
+        except StunDecodeError:
+            return []
+        return self._to_peer(now, allocation, peer, payload)
+
+    def _channel_data(self, now: float, client: Address, data: bytes) -> list[Output]:
+        allocation = self.allocations.get(client)
+        if allocation is None:
+            return []
+        try:
+            channel, payload = decode_channel_data(data)
+        except StunDecodeError:
+            self.stats.malformed += 1
+            return []
+        bound = allocation.channels.get(channel)
+        if bound is None or bound[1] <= now:
+            return []
+        return self._to_peer(now, allocation, bound[0], payload)
+
+    def _to_peer(
+        self, now: float, allocation: Allocation, peer: Address, payload: bytes
+    ) -> list[Output]:
+        if allocation.permissions.get(peer[0], 0.0) <= now:
+            self.stats.dropped_no_permission += 1
+            return []
+        self.stats.packets_to_peers += 1
+        self.stats.bytes_to_peers += len(payload)
+        return [ToPeer(allocation.relay_id, peer, payload)]
+
+    # ----------------------------------------------------------------- helpers
+
+    def _own_allocation(self, now: float, client: Address, username: str) -> Allocation | None:
+        allocation = self.allocations.get(client)
+        if allocation is None or allocation.expires <= now or allocation.username != username:
+            return None
+        return allocation
+
+    def _lifetime(self, message: Message) -> int:
+        """0 deletes; otherwise the request's wish, within [default, max] (RFC 8656 7.2)."""
+        value = message.get(Attr.LIFETIME)
+        if value is None or len(value) != 4:
+            return self.settings.default_lifetime_s
+        requested: int = struct.unpack("!I", value)[0]
+        if requested == 0:
+            return 0
+        return max(self.settings.default_lifetime_s, min(requested, self.settings.max_lifetime_s))
+
+    def _remove(self, client: Address) -> CloseRelay:
+        allocation = self.allocations.pop(client)
+        self._by_relay.pop(allocation.relay_id, None)
+        count = self._per_user.get(allocation.username, 1) - 1
+        if count <= 0:
+            self._per_user.pop(allocation.username, None)
+        else:
+            self._per_user[allocation.username] = count
+        return CloseRelay(allocation.relay_id)
+
+    def _error(
+        self,
+        message: Message,
+        code: int,
+        *,
+        key: bytes | None = None,
+        attributes: list[tuple[int, bytes]] | None = None,
+    ) -> bytes:
+        answer = Message(
+            message.method,
+            Class.ERROR,
+            message.transaction_id,
+            [
+                (Attr.ERROR_CODE, pack_error_code(code, "")),
+                *(attributes or []),
+            ],
+        )
+        return encode(answer, integrity_key=key, fingerprint=message.has(Attr.FINGERPRINT))
+
+    def _challenge(self, now: float, client: Address, message: Message, code: int) -> bytes:
+        return self._error(
+            message,
+            code,
+            attributes=[
+                (Attr.REALM, self._realm),
+                (Attr.NONCE, self._nonce(now, client)),
+            ],
+        )
+
+    def _nonce(self, now: float, client: Address) -> bytes:
+        stamp = struct.pack("!I", int(now))
+        mac = hmac.new(self._secret, stamp + client[0].encode(), hashlib.sha256).digest()[:8]
+        return base64.urlsafe_b64encode(stamp + mac)
+
+    def _nonce_valid(self, now: float, client: Address, nonce: bytes) -> bool:
+        try:
+            raw = base64.urlsafe_b64decode(nonce)
+        except ValueError:
+            return False
+        if len(raw) != 12:
+            return False
+        (issued,) = struct.unpack("!I", raw[:4])
+        mac = hmac.new(self._secret, raw[:4] + client[0].encode(), hashlib.sha256).digest()[:8]
+        fresh = 0 <= now - issued <= self.settings.nonce_lifetime_s
+        return fresh and hmac.compare_digest(mac, raw[4:])
+
+    def _unauthenticated(
+        self, now: float, client: Address, request: bytes, answer: bytes
+    ) -> list[Output]:
+        """Bound what an unauthenticated request can make us send (reflection amplification)."""
+        if len(answer) > max(len(request), self.settings.unauthenticated_answer_bytes):
+            self.stats.dropped_amplification += 1
+            return []
+        tokens, stamp = self._answers.get(
+            client[0], (self.settings.unauthenticated_answers_per_s, now)
+        )
+        rate = self.settings.unauthenticated_answers_per_s
+        tokens = min(rate, tokens + (now - stamp) * rate)
+        if tokens < 1:
+            self._answers[client[0]] = (tokens, now)
+            self.stats.dropped_amplification += 1
+            return []
+        self._answers[client[0]] = (tokens - 1, now)
+        if len(self._answers) > 100_000:
+            self._answers.clear()  # bounded memory; a forgotten address starts with a full bucket
+        return [ToClient(client, answer)]

@@ -1,0 +1,59 @@
+"""TURN credentials: static users from the configuration, and ephemeral ones for devices.
+
+Ephemeral credentials follow the TURN REST API convention coturn implements (``use-auth-secret``):
+the username is ``<expiry unix time>:<device>``, the password the base64 HMAC-SHA1 of the username
+under the server's ``turn-secret``. Any server that shares the secret can check them statelessly.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from stun_turn import long_term_key
+
+from ._config import TurnConfig
+
+
+class TurnCredentials(msgspec.Struct, frozen=True):
+    username: str
+    password: str
+    ttl_s: int
+
+
+def ephemeral_password(secret: bytes, username: str) -> str:
+    return base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
+
+
+def issue_credentials(
+    secret: bytes, subject: str, ttl_s: int, *, clock: Callable[[], float] = time.time
+) -> TurnCredentials:
+    username = f"{int(clock()) + ttl_s}:{subject}"
+    return TurnCredentials(username, ephemeral_password(secret, username), ttl_s)
+
+
+def key_lookup(
+    config: TurnConfig, secret: bytes, *, clock: Callable[[], float] = time.time
+) -> Callable[[str, float], bytes | None]:
+    """``key_for(username, now)`` for the TURN core: static users first, then ephemeral ones."""
+    static: dict[str, bytes] = {}
+    for entry in config.static_users:
+        user, _, password = entry.partition(":")
+        if user and password:
+            static[user] = long_term_key(user, config.realm, password)
+
+    def key_for(username: str, now: float) -> bytes | None:
+        key = static.get(username)
+        if key is not None:
+            return key
+        expiry, colon, _ = username.partition(":")
+        if not colon or not expiry.isdigit() or int(expiry) < clock():
+            return None
+        return long_term_key(username, config.realm, ephemeral_password(secret, username))
+
+    return key_for
