@@ -532,7 +532,7 @@ class TurnCore:
             client[0], (self.settings.unauthenticated_answers_per_s, now)
         )
         rate = self.settings.unauthenticated_answers_per_s
-        tokens = min(rate, tokens + (now - stamp) * rate)
+        tokens = min(rate, tokens + max(0.0, now - stamp) * rate)
         if tokens < 1:
             self._answers[client[0]] = (tokens, now)
             self.stats.dropped_amplification += 1

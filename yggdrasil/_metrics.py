@@ -37,10 +37,12 @@ class _ActorCollector(Collector):
         router: Callable[[], Router | None],
         supervisors: Callable[[], Iterable[Supervisor]],
         gateway: Callable[[], tuple[int, int, int] | None],
+        turn: Callable[[], object | None],
     ) -> None:
         self._router = router
         self._supervisors = supervisors
         self._gateway = gateway
+        self._turn = turn
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
@@ -97,6 +99,12 @@ class _ActorCollector(Collector):
                 running.add_metric([supervisor.name, child.id], 1 if child.running else 0)
         yield restarts
         yield running
+        turn = self._turn()
+        if turn is not None:
+            for name, value in vars(turn).items():
+                yield CounterMetricFamily(
+                    f"yggdrasil_turn_{name}", f"TURN: {name.replace('_', ' ')}", value=value
+                )
         gateway = self._gateway()
         if gateway is not None:
             sessions, accepted, refused = gateway
@@ -135,12 +143,15 @@ class Metrics:
         self.router: Router | None = None
         self.supervisors: list[Supervisor] = []
         self.gateway: Callable[[], tuple[int, int, int]] | None = None
+        self.turn: Callable[[], object] | None = None
+        """The TURN core's counters (a dataclass of integers), when TURN runs."""
         """Open sessions, accepted and rejected handshakes, when a gateway runs."""
         self.registry.register(
             _ActorCollector(
                 lambda: self.router,
                 lambda: self.supervisors,
                 lambda: None if self.gateway is None else self.gateway(),
+                lambda: None if self.turn is None else self.turn(),
             )
         )
 

@@ -264,6 +264,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             peer_allowed=PeerPolicy(allow=config.turn.allow_peers).allowed,
         )
         services.turn = udp
+        metrics.turn = lambda: core.stats
 
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(udp.serve, core)

@@ -1,0 +1,303 @@
+"""The TURN core, sans-IO: time is a number, sockets are a dict, every answer is inspected."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import pytest
+
+from stun_turn import (
+    Attr,
+    Class,
+    CloseRelay,
+    Message,
+    Method,
+    PeerPolicy,
+    ToClient,
+    ToPeer,
+    TurnCore,
+    TurnSettings,
+    decode,
+    encode,
+    encode_channel_data,
+    long_term_key,
+    pack_xor_address,
+    unpack_error_code,
+    unpack_xor_address,
+)
+
+CLIENT = ("198.51.100.7", 40000)
+PEER = ("93.184.216.34", 5000)
+REALM = "yggdrasil"
+KEY = long_term_key("alice", REALM, "secret")
+
+
+class Relays:
+    def __init__(self) -> None:
+        self.opened: list[tuple[int, bool]] = []
+        self.next = 0
+
+    def open(self, family: int, even: bool) -> tuple[int, tuple[str, int]] | None:
+        self.opened.append((family, even))
+        self.next += 1
+        return self.next, ("192.0.2.1", 50000 + 2 * self.next)
+
+
+def make(**settings: object) -> tuple[TurnCore, Relays]:
+    relays = Relays()
+    core = TurnCore(
+        TurnSettings(realm=REALM, **settings),  # type: ignore[arg-type]
+        secret=b"s" * 32,
+        key_for=lambda user, now: KEY if user == "alice" else None,
+        open_relay=relays.open,
+        peer_allowed=PeerPolicy().allowed,
+    )
+    return core, relays
+
+
+def tid(n: int) -> bytes:
+    return n.to_bytes(12, "big")
+
+
+def answer(outputs: Sequence[object]) -> Message:
+    assert len(outputs) >= 1
+    first = outputs[0]
+    assert isinstance(first, ToClient)
+    return decode(first.data)
+
+
+def error_of(message: Message) -> int:
+    value = message.get(Attr.ERROR_CODE)
+    assert value is not None
+    return unpack_error_code(value)[0]
+
+
+def request(
+    method: int,
+    n: int,
+    attributes: Sequence[tuple[int, bytes]],
+    *,
+    nonce: bytes | None,
+    key: bytes | None = KEY,
+) -> bytes:
+    attrs = list(attributes)
+    if nonce is not None:
+        attrs += [(Attr.USERNAME, b"alice"), (Attr.REALM, REALM.encode()), (Attr.NONCE, nonce)]
+    return encode(
+        Message(method, Class.REQUEST, tid(n), attrs), integrity_key=key if nonce else None
+    )
+
+
+UDP = [(Attr.REQUESTED_TRANSPORT, bytes([17, 0, 0, 0]))]
+
+
+def challenge(core: TurnCore, now: float = 100.0) -> bytes:
+    # Large enough a request for the 401 to be answered (no amplification).
+    reply = answer(
+        core.handle_client(
+            now, CLIENT, request(Method.ALLOCATE, 1, [*UDP, (Attr.SOFTWARE, b"x" * 64)], nonce=None)
+        )
+    )
+    assert error_of(reply) == 401
+    assert reply.get(Attr.REALM) == REALM.encode()
+    nonce = reply.get(Attr.NONCE)
+    assert nonce is not None
+    return nonce
+
+
+def allocate(core: TurnCore, now: float = 100.0) -> tuple[str, int]:
+    nonce = challenge(core, now)
+    reply = answer(core.handle_client(now, CLIENT, request(Method.ALLOCATE, 2, UDP, nonce=nonce)))
+    assert reply.cls == Class.SUCCESS, error_of(reply)
+    relayed = reply.get(Attr.XOR_RELAYED_ADDRESS)
+    assert relayed is not None
+    return unpack_xor_address(relayed, tid(2))
+
+
+def test_binding_answers_with_the_mapped_address() -> None:
+    core, _ = make()
+    data = encode(Message(Method.BINDING, Class.REQUEST, tid(9), [(Attr.SOFTWARE, b"probe" * 4)]))
+    reply = answer(core.handle_client(1.0, CLIENT, data))
+    assert reply.cls == Class.SUCCESS
+    mapped = reply.get(Attr.XOR_MAPPED_ADDRESS)
+    assert mapped is not None
+    assert unpack_xor_address(mapped, tid(9)) == CLIENT
+
+
+def test_a_tiny_unauthenticated_request_gets_no_larger_answer_than_allowed() -> None:
+    core, _ = make(unauthenticated_answer_bytes=20)
+    bare = encode(Message(Method.BINDING, Class.REQUEST, tid(1)), fingerprint=False)
+    assert core.handle_client(1.0, CLIENT, bare) == []
+    assert core.stats.dropped_amplification == 1
+
+
+def test_unauthenticated_answers_are_rate_limited_per_address() -> None:
+    core, _ = make(unauthenticated_answers_per_s=5.0)
+    data = encode(Message(Method.BINDING, Class.REQUEST, tid(1), [(Attr.SOFTWARE, b"x" * 40)]))
+    answered = sum(bool(core.handle_client(1.0, CLIENT, data)) for _ in range(20))
+    assert answered == 5
+    assert core.handle_client(1.0, ("198.51.100.8", 1), data)  # another address is unaffected
+
+
+def test_allocation_with_long_term_credentials() -> None:
+    core, relays = make()
+    relayed = allocate(core)
+    assert relayed[0] == "192.0.2.1"
+    assert relays.opened == [(1, False)]
+    assert core.stats.allocations_created == 1
+
+
+def test_wrong_credentials_stale_nonces_and_bad_realms_are_challenged() -> None:
+    core, _ = make()
+    nonce = challenge(core)
+    wrong = request(
+        Method.ALLOCATE, 3, UDP, nonce=nonce, key=long_term_key("alice", REALM, "guess")
+    )
+    assert error_of(answer(core.handle_client(100.0, CLIENT, wrong))) == 401
+    assert core.stats.auth_failures == 1
+    later = request(Method.ALLOCATE, 4, UDP, nonce=nonce)
+    assert error_of(answer(core.handle_client(100.0 + 601, CLIENT, later))) == 438
+    other_address = request(Method.ALLOCATE, 5, UDP, nonce=nonce)
+    assert error_of(answer(core.handle_client(100.0, ("198.51.100.99", 1), other_address))) == 438
+    forged = request(Method.ALLOCATE, 6, UDP, nonce=b"AAAAAAAAAAAAAAAA")
+    assert error_of(answer(core.handle_client(100.0, CLIENT, forged))) == 438
+
+
+def test_allocate_twice_is_a_mismatch_but_a_retransmission_is_answered_again() -> None:
+    core, _ = make()
+    nonce = challenge(core)
+    first = core.handle_client(100.0, CLIENT, request(Method.ALLOCATE, 2, UDP, nonce=nonce))
+    again = core.handle_client(100.5, CLIENT, request(Method.ALLOCATE, 2, UDP, nonce=nonce))
+    assert first == again
+    other = core.handle_client(101.0, CLIENT, request(Method.ALLOCATE, 3, UDP, nonce=nonce))
+    assert error_of(answer(other)) == 437
+
+
+def test_tcp_relays_and_reservations_are_refused() -> None:
+    core, _ = make()
+    nonce = challenge(core)
+    tcp = [(Attr.REQUESTED_TRANSPORT, bytes([6, 0, 0, 0]))]
+    assert (
+        error_of(
+            answer(core.handle_client(100.0, CLIENT, request(Method.ALLOCATE, 2, tcp, nonce=nonce)))
+        )
+        == 442
+    )
+    reserve = [*UDP, (Attr.EVEN_PORT, b"\x80")]
+    assert (
+        error_of(
+            answer(
+                core.handle_client(100.0, CLIENT, request(Method.ALLOCATE, 3, reserve, nonce=nonce))
+            )
+        )
+        == 508
+    )
+
+
+def test_permissions_channels_and_data_in_both_directions() -> None:
+    core, _ = make()
+    allocate(core)
+    nonce = challenge(core)
+    # Without a permission nothing passes.
+    send = encode(
+        Message(
+            Method.SEND,
+            Class.INDICATION,
+            tid(7),
+            [
+                (Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(7))),
+                (Attr.DATA, b"hi"),
+            ],
+        )
+    )
+    assert core.handle_client(101.0, CLIENT, send) == []
+    assert core.handle_peer(101.0, 1, PEER, b"in") == []
+    permit = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(8)))]
+    assert (
+        answer(
+            core.handle_client(
+                101.0, CLIENT, request(Method.CREATE_PERMISSION, 8, permit, nonce=nonce)
+            )
+        ).cls
+        == Class.SUCCESS
+    )
+    assert core.handle_client(101.0, CLIENT, send) == [ToPeer(1, PEER, b"hi")]
+    data = answer(core.handle_peer(101.0, 1, PEER, b"back"))
+    assert (data.method, data.cls, data.get(Attr.DATA)) == (Method.DATA, Class.INDICATION, b"back")
+    # Channels: bound, then ChannelData both ways.
+    bind = [
+        (Attr.CHANNEL_NUMBER, struct.pack("!HH", 0x4001, 0)),
+        (Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(10))),
+    ]
+    assert (
+        answer(
+            core.handle_client(102.0, CLIENT, request(Method.CHANNEL_BIND, 10, bind, nonce=nonce))
+        ).cls
+        == Class.SUCCESS
+    )
+    assert core.handle_client(102.0, CLIENT, encode_channel_data(0x4001, b"fast")) == [
+        ToPeer(1, PEER, b"fast")
+    ]
+    out = core.handle_peer(102.0, 1, PEER, b"fast back")
+    assert isinstance(out[0], ToClient)
+    assert out[0].data == encode_channel_data(0x4001, b"fast back")
+    # The permission expires after 300 s unless refreshed.
+    core.expire(102.0 + 301)
+    assert core.handle_peer(102.0 + 301, 1, PEER, b"late") == []
+
+
+def test_forbidden_peers_are_refused() -> None:
+    core, _ = make()
+    allocate(core)
+    nonce = challenge(core)
+    for peer in (("127.0.0.1", 80), ("169.254.169.254", 80), ("::ffff:10.0.0.1", 80)):
+        permit = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(peer, tid(11)))]
+        reply = answer(
+            core.handle_client(
+                101.0, CLIENT, request(Method.CREATE_PERMISSION, 11, permit, nonce=nonce)
+            )
+        )
+        assert error_of(reply) == 403
+    assert core.stats.refused_peers == 3
+
+
+def test_refresh_to_zero_deletes_and_expiry_closes_relays() -> None:
+    core, _ = make()
+    allocate(core)
+    nonce = challenge(core)
+    zero = [(Attr.LIFETIME, struct.pack("!I", 0))]
+    out = core.handle_client(101.0, CLIENT, request(Method.REFRESH, 12, zero, nonce=nonce))
+    assert answer(out).cls == Class.SUCCESS
+    assert CloseRelay(1) in out
+    assert core.allocations == {}
+    allocate(core, now=200.0)
+    assert core.expire(200.0 + 599) == []
+    assert core.expire(200.0 + 601) == [CloseRelay(2)]
+
+
+def test_quotas() -> None:
+    core, _ = make(max_allocations_per_user=1)
+    allocate(core)
+    nonce = challenge(core)
+    reply = answer(
+        core.handle_client(
+            100.0, ("198.51.100.7", 40001), request(Method.ALLOCATE, 20, UDP, nonce=nonce)
+        )
+    )
+    # The nonce is bound to the client's IP address, which is the same here.
+    assert error_of(reply) == 486
+
+
+def test_unknown_comprehension_required_attributes_get_420() -> None:
+    core, _ = make()
+    data = encode(Message(Method.ALLOCATE, Class.REQUEST, tid(30), [(0x7ABC, b"?" * 40)]))
+    reply = answer(core.handle_client(1.0, CLIENT, data))
+    assert error_of(reply) == 420
+    assert reply.get(Attr.UNKNOWN_ATTRIBUTES) == b"\x7a\xbc"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00" * 19, b"\xff" * 40, b"\x40\x01\x00\x10abc"])
+def test_garbage_is_dropped(garbage: bytes) -> None:
+    core, _ = make()
+    assert core.handle_client(1.0, CLIENT, garbage) == []

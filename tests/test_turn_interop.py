@@ -1,0 +1,141 @@
+"""coturn's own test client against ``yggdrasil serve``'s TURN server (Debian package coturn)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import server_process
+
+pytestmark = pytest.mark.slow
+
+
+def coturn_tools() -> None:
+    if shutil.which("turnutils_uclient") and shutil.which("turnutils_peer"):
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("turnutils_uclient is missing (apt-get install coturn); .ci/run installs it")
+    pytest.skip("turnutils_uclient is not installed (apt-get install coturn)")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def peer() -> Iterator[int]:
+    coturn_tools()
+    port = free_port()
+    process = subprocess.Popen(
+        ["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+def uclient(
+    turn_port: int, peer_port: int, *flags: str, user: str = "bench", password: str = "secret"
+) -> tuple[int, str]:
+    result = subprocess.run(
+        [
+            "turnutils_uclient",
+            "-c",
+            *flags,
+            "-u",
+            user,
+            "-w",
+            password,
+            "-e",
+            "127.0.0.1",
+            "-r",
+            str(peer_port),
+            "-m",
+            "5",
+            "-n",
+            "100",
+            "-l",
+            "120",
+            "-z",
+            "5",
+            "-p",
+            str(turn_port),
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def received(output: str) -> tuple[int, int]:
+    found = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    assert found, output[-2000:]
+    sent, got = found[-1]
+    return int(sent), int(got)
+
+
+@pytest.mark.parametrize("flags", [(), ("-s",)], ids=["channels", "send-indications"])
+def test_uclient_relays_through_yggdrasil_without_loss(
+    tmp_path: Path, peer: int, flags: tuple[str, ...]
+) -> None:
+    turn_port = free_port()
+    with server_process(
+        tmp_path / "data",
+        "--turn-port",
+        str(turn_port),
+        "--turn-static-user",
+        "bench:secret",
+        "--turn-allow-peer",
+        "127.0.0.0/8",
+    ) as server:
+        code, output = uclient(turn_port, peer, *flags)
+        assert code == 0, output[-2000:]
+        assert received(output) == (500, 500)
+        assert "Total lost packets 0 (0.000000%)" in output
+        metrics = httpx.get(f"{server.api_url}/metrics").text
+        assert re.search(r"yggdrasil_turn_allocations_created_total [1-9]", metrics)
+        assert server.terminate() == 0
+
+
+def test_wrong_passwords_get_nothing(tmp_path: Path, peer: int) -> None:
+    turn_port = free_port()
+    with server_process(
+        tmp_path / "data",
+        "--turn-port",
+        str(turn_port),
+        "--turn-static-user",
+        "bench:secret",
+        "--turn-allow-peer",
+        "127.0.0.0/8",
+    ):
+        code, output = uclient(turn_port, peer, password="guess")
+        assert code != 0 or received(output)[1] == 0
+
+
+def test_the_deny_list_keeps_relays_off_loopback(tmp_path: Path, peer: int) -> None:
+    turn_port = free_port()
+    with server_process(
+        tmp_path / "data", "--turn-port", str(turn_port), "--turn-static-user", "bench:secret"
+    ) as server:
+        code, output = uclient(turn_port, peer)
+        assert code != 0 or received(output)[1] == 0  # nothing reached the loopback peer
+        metrics = httpx.get(f"{server.api_url}/metrics").text
+        assert re.search(r"yggdrasil_turn_refused_peers_total [1-9]", metrics)
