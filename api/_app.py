@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from quart import Response, g, request
@@ -32,6 +33,8 @@ class ApiContext:
     domain: Callable[[], Domain | None]
     version: str
     tokens: Callable[[], TokenService | None] = lambda: None
+    ice: Callable[[str, str], dict[str, Any]] | None = None
+    """``ice(network_id, device_id)``: STUN/TURN URLs with fresh credentials for that device."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     max_body_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
@@ -75,7 +78,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         ),
     )
     _users.install(app, guard)
-    _resources.install(app, guard)
+    _resources.install(app, guard, ctx.ice)
     _admin.install(app, guard)
 
     @app.before_request

@@ -217,6 +217,19 @@ class Export(msgspec.Struct):
     audit_log: list[dict[str, Any]]
 
 
+class IceServer(msgspec.Struct):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServers(msgspec.Struct):
+    """In the shape of WebRTC's ``RTCConfiguration.iceServers``."""
+
+    ice_servers: list[IceServer]
+    ttl_s: int
+
+
 class Jwks(msgspec.Struct):
     keys: list[dict[str, Any]]
 

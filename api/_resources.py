@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from quart import Quart, Response
 from quart_schema import tag, validate_querystring, validate_request, validate_response
 
@@ -16,6 +19,7 @@ from ._models import (
     DeviceUpdateIn,
     EnrollmentKeyIn,
     EnrollmentKeyOut,
+    IceServers,
     NetworkIn,
     NetworkList,
     NetworkOut,
@@ -38,7 +42,9 @@ async def _network(domain: Domain, principal: Principal, requested: str | None) 
     return user.home_network_id
 
 
-def install(app: Quart, guard: Guard) -> None:
+def install(
+    app: Quart, guard: Guard, ice: Callable[[str, str], dict[str, Any]] | None = None
+) -> None:
     # ------------------------------------------------------------------- networks
 
     @app.get("/api/v1/networks")
@@ -172,3 +178,19 @@ def install(app: Quart, guard: Guard) -> None:
         at = await domain.store.delete_device(principal.scope, network_id, device_id)
         guard.revoke(f"device:{network_id}/{device_id}", at)
         return Response(b"", status=204)
+
+    @app.get("/api/v1/devices/<device_id>/ice-servers")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @validate_response(IceServers, 200)
+    @authenticated
+    @errors(404, 422, 503)
+    async def ice_servers(device_id: str, query_args: NetworkQuery) -> IceServers:
+        """STUN and TURN URLs with fresh, expiring credentials for one of the caller's devices."""
+        principal = guard.principal()
+        domain = guard.domain()
+        network_id = await _network(domain, principal, query_args.network_id)
+        await domain.store.get_device(principal.scope, network_id, device_id)
+        if ice is None:
+            raise NotFound()
+        return convert(ice(network_id, device_id), IceServers)  # type: ignore[no-any-return]

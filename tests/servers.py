@@ -26,6 +26,7 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
     overrides: dict[str, dict[str, Any]] = {"server": {"data_dir": str(data_dir)}}
     overrides.setdefault("api", {})["port"] = 0
     overrides.setdefault("gateway", {})["port"] = 0
+    overrides.setdefault("turn", {})["port"] = 0
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     config = load_config(overrides=overrides)
@@ -83,6 +84,8 @@ def server_process(
         "--api-port",
         "0",
         "--gateway-port",
+        "0",
+        "--turn-port",
         "0",
         "--log-format",
         "json",

@@ -56,7 +56,7 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
         assert time.monotonic() - started < 10
         messages = [entry.get("msg", "") for entry in server.log()]
         listening = [e for e in server.log() if "listening on" in str(e.get("msg", ""))]
-        assert sorted(e["listener"] for e in listening) == ["api", "gateway"]
+        assert sorted(e["listener"] for e in listening) == ["api", "gateway", "turn"]
         assert all(not e["url"].endswith(":0") for e in listening)
         assert any("received SIGTERM" in m for m in messages)
         assert messages[-1] == "yggdrasil stopped"

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
+from tests.clients import device, sign_in
 from tests.servers import server_process
 
 pytestmark = pytest.mark.slow
@@ -139,3 +141,35 @@ def test_the_deny_list_keeps_relays_off_loopback(tmp_path: Path, peer: int) -> N
         assert code != 0 or received(output)[1] == 0  # nothing reached the loopback peer
         metrics = httpx.get(f"{server.api_url}/metrics").text
         assert re.search(r"yggdrasil_turn_refused_peers_total [1-9]", metrics)
+
+
+def test_a_devices_ephemeral_credentials_work_and_expire(tmp_path: Path, peer: int) -> None:
+    turn_port = free_port()
+    data_dir = tmp_path / "data"
+    with server_process(
+        data_dir, "--turn-port", str(turn_port), "--turn-allow-peer", "127.0.0.0/8"
+    ) as server:
+
+        async def fetch() -> dict[str, object]:
+            async with httpx.AsyncClient(base_url=server.api_url) as http:
+                dev = await sign_in(
+                    http, data_dir / "outbox", "ice@example.org", device_body=device("cam")
+                )
+                response = await dev.get("/api/v1/devices/cam/ice-servers")
+                assert response.status_code == 200
+                body: dict[str, object] = response.json()
+                return body
+
+        body = trio.run(fetch)
+        servers = body["ice_servers"]
+        assert isinstance(servers, list)
+        assert servers[0]["urls"] == [f"stun:127.0.0.1:{turn_port}"]
+        turn = servers[1]
+        assert turn["urls"] == [f"turn:127.0.0.1:{turn_port}?transport=udp"]
+        code, output = uclient(turn_port, peer, user=turn["username"], password=turn["credential"])
+        assert code == 0, output[-2000:]
+        assert received(output) == (500, 500)
+        # The same name with an expiry in the past is refused.
+        expired = "1:" + turn["username"].split(":", 1)[1]
+        code, output = uclient(turn_port, peer, user=expired, password=turn["credential"])
+        assert code != 0 or received(output)[1] == 0

@@ -73,6 +73,8 @@ class TurnConfig(_Section, frozen=True):
     port: Port = 3478
     """STUN and TURN over UDP (TCP and TLS are not served yet)."""
     realm: str = "yggdrasil"
+    public_host: str = ""
+    """The host name or address devices use to reach STUN/TURN; empty: ``server.host``."""
     relay_port_min: Port = 49152
     relay_port_max: Port = 65535
     static_users: list[str] = []

@@ -25,6 +25,7 @@ import secrets as _random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio_asyncio
@@ -48,7 +49,7 @@ from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
 from ._store import Store
 from ._tokens import TokenService
-from ._turn import key_lookup
+from ._turn import issue_credentials, key_lookup
 from ._version import VERSION
 
 log = logging.getLogger(__name__)
@@ -199,12 +200,32 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             # Look back a little: another instance's clock may run behind ours.
             since = await domain.accounts.load_revocations(since - 60_000)
 
+    def ice_servers(network_id: str, device_id: str) -> dict[str, Any]:
+        host = config.turn.public_host or config.server.host
+        port = services.turn.address[1] if services.turn is not None else config.turn.port
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = issue_credentials(
+            secrets.turn_secret, f"{network_id}/{device_id}", config.turn.credential_ttl_s
+        )
+        return {
+            "ice_servers": [
+                {"urls": [f"stun:{where}"]},
+                {
+                    "urls": [f"turn:{where}?transport=udp"],
+                    "username": credentials.username,
+                    "credential": credentials.password,
+                },
+            ],
+            "ttl_s": credentials.ttl_s,
+        }
+
     async def api_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
         app = create_app(
             ApiContext(
                 metrics=metrics,
                 domain=lambda: services.domain,
                 tokens=lambda: tokens,
+                ice=ice_servers,
                 version=VERSION,
                 limits=config.limits,
                 max_body_bytes=config.api.max_body_bytes,
