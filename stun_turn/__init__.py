@@ -2,7 +2,7 @@
 
 So far: the strict message codec (RFC 8489 STUN, RFC 8656 TURN attributes, ChannelData), verified
 against RFC 5769's test vectors; the peer deny list; the allocation state and logic (sans-IO);
-the UDP driver. TCP and TLS drivers are still to come.
+the trio driver for UDP and TCP. TLS is still to come.
 """
 
 from ._codec import (
@@ -28,14 +28,15 @@ from ._codec import (
     verify_integrity,
 )
 from ._errors import StunDecodeError, StunError
+from ._listener import TurnListener
 from ._policy import PeerPolicy, canonical
-from ._server import CloseRelay, ToClient, ToPeer, TurnCore, TurnSettings, TurnStats
-from ._udp import UdpTurnServer
+from ._server import Client, CloseRelay, ToClient, ToPeer, TurnCore, TurnSettings, TurnStats
 
 __all__ = [
     "MAGIC_COOKIE",
     "Attr",
     "Class",
+    "Client",
     "CloseRelay",
     "Message",
     "Method",
@@ -45,9 +46,9 @@ __all__ = [
     "ToClient",
     "ToPeer",
     "TurnCore",
+    "TurnListener",
     "TurnSettings",
     "TurnStats",
-    "UdpTurnServer",
     "canonical",
     "comprehension_required",
     "decode",

@@ -42,6 +42,18 @@ UDP = 17
 
 
 @dataclass(frozen=True)
+class Client:
+    """Where a client speaks from: its transport and address (the 5-tuple, for one listener).
+
+    A UDP datagram and a TCP connection from the same address are different clients: data can
+    never reach an allocation over another transport than the one that made it.
+    """
+
+    transport: str
+    address: Address
+
+
+@dataclass(frozen=True)
 class TurnSettings:
     realm: str = "yggdrasil"
     default_lifetime_s: int = 600
@@ -57,7 +69,7 @@ class TurnSettings:
 
 @dataclass(frozen=True)
 class ToClient:
-    client: Address
+    client: Client
     data: bytes
 
 
@@ -78,7 +90,7 @@ Output = ToClient | ToPeer | CloseRelay
 
 @dataclass
 class Allocation:
-    client: Address
+    client: Client
     username: str
     key: bytes
     relay_id: int
@@ -124,7 +136,7 @@ class TurnCore:
         self._key_for = key_for
         self._open_relay = open_relay
         self._peer_allowed = peer_allowed
-        self.allocations: dict[Address, Allocation] = {}
+        self.allocations: dict[Client, Allocation] = {}
         self._by_relay: dict[int, Allocation] = {}
         self._per_user: dict[str, int] = {}
         self._answers: dict[str, tuple[float, float]] = {}
@@ -133,7 +145,7 @@ class TurnCore:
 
     # ----------------------------------------------------------------- input
 
-    def handle_client(self, now: float, client: Address, data: bytes) -> list[Output]:
+    def handle_client(self, now: float, client: Client, data: bytes) -> list[Output]:
         """A datagram from a client to the server's listening address."""
         if is_channel_data(data):
             return self._channel_data(now, client, data)
@@ -209,6 +221,12 @@ class TurnCore:
         self.stats.bytes_to_clients += len(data)
         return [ToClient(allocation.client, frame)]
 
+    def drop_client(self, client: Client) -> list[Output]:
+        """The client's connection closed (TCP): its allocation ends with it (RFC 8656 3.1)."""
+        if client in self.allocations:
+            return [self._remove(client)]
+        return []
+
     def expire(self, now: float) -> list[Output]:
         """Forget what has expired; the relay sockets of ended allocations are to be closed."""
         closed: list[Output] = []
@@ -231,13 +249,13 @@ class TurnCore:
 
     # ----------------------------------------------------------------- requests
 
-    def _binding(self, now: float, client: Address, message: Message, data: bytes) -> list[Output]:
+    def _binding(self, now: float, client: Client, message: Message, data: bytes) -> list[Output]:
         answer = Message(
             Method.BINDING,
             Class.SUCCESS,
             message.transaction_id,
             [
-                (Attr.XOR_MAPPED_ADDRESS, pack_xor_address(client, message.transaction_id)),
+                (Attr.XOR_MAPPED_ADDRESS, pack_xor_address(client.address, message.transaction_id)),
             ],
         )
         return self._unauthenticated(
@@ -245,7 +263,7 @@ class TurnCore:
         )
 
     def _authenticate(
-        self, now: float, client: Address, message: Message
+        self, now: float, client: Client, message: Message
     ) -> tuple[bytes | None, str | None, bytes | None]:
         """``(key, username, None)`` for a request whose integrity checks, else a challenge."""
         if not message.has(Attr.MESSAGE_INTEGRITY):
@@ -268,7 +286,7 @@ class TurnCore:
         return key, name, None
 
     def _allocate(
-        self, now: float, client: Address, message: Message, username: str, key: bytes
+        self, now: float, client: Client, message: Message, username: str, key: bytes
     ) -> bytes:
         existing = self.allocations.get(client)
         if existing is not None:
@@ -312,7 +330,10 @@ class TurnCore:
                 [
                     (Attr.XOR_RELAYED_ADDRESS, pack_xor_address(relayed, message.transaction_id)),
                     (Attr.LIFETIME, struct.pack("!I", lifetime)),
-                    (Attr.XOR_MAPPED_ADDRESS, pack_xor_address(client, message.transaction_id)),
+                    (
+                        Attr.XOR_MAPPED_ADDRESS,
+                        pack_xor_address(client.address, message.transaction_id),
+                    ),
                 ],
             ),
             integrity_key=key,
@@ -321,7 +342,7 @@ class TurnCore:
         return answer
 
     def _refresh(
-        self, now: float, client: Address, message: Message, username: str, key: bytes
+        self, now: float, client: Client, message: Message, username: str, key: bytes
     ) -> list[Output]:
         allocation = self.allocations.get(client)
         if allocation is None or allocation.expires <= now:
@@ -348,7 +369,7 @@ class TurnCore:
         return [ToClient(client, answer), *outputs]
 
     def _create_permission(
-        self, now: float, client: Address, message: Message, username: str, key: bytes
+        self, now: float, client: Client, message: Message, username: str, key: bytes
     ) -> bytes:
         allocation = self._own_allocation(now, client, username)
         if allocation is None:
@@ -375,7 +396,7 @@ class TurnCore:
         )
 
     def _channel_bind(
-        self, now: float, client: Address, message: Message, username: str, key: bytes
+        self, now: float, client: Client, message: Message, username: str, key: bytes
     ) -> bytes:
         allocation = self._own_allocation(now, client, username)
         if allocation is None:
@@ -411,7 +432,7 @@ class TurnCore:
 
     # ----------------------------------------------------------------- data
 
-    def _send_indication(self, now: float, client: Address, message: Message) -> list[Output]:
+    def _send_indication(self, now: float, client: Client, message: Message) -> list[Output]:
         allocation = self.allocations.get(client)
         peer_value = message.get(Attr.XOR_PEER_ADDRESS)
         payload = message.get(Attr.DATA)
@@ -423,7 +444,7 @@ class TurnCore:
             return []
         return self._to_peer(now, allocation, peer, payload)
 
-    def _channel_data(self, now: float, client: Address, data: bytes) -> list[Output]:
+    def _channel_data(self, now: float, client: Client, data: bytes) -> list[Output]:
         allocation = self.allocations.get(client)
         if allocation is None:
             return []
@@ -449,7 +470,7 @@ class TurnCore:
 
     # ----------------------------------------------------------------- helpers
 
-    def _own_allocation(self, now: float, client: Address, username: str) -> Allocation | None:
+    def _own_allocation(self, now: float, client: Client, username: str) -> Allocation | None:
         allocation = self.allocations.get(client)
         if allocation is None or allocation.expires <= now or allocation.username != username:
             return None
@@ -465,7 +486,7 @@ class TurnCore:
             return 0
         return max(self.settings.default_lifetime_s, min(requested, self.settings.max_lifetime_s))
 
-    def _remove(self, client: Address) -> CloseRelay:
+    def _remove(self, client: Client) -> CloseRelay:
         allocation = self.allocations.pop(client)
         self._by_relay.pop(allocation.relay_id, None)
         count = self._per_user.get(allocation.username, 1) - 1
@@ -494,7 +515,7 @@ class TurnCore:
         )
         return encode(answer, integrity_key=key, fingerprint=message.has(Attr.FINGERPRINT))
 
-    def _challenge(self, now: float, client: Address, message: Message, code: int) -> bytes:
+    def _challenge(self, now: float, client: Client, message: Message, code: int) -> bytes:
         return self._error(
             message,
             code,
@@ -504,12 +525,14 @@ class TurnCore:
             ],
         )
 
-    def _nonce(self, now: float, client: Address) -> bytes:
+    def _nonce(self, now: float, client: Client) -> bytes:
         stamp = struct.pack("!I", int(now))
-        mac = hmac.new(self._secret, stamp + client[0].encode(), hashlib.sha256).digest()[:8]
+        mac = hmac.new(self._secret, stamp + client.address[0].encode(), hashlib.sha256).digest()[
+            :8
+        ]
         return base64.urlsafe_b64encode(stamp + mac)
 
-    def _nonce_valid(self, now: float, client: Address, nonce: bytes) -> bool:
+    def _nonce_valid(self, now: float, client: Client, nonce: bytes) -> bool:
         try:
             raw = base64.urlsafe_b64decode(nonce)
         except ValueError:
@@ -517,27 +540,29 @@ class TurnCore:
         if len(raw) != 12:
             return False
         (issued,) = struct.unpack("!I", raw[:4])
-        mac = hmac.new(self._secret, raw[:4] + client[0].encode(), hashlib.sha256).digest()[:8]
+        mac = hmac.new(self._secret, raw[:4] + client.address[0].encode(), hashlib.sha256).digest()[
+            :8
+        ]
         fresh = 0 <= now - issued <= self.settings.nonce_lifetime_s
         return fresh and hmac.compare_digest(mac, raw[4:])
 
     def _unauthenticated(
-        self, now: float, client: Address, request: bytes, answer: bytes
+        self, now: float, client: Client, request: bytes, answer: bytes
     ) -> list[Output]:
         """Bound what an unauthenticated request can make us send (reflection amplification)."""
         if len(answer) > max(len(request), self.settings.unauthenticated_answer_bytes):
             self.stats.dropped_amplification += 1
             return []
         tokens, stamp = self._answers.get(
-            client[0], (self.settings.unauthenticated_answers_per_s, now)
+            client.address[0], (self.settings.unauthenticated_answers_per_s, now)
         )
         rate = self.settings.unauthenticated_answers_per_s
         tokens = min(rate, tokens + max(0.0, now - stamp) * rate)
         if tokens < 1:
-            self._answers[client[0]] = (tokens, now)
+            self._answers[client.address[0]] = (tokens, now)
             self.stats.dropped_amplification += 1
             return []
-        self._answers[client[0]] = (tokens - 1, now)
+        self._answers[client.address[0]] = (tokens - 1, now)
         if len(self._answers) > 100_000:
             self._answers.clear()  # bounded memory; a forgotten address starts with a full bucket
         return [ToClient(client, answer)]

@@ -109,9 +109,9 @@ EXPORTS: dict[str, set[str]] = {
         "device_cli", "encode",
     },
     "stun_turn": {
-        "Attr", "Class", "CloseRelay", "MAGIC_COOKIE", "Message", "Method", "PeerPolicy",
-        "StunDecodeError", "StunError", "ToClient", "ToPeer", "TurnCore", "TurnSettings",
-        "TurnStats", "UdpTurnServer", "canonical", "comprehension_required", "decode",
+        "Attr", "Class", "Client", "CloseRelay", "MAGIC_COOKIE", "Message", "Method", "PeerPolicy",
+        "StunDecodeError", "StunError", "ToClient", "ToPeer", "TurnCore", "TurnListener",
+        "TurnSettings", "TurnStats", "canonical", "comprehension_required", "decode",
         "decode_channel_data", "encode", "encode_channel_data", "is_channel_data", "is_stun",
         "long_term_key", "pack_error_code", "pack_unknown_attributes", "pack_xor_address",
         "stream_frame_length", "unpack_error_code", "unpack_xor_address", "verify_integrity",

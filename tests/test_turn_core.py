@@ -10,6 +10,7 @@ import pytest
 from stun_turn import (
     Attr,
     Class,
+    Client,
     CloseRelay,
     Message,
     Method,
@@ -27,7 +28,7 @@ from stun_turn import (
     unpack_xor_address,
 )
 
-CLIENT = ("198.51.100.7", 40000)
+CLIENT = Client("udp", ("198.51.100.7", 40000))
 PEER = ("93.184.216.34", 5000)
 REALM = "yggdrasil"
 KEY = long_term_key("alice", REALM, "secret")
@@ -122,7 +123,7 @@ def test_binding_answers_with_the_mapped_address() -> None:
     assert reply.cls == Class.SUCCESS
     mapped = reply.get(Attr.XOR_MAPPED_ADDRESS)
     assert mapped is not None
-    assert unpack_xor_address(mapped, tid(9)) == CLIENT
+    assert unpack_xor_address(mapped, tid(9)) == CLIENT.address
 
 
 def test_a_tiny_unauthenticated_request_gets_no_larger_answer_than_allowed() -> None:
@@ -137,7 +138,9 @@ def test_unauthenticated_answers_are_rate_limited_per_address() -> None:
     data = encode(Message(Method.BINDING, Class.REQUEST, tid(1), [(Attr.SOFTWARE, b"x" * 40)]))
     answered = sum(bool(core.handle_client(1.0, CLIENT, data)) for _ in range(20))
     assert answered == 5
-    assert core.handle_client(1.0, ("198.51.100.8", 1), data)  # another address is unaffected
+    assert core.handle_client(
+        1.0, Client("udp", ("198.51.100.8", 1)), data
+    )  # another address is unaffected
 
 
 def test_allocation_with_long_term_credentials() -> None:
@@ -159,7 +162,12 @@ def test_wrong_credentials_stale_nonces_and_bad_realms_are_challenged() -> None:
     later = request(Method.ALLOCATE, 4, UDP, nonce=nonce)
     assert error_of(answer(core.handle_client(100.0 + 601, CLIENT, later))) == 438
     other_address = request(Method.ALLOCATE, 5, UDP, nonce=nonce)
-    assert error_of(answer(core.handle_client(100.0, ("198.51.100.99", 1), other_address))) == 438
+    assert (
+        error_of(
+            answer(core.handle_client(100.0, Client("udp", ("198.51.100.99", 1)), other_address))
+        )
+        == 438
+    )
     forged = request(Method.ALLOCATE, 6, UDP, nonce=b"AAAAAAAAAAAAAAAA")
     assert error_of(answer(core.handle_client(100.0, CLIENT, forged))) == 438
 
@@ -282,7 +290,9 @@ def test_quotas() -> None:
     nonce = challenge(core)
     reply = answer(
         core.handle_client(
-            100.0, ("198.51.100.7", 40001), request(Method.ALLOCATE, 20, UDP, nonce=nonce)
+            100.0,
+            Client("udp", ("198.51.100.7", 40001)),
+            request(Method.ALLOCATE, 20, UDP, nonce=nonce),
         )
     )
     # The nonce is bound to the client's IP address, which is the same here.
@@ -301,3 +311,37 @@ def test_unknown_comprehension_required_attributes_get_420() -> None:
 def test_garbage_is_dropped(garbage: bytes) -> None:
     core, _ = make()
     assert core.handle_client(1.0, CLIENT, garbage) == []
+
+
+def test_a_tcp_allocation_is_not_reachable_over_udp_and_ends_with_its_connection() -> None:
+    core, _ = make()
+    tcp = Client("tcp", CLIENT.address)
+    reply = answer(
+        core.handle_client(
+            100.0, tcp, request(Method.ALLOCATE, 1, [*UDP, (Attr.SOFTWARE, b"x" * 64)], nonce=None)
+        )
+    )
+    nonce = reply.get(Attr.NONCE)
+    assert nonce is not None
+    assert (
+        answer(core.handle_client(100.0, tcp, request(Method.ALLOCATE, 2, UDP, nonce=nonce))).cls
+        == Class.SUCCESS
+    )
+    permit = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(3)))]
+    core.handle_client(100.0, tcp, request(Method.CREATE_PERMISSION, 3, permit, nonce=nonce))
+    send = encode(
+        Message(
+            Method.SEND,
+            Class.INDICATION,
+            tid(4),
+            [
+                (Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(4))),
+                (Attr.DATA, b"spoofed"),
+            ],
+        )
+    )
+    # The same address over UDP (a spoofed datagram, say) is another client: nothing is relayed.
+    assert core.handle_client(100.0, CLIENT, send) == []
+    assert core.handle_client(100.0, tcp, send) == [ToPeer(1, PEER, b"spoofed")]
+    assert core.drop_client(tcp) == [CloseRelay(1)]
+    assert core.allocations == {}

@@ -94,7 +94,11 @@ def received(output: str) -> tuple[int, int]:
     return int(sent), int(got)
 
 
-@pytest.mark.parametrize("flags", [(), ("-s",)], ids=["channels", "send-indications"])
+@pytest.mark.parametrize(
+    "flags",
+    [(), ("-s",), ("-t",), ("-t", "-s")],
+    ids=["udp-channels", "udp-send-indications", "tcp-channels", "tcp-send-indications"],
+)
 def test_uclient_relays_through_yggdrasil_without_loss(
     tmp_path: Path, peer: int, flags: tuple[str, ...]
 ) -> None:

@@ -71,7 +71,7 @@ class GatewayConfig(_Section, frozen=True):
 
 class TurnConfig(_Section, frozen=True):
     port: Port = 3478
-    """STUN and TURN over UDP (TCP and TLS are not served yet)."""
+    """STUN and TURN over UDP and TCP (TLS is not served yet)."""
     realm: str = "yggdrasil"
     public_host: str = ""
     """The host name or address devices use to reach STUN/TURN; empty: ``server.host``."""

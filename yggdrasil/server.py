@@ -10,7 +10,7 @@
     ├── api          quart-trio on hypercorn
     ├── networks     a supervisor of one actor per active tenant network (presence, quotas)
     ├── gateway      the device websocket listener; one DeviceSession per connected device
-    └── turn         STUN and TURN over UDP
+    └── turn         STUN and TURN over UDP and TCP
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
 the new store.
@@ -33,7 +33,7 @@ import trio_asyncio
 from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
 from relay import Gateway, Networks
-from stun_turn import PeerPolicy, TurnCore, TurnSettings, UdpTurnServer
+from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings
 
 from ._config import Config
 from ._db import Database
@@ -67,7 +67,7 @@ class Services:
     mailer: Mailer
     domain: Domain | None = None
     gateway: Gateway | None = None
-    turn: UdpTurnServer | None = None
+    turn: TurnListener | None = None
     urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -265,7 +265,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         )
 
     async def turn_child(*, task_status: trio.TaskStatus[None]) -> None:
-        udp = UdpTurnServer(
+        listener = TurnListener(
             config.server.host,
             config.turn.port,
             config.server.host,
@@ -281,16 +281,16 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             ),
             secret=secrets.turn_secret,
             key_for=key_lookup(config.turn, secrets.turn_secret),
-            open_relay=udp.open_relay,
+            open_relay=listener.open_relay,
             peer_allowed=PeerPolicy(allow=config.turn.allow_peers).allowed,
         )
-        services.turn = udp
+        services.turn = listener
         metrics.turn = lambda: core.stats
 
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(udp.serve, core)
+            host, port = await nursery.start(listener.serve, core)
             url = f"turn:{host}:{port}"
-            log.info("turn listening on %s (udp)", url, extra={"listener": "turn", "url": url})
+            log.info("turn listening on %s (udp, tcp)", url, extra={"listener": "turn", "url": url})
             task_status.started()
 
     grace = config.server.grace_s

@@ -1,10 +1,15 @@
-"""The trio driver of :class:`TurnCore` over UDP.
+"""The trio driver of :class:`TurnCore`: STUN/TURN over UDP and over TCP on one port number.
 
-Each socket (the listening one, and one per allocation's relayed address) is drained in batches:
-wait until it is readable once, then read with non-blocking ``recvfrom`` until it would block,
-handling each datagram in plain Python (PERFORMANCE.md: the scheduler runs once per batch, not
-once per packet). Sends are non-blocking too: a datagram that does not fit is dropped and counted,
-so one slow peer never holds up the loop.
+UDP sockets (the listening one, and one per allocation's relayed address) are drained in batches:
+wait until readable once, then non-blocking ``recvfrom`` until it would block, handling each
+datagram in plain Python (PERFORMANCE.md: the scheduler runs once per batch, not per packet).
+Sends never wait: a datagram that does not fit a socket buffer is dropped and counted, so one slow
+peer never holds up the loop.
+
+Over TCP (RFC 8656 section 5) each connection is a client of its own: frames are STUN messages or
+ChannelData padded to four bytes, one writer task per connection drains a bounded queue, and a
+client that does not keep up loses frames rather than growing memory. Closing the connection ends
+its allocation. Relayed addresses are UDP either way.
 """
 
 from __future__ import annotations
@@ -16,26 +21,43 @@ from collections.abc import Iterable
 
 import trio
 
-from ._server import Address, CloseRelay, Output, ToClient, ToPeer, TurnCore
+from ._codec import is_channel_data, stream_frame_length
+from ._errors import StunDecodeError
+from ._server import Address, Client, CloseRelay, Output, ToClient, ToPeer, TurnCore
 
 log = logging.getLogger(__name__)
 _MAX_DATAGRAM = 65535
 _BATCH = 256
+_TCP_QUEUE = 256
+_TCP_IDLE_S = 600.0
+_RETRYABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 
-class UdpTurnServer:
+class TurnListener:
     """Owns the sockets; the core decides. Relay ports come from ``relay_ports``."""
 
-    def __init__(self, host: str, port: int, relay_host: str, relay_ports: range) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        relay_host: str,
+        relay_ports: range,
+        *,
+        tcp: bool = True,
+        max_tcp_connections: int = 10_000,
+    ) -> None:
         self.host = host
         self.port = port
         self.relay_host = relay_host
         self.relay_ports = relay_ports
+        self.tcp = tcp
+        self.max_tcp_connections = max_tcp_connections
         self.address: Address = (host, port)
         self.core: TurnCore | None = None
         self.dropped = 0
         self._listener: socket.socket | None = None
         self._relays: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
+        self._streams: dict[Client, trio.MemorySendChannel[bytes]] = {}
         self._next_id = 0
         self._next_port = 0
         self._nursery: trio.Nursery | None = None
@@ -56,6 +78,9 @@ class UdpTurnServer:
                 self._nursery = nursery
                 nursery.start_soon(self._drain_clients, listener)
                 nursery.start_soon(self._expire)
+                if self.tcp:
+                    tcp_listeners = await trio.open_tcp_listeners(self.address[1], host=self.host)
+                    nursery.start_soon(trio.serve_listeners, self._serve_stream, tcp_listeners)
                 task_status.started(self.address)
         finally:
             for sock, _ in self._relays.values():
@@ -98,7 +123,7 @@ class UdpTurnServer:
             scope.cancel()
             sock.close()
 
-    # ----------------------------------------------------------------- loops
+    # ----------------------------------------------------------------- UDP loops
 
     async def _drain_clients(self, sock: socket.socket) -> None:
         core = self.core
@@ -112,10 +137,10 @@ class UdpTurnServer:
                 except BlockingIOError:
                     break
                 except OSError as exc:  # ICMP errors surface here on some systems
-                    if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    if exc.errno in _RETRYABLE:
                         continue
                     raise
-                self._apply(core.handle_client(now, source[:2], data))
+                self._apply(core.handle_client(now, Client("udp", source[:2]), data))
             await trio.lowlevel.checkpoint()
 
     async def _drain_peers(
@@ -133,7 +158,7 @@ class UdpTurnServer:
                     except BlockingIOError:
                         break
                     except OSError as exc:
-                        if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                        if exc.errno in _RETRYABLE:
                             continue
                         raise
                     self._apply(core.handle_peer(now, relay_id, source[:2], data))
@@ -146,10 +171,69 @@ class UdpTurnServer:
             await trio.sleep(1.0)
             self._apply(core.expire(trio.current_time()))
 
+    # ----------------------------------------------------------------- TCP
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        """One TCP client: a reader (this task) and a writer; the connection is its lifetime."""
+        core = self.core
+        assert core is not None
+        if len(self._streams) >= self.max_tcp_connections:
+            await trio.aclose_forcefully(stream)
+            return
+        peer = stream.socket.getpeername()
+        client = Client("tcp", (peer[0], peer[1]))
+        send, receive = trio.open_memory_channel[bytes](_TCP_QUEUE)
+        self._streams[client] = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_stream, stream, receive, nursery.cancel_scope)
+                buffer = bytearray()
+                while True:
+                    with trio.move_on_after(_TCP_IDLE_S):
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            break
+                        buffer += chunk
+                        while (size := stream_frame_length(buffer)) is not None and len(
+                            buffer
+                        ) >= size:
+                            frame = bytes(buffer[:size])
+                            del buffer[:size]
+                            if is_channel_data(frame):
+                                length = int.from_bytes(frame[2:4], "big")
+                                frame = frame[: 4 + length]
+                            self._apply(core.handle_client(trio.current_time(), client, frame))
+                        continue
+                    break  # idle too long
+                nursery.cancel_scope.cancel()
+        except (StunDecodeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # garbage on the stream or a reset: the connection ends
+        finally:
+            self._streams.pop(client, None)
+            self._apply(core.drop_client(client))
+            await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _write_stream(
+        stream: trio.SocketStream,
+        frames: trio.MemoryReceiveChannel[bytes],
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            async for frame in frames:
+                await stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()
+
+    # ----------------------------------------------------------------- output
+
     def _apply(self, outputs: Iterable[Output]) -> None:
         for output in outputs:
             if isinstance(output, ToClient):
-                self._send(self._listener, output.data, output.client)
+                if output.client.transport == "udp":
+                    self._send(self._listener, output.data, output.client.address)
+                else:
+                    self._to_stream(output.client, output.data)
             elif isinstance(output, ToPeer):
                 entry = self._relays.get(output.relay_id)
                 if entry is not None:
@@ -157,12 +241,21 @@ class UdpTurnServer:
             elif isinstance(output, CloseRelay):
                 self._close_relay(output.relay_id)
 
+    def _to_stream(self, client: Client, data: bytes) -> None:
+        channel = self._streams.get(client)
+        if channel is None:
+            return
+        if is_channel_data(data) and len(data) % 4:
+            data += b"\x00" * (-len(data) % 4)  # ChannelData is padded on streams (RFC 8656 12.5)
+        try:
+            channel.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+
     def _send(self, sock: socket.socket | None, data: bytes, address: Address) -> None:
         if sock is None:
             return
         try:
             sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            self.dropped += 1  # a full socket buffer: drop, never wait
-        except OSError:
+        except OSError:  # a full buffer (BlockingIOError) or an unreachable peer: drop, never wait
             self.dropped += 1
