@@ -87,6 +87,8 @@ class TurnConfig(_Section, frozen=True):
     max_allocations_per_user: Positive = 64
     default_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 600
     max_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
+    unauthenticated_answers_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    """Answers to unauthenticated requests (Binding, challenges) per client address."""
 
 
 class DatabaseConfig(_Section, frozen=True):
