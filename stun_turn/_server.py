@@ -65,6 +65,8 @@ class TurnSettings:
     max_allocations_per_user: int = 64
     unauthenticated_answer_bytes: int = 128
     unauthenticated_answers_per_s: float = 50.0
+    allocation_bytes_per_s: float = 4_000_000.0
+    """Relayed payload per allocation and second, both directions together; beyond it, drops."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Allocation:
     channels: dict[int, tuple[Address, float]] = field(default_factory=dict)
     channel_of: dict[Address, int] = field(default_factory=dict)
     last_allocate: tuple[bytes, bytes] | None = None  # (transaction id, response) for retries
+    budget: float = 0.0  # bytes that may still be relayed now (a token bucket)
+    budget_at: float = 0.0
 
 
 @dataclass
@@ -115,6 +119,7 @@ class TurnStats:
     malformed: int = 0
     dropped_no_permission: int = 0
     dropped_amplification: int = 0
+    dropped_bandwidth: int = 0
     refused_peers: int = 0
 
 
@@ -199,6 +204,8 @@ class TurnCore:
             return []
         if allocation.permissions.get(peer[0], 0.0) <= now:
             self.stats.dropped_no_permission += 1
+            return []
+        if not self._spend(allocation, now, len(data)):
             return []
         channel = allocation.channel_of.get(peer)
         if channel is not None and allocation.channels[channel][1] > now:
@@ -318,6 +325,7 @@ class TurnCore:
         relay_id, relayed = opened
         lifetime = self._lifetime(message) or self.settings.default_lifetime_s
         allocation = Allocation(client, username, key, relay_id, relayed, now + lifetime)
+        allocation.budget, allocation.budget_at = self.settings.allocation_bytes_per_s, now
         self.allocations[client] = allocation
         self._by_relay[relay_id] = allocation
         self._per_user[username] = self._per_user.get(username, 0) + 1
@@ -464,11 +472,25 @@ class TurnCore:
         if allocation.permissions.get(peer[0], 0.0) <= now:
             self.stats.dropped_no_permission += 1
             return []
+        if not self._spend(allocation, now, len(payload)):
+            return []
         self.stats.packets_to_peers += 1
         self.stats.bytes_to_peers += len(payload)
         return [ToPeer(allocation.relay_id, peer, payload)]
 
     # ----------------------------------------------------------------- helpers
+
+    def _spend(self, allocation: Allocation, now: float, size: int) -> bool:
+        """Take ``size`` bytes from the allocation's bandwidth budget, or drop (and count)."""
+        rate = self.settings.allocation_bytes_per_s
+        budget = min(rate, allocation.budget + max(0.0, now - allocation.budget_at) * rate)
+        allocation.budget_at = now
+        if budget < size:
+            allocation.budget = budget
+            self.stats.dropped_bandwidth += 1
+            return False
+        allocation.budget = budget - size
+        return True
 
     def _own_allocation(self, now: float, client: Client, username: str) -> Allocation | None:
         allocation = self.allocations.get(client)

@@ -345,3 +345,15 @@ def test_a_tcp_allocation_is_not_reachable_over_udp_and_ends_with_its_connection
     assert core.handle_client(100.0, tcp, send) == [ToPeer(1, PEER, b"spoofed")]
     assert core.drop_client(tcp) == [CloseRelay(1)]
     assert core.allocations == {}
+
+
+def test_bandwidth_per_allocation_is_limited() -> None:
+    core, _ = make(allocation_bytes_per_s=1000.0)
+    allocate(core)
+    nonce = challenge(core)
+    permit = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(PEER, tid(8)))]
+    core.handle_client(101.0, CLIENT, request(Method.CREATE_PERMISSION, 8, permit, nonce=nonce))
+    relayed = [core.handle_peer(101.0, 1, PEER, b"x" * 300) for _ in range(5)]
+    assert sum(bool(out) for out in relayed) == 3  # 900 of the 1000 bytes of one second
+    assert core.stats.dropped_bandwidth == 2
+    assert core.handle_peer(102.0, 1, PEER, b"x" * 300)  # a second later there is room again

@@ -88,6 +88,8 @@ class TurnConfig(_Section, frozen=True):
     default_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 600
     max_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
     unauthenticated_answers_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    allocation_bytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 4_000_000.0
+    """Relayed payload per allocation and second, both directions; beyond it, dropped."""
     """Answers to unauthenticated requests (Binding, challenges) per client address."""
 
 

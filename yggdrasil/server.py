@@ -279,6 +279,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 max_allocations=config.turn.max_allocations,
                 max_allocations_per_user=config.turn.max_allocations_per_user,
                 unauthenticated_answers_per_s=config.turn.unauthenticated_answers_per_s,
+                allocation_bytes_per_s=config.turn.allocation_bytes_per_s,
             ),
             secret=secrets.turn_secret,
             key_for=key_lookup(config.turn, secrets.turn_secret),
