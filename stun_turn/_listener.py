@@ -6,7 +6,8 @@ datagram in plain Python (PERFORMANCE.md: the scheduler runs once per batch, not
 Sends never wait: a datagram that does not fit a socket buffer is dropped and counted, so one slow
 peer never holds up the loop.
 
-Over TCP (RFC 8656 section 5) each connection is a client of its own: frames are STUN messages or
+Over TCP, and TLS on its own port when a certificate is configured (RFC 8656 section 5), each
+connection is a client of its own: frames are STUN messages or
 ChannelData padded to four bytes, one writer task per connection drains a bounded queue, and a
 client that does not keep up loses frames rather than growing memory. Closing the connection ends
 its allocation. Relayed addresses are UDP either way.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Iterable
 
 import trio
@@ -45,6 +47,8 @@ class TurnListener:
         *,
         tcp: bool = True,
         max_tcp_connections: int = 10_000,
+        tls_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -52,6 +56,9 @@ class TurnListener:
         self.relay_ports = relay_ports
         self.tcp = tcp
         self.max_tcp_connections = max_tcp_connections
+        self.tls_port = tls_port
+        self.ssl_context = ssl_context
+        self.tls_address: Address | None = None
         self.address: Address = (host, port)
         self.core: TurnCore | None = None
         self.dropped = 0
@@ -81,6 +88,11 @@ class TurnListener:
                 if self.tcp:
                     tcp_listeners = await trio.open_tcp_listeners(self.address[1], host=self.host)
                     nursery.start_soon(trio.serve_listeners, self._serve_stream, tcp_listeners)
+                if self.ssl_context is not None and self.tls_port is not None:
+                    raw = await trio.open_tcp_listeners(self.tls_port, host=self.host)
+                    self.tls_address = raw[0].socket.getsockname()[:2]
+                    secure = [trio.SSLListener(listener, self.ssl_context) for listener in raw]
+                    nursery.start_soon(trio.serve_listeners, self._serve_stream, secure)
                 task_status.started(self.address)
         finally:
             for sock, _ in self._relays.values():
@@ -173,15 +185,33 @@ class TurnListener:
 
     # ----------------------------------------------------------------- TCP
 
-    async def _serve_stream(self, stream: trio.SocketStream) -> None:
-        """One TCP client: a reader (this task) and a writer; the connection is its lifetime."""
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
+        """One TCP or TLS connection, and the error boundary around it: whatever goes wrong ends
+        this connection only (logged once), never the listener."""
+        try:
+            await self._client_stream(stream)
+        except Exception:
+            log.warning("turn stream connection failed", exc_info=True)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _client_stream(self, stream: trio.abc.Stream) -> None:
         core = self.core
         assert core is not None
         if len(self._streams) >= self.max_tcp_connections:
             await trio.aclose_forcefully(stream)
             return
-        peer = stream.socket.getpeername()
-        client = Client("tcp", (peer[0], peer[1]))
+        try:
+            if isinstance(stream, trio.SSLStream):
+                transport = "tls"
+                peer = stream.transport_stream.socket.getpeername()
+            else:
+                assert isinstance(stream, trio.SocketStream)
+                transport = "tcp"
+                peer = stream.socket.getpeername()
+        except OSError:
+            return  # gone before we looked
+        client = Client(transport, (peer[0], peer[1]))
         send, receive = trio.open_memory_channel[bytes](_TCP_QUEUE)
         self._streams[client] = send
         try:
@@ -207,15 +237,14 @@ class TurnListener:
                     break  # idle too long
                 nursery.cancel_scope.cancel()
         except (StunDecodeError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # garbage on the stream or a reset: the connection ends
+            pass  # garbage on the stream, a failed TLS handshake or a reset: the connection ends
         finally:
             self._streams.pop(client, None)
             self._apply(core.drop_client(client))
-            await trio.aclose_forcefully(stream)
 
     @staticmethod
     async def _write_stream(
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         frames: trio.MemoryReceiveChannel[bytes],
         scope: trio.CancelScope,
     ) -> None:

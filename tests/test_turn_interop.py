@@ -177,3 +177,55 @@ def test_a_devices_ephemeral_credentials_work_and_expire(tmp_path: Path, peer: i
         expired = "1:" + turn["username"].split(":", 1)[1]
         code, output = uclient(turn_port, peer, user=expired, password=turn["credential"])
         assert code != 0 or received(output)[1] == 0
+
+
+def test_turn_over_tls(tmp_path: Path, peer: int) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    turn_port, tls_port = free_port(), free_port(socket.SOCK_STREAM)
+    env = {
+        "YGG_TURN_TLS_PORT": str(tls_port),
+        "YGG_TURN_TLS_CERT_FILE": str(cert_file),
+        "YGG_TURN_TLS_KEY_FILE": str(key_file),
+    }
+    with server_process(
+        tmp_path / "data",
+        "--turn-port",
+        str(turn_port),
+        "--turn-static-user",
+        "bench:secret",
+        "--turn-allow-peer",
+        "127.0.0.0/8",
+        env=env,
+    ) as server:
+        assert any(e.get("listener") == "turns" for e in server.log())
+        code, output = uclient(tls_port, peer, "-t", "-S")
+        assert code == 0, output[-2000:]
+        assert received(output) == (500, 500)

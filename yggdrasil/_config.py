@@ -81,6 +81,10 @@ class TurnConfig(_Section, frozen=True):
     """``user:password`` long-term credentials for operators and benchmarks (off by default)."""
     allow_peers: list[str] = []
     """CIDRs a relay may reach despite the deny list (tests, special deployments)."""
+    tls_port: Port = 5349
+    """TURN over TLS, served only when ``tls_cert_file`` and ``tls_key_file`` are set."""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     credential_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
     """Lifetime of the ephemeral credentials issued to devices."""
     max_allocations: Positive = 10_000

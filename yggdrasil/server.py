@@ -23,6 +23,7 @@ import logging
 import os
 import secrets as _random
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,11 +266,18 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         )
 
     async def turn_child(*, task_status: trio.TaskStatus[None]) -> None:
+        context = None
+        if config.turn.tls_cert_file and config.turn.tls_key_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(config.turn.tls_cert_file, config.turn.tls_key_file)
         listener = TurnListener(
             config.server.host,
             config.turn.port,
             config.server.host,
             range(config.turn.relay_port_min, config.turn.relay_port_max + 1),
+            tls_port=config.turn.tls_port,
+            ssl_context=context,
         )
         core = TurnCore(
             TurnSettings(
@@ -293,6 +301,14 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             host, port = await nursery.start(listener.serve, core)
             url = f"turn:{host}:{port}"
             log.info("turn listening on %s (udp, tcp)", url, extra={"listener": "turn", "url": url})
+            if listener.tls_address is not None:
+                tls_host, tls_port = listener.tls_address
+                tls_url = f"turns:{tls_host}:{tls_port}"
+                log.info(
+                    "turn listening on %s (tls)",
+                    tls_url,
+                    extra={"listener": "turns", "url": tls_url},
+                )
             task_status.started()
 
     grace = config.server.grace_s
