@@ -6,7 +6,16 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from yggdrasil import Invalid, NewDevice
+from yggdrasil import (
+    Authorization,
+    Device,
+    EnrollmentKey,
+    Invalid,
+    Network,
+    NewDevice,
+    Session,
+    User,
+)
 
 DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Email = Annotated[
@@ -128,57 +137,21 @@ class UserQuery(_In, frozen=True):
 
 # ----------------------------------------------------------------------------- responses
 
+# The domain's own structs are the API's bodies where they are the same thing.
+UserOut = User
+NetworkOut = Network
+DeviceOut = Device
+SessionOut = Session
+EnrollmentKeyOut = EnrollmentKey
+AuthorizationOut = Authorization
+
 
 class Accepted(msgspec.Struct):
     status: str
 
 
-class SessionOut(msgspec.Struct):
-    access_token: str
-    token_type: str
-    expires_in: int
-    refresh_token: str
-    user_id: str
-    network_id: str | None
-    device_id: str | None
-
-
-class UserOut(msgspec.Struct):
-    user_id: str
-    email: str | None
-    display_name: str
-    role: str
-    status: str
-    subscription_tier: str
-    subscription_status: str
-    home_network_id: str | None
-    created_at: int
-    updated_at: int
-
-
-class NetworkOut(msgspec.Struct):
-    network_id: str
-    name: str
-    role: str
-    created_at: int
-
-
 class NetworkList(msgspec.Struct):
     items: list[NetworkOut]
-
-
-class DeviceOut(msgspec.Struct):
-    device_id: str
-    network_id: str
-    user_id: str
-    name: str
-    world_type: str
-    capabilities: dict[str, Any]
-    hardware_specs: dict[str, Any]
-    metadata: dict[str, Any]
-    status: str
-    registered_at: int
-    last_seen: int | None
 
 
 class DevicePage(msgspec.Struct):
@@ -192,18 +165,6 @@ class DeviceList(msgspec.Struct):
 
 class UserList(msgspec.Struct):
     items: list[UserOut]
-
-
-class EnrollmentKeyOut(msgspec.Struct):
-    key: str
-    key_id: str
-    network_id: str
-    expires_at: int
-
-
-class AuthorizationOut(msgspec.Struct):
-    authorization_url: str
-    state: str
 
 
 class Export(msgspec.Struct):

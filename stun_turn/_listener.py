@@ -75,18 +75,15 @@ class TurnListener:
         """Serve until cancelled; reports the bound address. Every socket is closed on exit."""
         self.core = core
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_DGRAM)
+        listener, tcp_listeners = await self._bind_pair(family)
         try:
-            listener.setblocking(False)
-            listener.bind((self.host, self.port))
             self._listener = listener
             self.address = listener.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._drain_clients, listener)
                 nursery.start_soon(self._expire)
-                if self.tcp:
-                    tcp_listeners = await trio.open_tcp_listeners(self.address[1], host=self.host)
+                if tcp_listeners:
                     nursery.start_soon(trio.serve_listeners, self._serve_stream, tcp_listeners)
                 if self.ssl_context is not None and self.tls_port is not None:
                     raw = await trio.open_tcp_listeners(self.tls_port, host=self.host)
@@ -99,6 +96,28 @@ class TurnListener:
                 sock.close()
             self._relays.clear()
             listener.close()
+
+    async def _bind_pair(
+        self, family: socket.AddressFamily
+    ) -> tuple[socket.socket, list[trio.SocketListener]]:
+        """The UDP socket and, on the same port number, the TCP listeners.
+
+        With port 0 the UDP port is picked first; if that number is taken for TCP, try another.
+        """
+        for _ in range(1 if self.port else 20):
+            listener = socket.socket(family, socket.SOCK_DGRAM)
+            listener.setblocking(False)
+            try:
+                listener.bind((self.host, self.port))
+                if not self.tcp:
+                    return listener, []
+                port = listener.getsockname()[1]
+                return listener, await trio.open_tcp_listeners(port, host=self.host)
+            except OSError as exc:
+                listener.close()
+                if self.port or exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, "no port number free for both UDP and TCP")
 
     # ----------------------------------------------------------------- relay sockets
 
