@@ -108,6 +108,7 @@ async def test_two_terminals(tmp_path: Path) -> None:
                 nursery.start_soon(terminals[name].collect)
                 await terminals[name].expect(f"connected as {name}")
             await terminals["laptop"].expect("phone is online")
+            await terminals["phone"].expect("online: laptop, phone")
 
             peers = await device_cmd("peers", "--credentials", laptop)
             assert "phone\tonline" in peers
@@ -115,6 +116,7 @@ async def test_two_terminals(tmp_path: Path) -> None:
             # listener as the receiver and send from a short-lived laptop session instead.
             terminals["laptop"].process.send_signal(signal.SIGINT)
             await terminals["laptop"].process.wait()
+            await terminals["phone"].expect("laptop is offline")
             assert "delivered" in await device_cmd(
                 "send", "phone", "hello phone", "--credentials", laptop
             )
