@@ -36,6 +36,7 @@ class ApiContext:
     ice: Callable[[str, str], dict[str, Any]] | None = None
     """``ice(network_id, device_id)``: STUN/TURN URLs with fresh credentials for that device."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
     response_timeout_s: float = 30.0
@@ -76,6 +77,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         auth_per_client=RateLimiter(
             limits.auth_per_client_rate, limits.auth_per_client_burst, max_keys=limits.tracked_keys
         ),
+        trusted_proxies=ctx.trusted_proxies,
     )
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,15 +32,28 @@ class Guard:
         per_client: RateLimiter,
         per_principal: RateLimiter,
         auth_per_client: RateLimiter,
+        trusted_proxies: list[str] | None = None,
     ) -> None:
         self._tokens = tokens
         self._domain = domain
         self.per_client = per_client
         self.per_principal = per_principal
         self.auth_per_client = auth_per_client
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies or []]
 
     def client(self) -> str:
-        return request.remote_addr or "unknown"
+        """The client's address: the socket peer, or - behind a trusted proxy - the nearest
+        address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
+        peer = request.remote_addr or "unknown"
+        if not self._proxies or not _inside(peer, self._proxies):
+            return peer
+        hops = [
+            h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()
+        ]
+        for hop in reversed(hops):
+            if not _inside(hop, self._proxies):
+                return hop
+        return peer
 
     def principal(self) -> Principal:
         """The verified caller, from the ``Authorization: Bearer`` header only."""
@@ -71,6 +85,14 @@ class Guard:
         if found is None:
             raise StoreUnavailable("the data store is starting")
         return found
+
+
+def _inside(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def errors(*statuses: int) -> Callable[[F], F]:

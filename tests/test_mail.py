@@ -121,3 +121,48 @@ async def test_sign_in_attempts_per_client_are_rate_limited(data_dir: Path) -> N
         assert response.json()["error"]["code"] == "rate_limited"
         # Other routes are not sign-in attempts.
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(
+    data_dir: Path,
+) -> None:
+    limits = {"auth_per_client_rate": 0.01, "auth_per_client_burst": 1}
+    async with (
+        running_server(
+            data_dir, limits=limits, api={"trusted_proxies": ["127.0.0.0/8"]}
+        ) as running,
+        httpx.AsyncClient(base_url=running.api_url) as http,
+    ):
+
+        async def login(forwarded: str) -> int:
+            response = await http.post(
+                "/api/v1/users/login",
+                json={"email": "p@example.org"},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            return response.status_code
+
+        assert await login("198.51.100.1") == 202
+        assert await login("198.51.100.1") == 429
+        assert await login("198.51.100.2") == 202  # another client behind the same proxy
+        # A forged hop in front of a real one does not buy a new budget: the nearest counts.
+        assert await login("203.0.113.9, 198.51.100.2") == 429
+
+
+async def test_without_trusted_proxies_the_header_is_ignored(data_dir: Path) -> None:
+    limits = {"auth_per_client_rate": 0.01, "auth_per_client_burst": 1}
+    async with (
+        running_server(data_dir, limits=limits) as running,
+        httpx.AsyncClient(base_url=running.api_url) as http,
+    ):
+        first = await http.post(
+            "/api/v1/users/login",
+            json={"email": "q@example.org"},
+            headers={"X-Forwarded-For": "1.2.3.4"},
+        )
+        second = await http.post(
+            "/api/v1/users/login",
+            json={"email": "q@example.org"},
+            headers={"X-Forwarded-For": "5.6.7.8"},
+        )
+        assert (first.status_code, second.status_code) == (202, 429)

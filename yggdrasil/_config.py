@@ -41,6 +41,8 @@ class ApiConfig(_Section, frozen=True):
     """Larger request bodies get 413."""
     body_timeout_s: Seconds = 30.0
     response_timeout_s: Seconds = 30.0
+    trusted_proxies: list[str] = []
+    """CIDRs of reverse proxies whose ``X-Forwarded-For`` names the real client (rate limits)."""
 
 
 class GatewayConfig(_Section, frozen=True):

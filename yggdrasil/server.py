@@ -229,6 +229,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 ice=ice_servers,
                 version=VERSION,
                 limits=config.limits,
+                trusted_proxies=config.api.trusted_proxies,
                 max_body_bytes=config.api.max_body_bytes,
                 body_timeout_s=config.api.body_timeout_s,
                 response_timeout_s=config.api.response_timeout_s,
