@@ -29,8 +29,9 @@ async def serve_api(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    # hypercorn's graceful stop can wait out the whole period for a keep-alive connection that
-    # is already idle; in-flight API requests are short, so a few seconds bound the stop.
+    # hypercorn's trio worker waits out the whole graceful period while any client holds an idle
+    # keep-alive connection (reproduced with a bare quart-trio app). In-flight API requests are
+    # short, so hypercorn's own default of 3 s bounds the stop.
     config.graceful_timeout = min(grace_s, 3.0)
     config.include_server_header = False
 
