@@ -16,6 +16,7 @@ from ._client import (
     SignalReceived,
     SignedOut,
 )
+from ._direct import DirectChannel, accept_direct, connect_direct
 from ._gateway import Gateway
 from ._network import NetworkActor, Networks, TenantQuota
 from ._protocol import (
@@ -60,6 +61,7 @@ __all__ = [
     "DeliveryFailed",
     "DeviceClient",
     "DeviceSession",
+    "DirectChannel",
     "Disconnected",
     "Error",
     "Gateway",
@@ -90,6 +92,8 @@ __all__ = [
     "ThorAction",
     "ThorResult",
     "Welcome",
+    "accept_direct",
+    "connect_direct",
     "decode_client_frame",
     "decode_server_frame",
     "device_cli",

@@ -159,6 +159,10 @@ class DeviceClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
         self._ready = trio.Event()
+        self.signal_handlers: dict[str, Callable[[str, bytes], Awaitable[None]]] = {}
+        """Incoming ``signal`` frames by kind; the rest are reported as events."""
+        self._signal_waiters: dict[tuple[str, str], _Slot] = {}
+        self._inboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
 
     # ----------------------------------------------------------------- public
 
@@ -231,6 +235,32 @@ class DeviceClient:
         assert isinstance(result, ThorResult)
         return result
 
+    async def wait_signal(self, peer: str, kind: str, *, timeout_s: float) -> bytes:
+        """The payload of the next ``signal`` of ``kind`` from ``peer``; ``trio.TooSlowError``."""
+        slot = _Slot()
+        self._signal_waiters[(peer, kind)] = slot
+        try:
+            with trio.fail_after(timeout_s):
+                await slot.done.wait()
+        finally:
+            if self._signal_waiters.get((peer, kind)) is slot:
+                del self._signal_waiters[(peer, kind)]
+        if slot.value is None:
+            raise NotConnected()
+        payload: bytes = slot.value
+        return payload
+
+    def open_inbox(self, peer: str, capacity: int = 256) -> trio.MemoryReceiveChannel[bytes]:
+        """Messages from ``peer`` go here instead of :attr:`events` (a channel's relay path)."""
+        send, receive = trio.open_memory_channel[bytes](capacity)
+        self._inboxes[peer] = send
+        return receive
+
+    def close_inbox(self, peer: str) -> None:
+        inbox = self._inboxes.pop(peer, None)
+        if inbox is not None:
+            inbox.close()
+
     # ----------------------------------------------------------------- internals
 
     async def _roundtrip(self, frame_id: int, frame: Any, timeout_s: float) -> Any:
@@ -298,13 +328,26 @@ class DeviceClient:
             case Response(id=frame_id, result=result):
                 self._resolve(frame_id, result)
             case Deliver(from_=sender, data=data):
-                self._emit(Message(sender, data))
+                inbox = self._inboxes.get(sender)
+                if inbox is None:
+                    self._emit(Message(sender, data))
+                else:
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        inbox.send_nowait(data)
             case Presence(serial=serial, device=device):
                 self.peers[device.device_id] = device
                 self.serial = max(self.serial, serial)
                 self._emit(PresenceChanged(device, serial))
             case SignalFrom(from_=sender, kind=kind, payload=payload):
-                self._emit(SignalReceived(sender, kind, payload))
+                waiter = self._signal_waiters.pop((sender, kind), None)
+                handler = self.signal_handlers.get(kind)
+                if waiter is not None:
+                    waiter.value = payload
+                    waiter.done.set()
+                elif handler is not None:
+                    nursery.start_soon(handler, sender, payload)
+                else:
+                    self._emit(SignalReceived(sender, kind, payload))
             case Incoming():
                 nursery.start_soon(self._execute, frame)
             case Ping(nonce=nonce):

@@ -100,13 +100,13 @@ EXPORTS: dict[str, set[str]] = {
     },
     "relay": {
         "Ack", "BUILTIN_ACTIONS", "ClientError", "ClientFrame", "Connected", "Credentials",
-        "Deliver", "DeliveryFailed", "DeviceClient", "DeviceSession", "Disconnected", "Error",
-        "Gateway", "Hello", "Incoming", "Message", "Nack", "NetworkActor", "Networks",
-        "NotConnected", "PeerState", "Ping", "Pong", "Presence", "PresenceChanged",
+        "Deliver", "DeliveryFailed", "DeviceClient", "DeviceSession", "DirectChannel",
+        "Disconnected", "Error", "Gateway", "Hello", "Incoming", "Message", "Nack", "NetworkActor",
+        "Networks", "NotConnected", "PeerState", "Ping", "Pong", "Presence", "PresenceChanged",
         "ProtocolError", "Reply", "Request", "RequestAnswered", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "SignalReceived", "SignedOut", "TenantQuota", "ThorAction",
-        "ThorResult", "VERSION", "Welcome", "decode_client_frame", "decode_server_frame",
-        "device_cli", "encode",
+        "ThorResult", "VERSION", "Welcome", "accept_direct", "connect_direct",
+        "decode_client_frame", "decode_server_frame", "device_cli", "encode",
     },
     "stun_turn": {
         "Attr", "Class", "Client", "CloseRelay", "MAGIC_COOKIE", "Message", "Method", "PeerPolicy",
