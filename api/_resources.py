@@ -29,17 +29,20 @@ from ._models import (
 from ._openapi import no_content
 
 
-async def _network(domain: Domain, principal: Principal, requested: str | None) -> str:
-    """The network a device request is about: the one asked for (checked by the store against
-    the caller's memberships), else the device token's own network, else the home network."""
+async def _device_scope(guard: Guard, requested: str | None) -> tuple[Principal, Domain, str]:
+    """The caller, the domain, and the network a device request is about: the one asked for
+    (checked by the store against the caller's memberships), else the device token's own network,
+    else the home network."""
+    principal = guard.principal()
+    domain = guard.domain()
     if requested is not None:
-        return requested
+        return principal, domain, requested
     if principal.network_id is not None:
-        return principal.network_id
+        return principal, domain, principal.network_id
     user = await domain.store.get_me(principal.scope)
     if user.home_network_id is None:
         raise NotFound()
-    return user.home_network_id
+    return principal, domain, user.home_network_id
 
 
 def install(
@@ -105,9 +108,7 @@ def install(
     @errors(404, 422, 503)
     async def list_devices(query_args: DeviceQuery) -> DevicePage:
         """Discovery: the devices of one of the caller's networks, with their status."""
-        principal = guard.principal()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         page = await domain.store.list_devices(
             principal.scope, network_id, cursor=query_args.cursor, limit=query_args.limit
         )
@@ -121,9 +122,7 @@ def install(
     @authenticated
     @errors(400, 404, 409, 413, 422, 503)
     async def register_device(query_args: NetworkQuery, data: DeviceIn) -> tuple[DeviceOut, int]:
-        principal = guard.principal()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         device = await domain.store.register_device(principal.scope, network_id, data.to_new())
         return convert(device, DeviceOut), 201
 
@@ -134,9 +133,7 @@ def install(
     @authenticated
     @errors(404, 422, 503)
     async def get_device(device_id: str, query_args: NetworkQuery) -> DeviceOut:
-        principal = guard.principal()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         device = await domain.store.get_device(principal.scope, network_id, device_id)
         return convert(device, DeviceOut)  # type: ignore[no-any-return]
 
@@ -150,10 +147,8 @@ def install(
     async def update_device(
         device_id: str, query_args: NetworkQuery, data: DeviceUpdateIn
     ) -> DeviceOut:
-        principal = guard.principal()
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         data.check()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
         update = DeviceUpdate(
             name=data.name,
             world_type=data.world_type,
@@ -172,9 +167,7 @@ def install(
     @errors(404, 422, 503)
     async def delete_device(device_id: str, query_args: NetworkQuery) -> Response:
         """Unregister a device; its tokens stop working at once."""
-        principal = guard.principal()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         at = await domain.store.delete_device(principal.scope, network_id, device_id)
         guard.revoke(f"device:{network_id}/{device_id}", at)
         return Response(b"", status=204)
@@ -187,9 +180,7 @@ def install(
     @errors(404, 422, 503)
     async def ice_servers(device_id: str, query_args: NetworkQuery) -> IceServers:
         """STUN and TURN URLs with fresh, expiring credentials for one of the caller's devices."""
-        principal = guard.principal()
-        domain = guard.domain()
-        network_id = await _network(domain, principal, query_args.network_id)
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
         await domain.store.get_device(principal.scope, network_id, device_id)
         if ice is None:
             raise NotFound()
