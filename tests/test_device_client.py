@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,7 @@ from relay import (
     RequestAnswered,
 )
 from tests.clients import RELAXED_LIMITS, device, sign_in
-from tests.servers import running_server
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.servers import free_port, running_server
 
 
 async def credentials(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import pytest
 import trio
 
 from tests.clients import count_mail, read_code
-from tests.servers import server_process, yggdrasil_command
+from tests.servers import free_port, server_process, yggdrasil_command
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Terminal:

@@ -4,22 +4,14 @@ agents restricted to relay candidates exchange data through Yggdrasil's TURN ser
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aioice
 import pytest
 
-from tests.servers import server_process
+from tests.servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def run(coroutine: object) -> object:
@@ -44,7 +36,7 @@ def agent(port: int, *, controlling: bool, relay_only: bool) -> aioice.Connectio
 
 
 def test_aioice_gathers_a_relay_candidate_and_relays_data(tmp_path: Path) -> None:
-    port = free_udp_port()
+    port = free_port()
     with server_process(
         tmp_path / "data",
         "--turn-port",

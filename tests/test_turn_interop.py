@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.clients import device, sign_in
-from tests.servers import server_process
+from tests.servers import ServerProcess, free_port, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,23 @@ def coturn_tools() -> None:
     pytest.skip("turnutils_uclient is not installed (apt-get install coturn)")
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+@contextmanager
+def turn_server(
+    tmp_path: Path,
+    turn_port: int,
+    *extra: str,
+    allow_loopback: bool = True,
+    static: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[ServerProcess]:
+    """``yggdrasil serve`` with TURN on ``turn_port`` (a static user; loopback peers allowed)."""
+    flags = ["--turn-port", str(turn_port), *extra]
+    if static:
+        flags += ["--turn-static-user", "bench:secret"]
+    if allow_loopback:
+        flags += ["--turn-allow-peer", "127.0.0.0/8"]
+    with server_process(tmp_path / "data", *flags, env=env) as server:
+        yield server
 
 
 @pytest.fixture
@@ -103,15 +115,7 @@ def test_uclient_relays_through_yggdrasil_without_loss(
     tmp_path: Path, peer: int, flags: tuple[str, ...]
 ) -> None:
     turn_port = free_port()
-    with server_process(
-        tmp_path / "data",
-        "--turn-port",
-        str(turn_port),
-        "--turn-static-user",
-        "bench:secret",
-        "--turn-allow-peer",
-        "127.0.0.0/8",
-    ) as server:
+    with turn_server(tmp_path, turn_port) as server:
         code, output = uclient(turn_port, peer, *flags)
         assert code == 0, output[-2000:]
         assert received(output) == (500, 500)
@@ -123,24 +127,14 @@ def test_uclient_relays_through_yggdrasil_without_loss(
 
 def test_wrong_passwords_get_nothing(tmp_path: Path, peer: int) -> None:
     turn_port = free_port()
-    with server_process(
-        tmp_path / "data",
-        "--turn-port",
-        str(turn_port),
-        "--turn-static-user",
-        "bench:secret",
-        "--turn-allow-peer",
-        "127.0.0.0/8",
-    ):
+    with turn_server(tmp_path, turn_port):
         code, output = uclient(turn_port, peer, password="guess")
         assert code != 0 or received(output)[1] == 0
 
 
 def test_the_deny_list_keeps_relays_off_loopback(tmp_path: Path, peer: int) -> None:
     turn_port = free_port()
-    with server_process(
-        tmp_path / "data", "--turn-port", str(turn_port), "--turn-static-user", "bench:secret"
-    ) as server:
+    with turn_server(tmp_path, turn_port, allow_loopback=False) as server:
         code, output = uclient(turn_port, peer)
         assert code != 0 or received(output)[1] == 0  # nothing reached the loopback peer
         metrics = httpx.get(f"{server.api_url}/metrics").text
@@ -150,9 +144,7 @@ def test_the_deny_list_keeps_relays_off_loopback(tmp_path: Path, peer: int) -> N
 def test_a_devices_ephemeral_credentials_work_and_expire(tmp_path: Path, peer: int) -> None:
     turn_port = free_port()
     data_dir = tmp_path / "data"
-    with server_process(
-        data_dir, "--turn-port", str(turn_port), "--turn-allow-peer", "127.0.0.0/8"
-    ) as server:
+    with turn_server(tmp_path, turn_port, static=False) as server:
 
         async def fetch() -> dict[str, object]:
             async with httpx.AsyncClient(base_url=server.api_url) as http:
@@ -209,22 +201,13 @@ def test_turn_over_tls(tmp_path: Path, peer: int) -> None:
             serialization.NoEncryption(),
         )
     )
-    turn_port, tls_port = free_port(), free_port(socket.SOCK_STREAM)
+    turn_port, tls_port = free_port(), free_port()
     env = {
         "YGG_TURN_TLS_PORT": str(tls_port),
         "YGG_TURN_TLS_CERT_FILE": str(cert_file),
         "YGG_TURN_TLS_KEY_FILE": str(key_file),
     }
-    with server_process(
-        tmp_path / "data",
-        "--turn-port",
-        str(turn_port),
-        "--turn-static-user",
-        "bench:secret",
-        "--turn-allow-peer",
-        "127.0.0.0/8",
-        env=env,
-    ) as server:
+    with turn_server(tmp_path, turn_port, env=env) as server:
         assert any(e.get("listener") == "turns" for e in server.log())
         code, output = uclient(tls_port, peer, "-t", "-S")
         assert code == 0, output[-2000:]
