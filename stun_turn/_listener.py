@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -156,9 +156,10 @@ class TurnListener:
 
     # ----------------------------------------------------------------- UDP loops
 
-    async def _drain_clients(self, sock: socket.socket) -> None:
-        core = self.core
-        assert core is not None
+    async def _drain(
+        self, sock: socket.socket, handle: Callable[[float, Address, bytes], list[Output]]
+    ) -> None:
+        """Read ``sock`` in batches, handing each datagram to ``handle``, until cancelled."""
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = trio.current_time()
@@ -171,8 +172,15 @@ class TurnListener:
                     if exc.errno in _RETRYABLE:
                         continue
                     raise
-                self._apply(core.handle_client(now, Client("udp", source[:2]), data))
+                self._apply(handle(now, source[:2], data))
             await trio.lowlevel.checkpoint()
+
+    async def _drain_clients(self, sock: socket.socket) -> None:
+        core = self.core
+        assert core is not None
+        await self._drain(
+            sock, lambda now, source, data: core.handle_client(now, Client("udp", source), data)
+        )
 
     async def _drain_peers(
         self, relay_id: int, sock: socket.socket, scope: trio.CancelScope
@@ -180,20 +188,9 @@ class TurnListener:
         core = self.core
         assert core is not None
         with scope:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                now = trio.current_time()
-                for _ in range(_BATCH):
-                    try:
-                        data, source = sock.recvfrom(_MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        if exc.errno in _RETRYABLE:
-                            continue
-                        raise
-                    self._apply(core.handle_peer(now, relay_id, source[:2], data))
-                await trio.lowlevel.checkpoint()
+            await self._drain(
+                sock, lambda now, source, data: core.handle_peer(now, relay_id, source, data)
+            )
 
     async def _expire(self) -> None:
         core = self.core
