@@ -103,6 +103,7 @@ def test_the_api_survives_schemathesis(tmp_path: Path) -> None:
             text=True,
             timeout=600,
             check=False,
+            cwd=tmp_path,  # its cache (.schemathesis/) stays out of the checkout
         )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         errors = [e for e in server.log() if e.get("level") == "error"]
