@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,15 @@ from quart_schema import Info, QuartSchema, document_response, hide, tag, valida
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from yggdrasil import Domain, LimitsConfig, Metrics, RateLimiter, StoreUnavailable, TokenService
+from yggdrasil import (
+    Domain,
+    LimitsConfig,
+    Metrics,
+    Principal,
+    RateLimiter,
+    StoreUnavailable,
+    TokenService,
+)
 
 from . import _admin, _errors, _resources, _users
 from ._app_models import Health, Ready
@@ -33,8 +41,11 @@ class ApiContext:
     domain: Callable[[], Domain | None]
     version: str
     tokens: Callable[[], TokenService | None] = lambda: None
-    ice: Callable[[str, str], dict[str, Any]] | None = None
-    """``ice(network_id, device_id)``: STUN/TURN URLs with fresh credentials for that device."""
+    ice: Callable[[str, str, str], dict[str, Any]] | None = None
+    """``ice(user_id, network_id, device_id)``: STUN/TURN URLs with fresh credentials for that
+    device of that account."""
+    webrtc: Callable[[Principal, str], Awaitable[str]] | None = None
+    """``webrtc(device, offer_sdp)``: the answer SDP; the device's session then runs on it."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
@@ -80,7 +91,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         trusted_proxies=ctx.trusted_proxies,
     )
     _users.install(app, guard)
-    _resources.install(app, guard, ctx.ice)
+    _resources.install(app, guard, ctx.ice, ctx.webrtc)
     _admin.install(app, guard)
 
     @app.before_request

@@ -191,6 +191,18 @@ class IceServers(msgspec.Struct):
     ttl_s: int
 
 
+class WebRtcOffer(msgspec.Struct):
+    """The SDP offer of a peer connection with one data channel labelled ``yggdrasil``."""
+
+    type: Literal["offer"]
+    sdp: Annotated[str, msgspec.Meta(min_length=1, max_length=32 * 1024)]
+
+
+class WebRtcAnswer(msgspec.Struct):
+    type: Literal["answer"]
+    sdp: str
+
+
 class Jwks(msgspec.Struct):
     keys: list[dict[str, Any]]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Quart, Response
 from quart_schema import tag, validate_querystring, validate_request, validate_response
 
-from yggdrasil import DeviceUpdate, Domain, NotFound, Principal
+from yggdrasil import DeviceUpdate, Domain, Forbidden, NotFound, Principal
 
 from ._auth import Guard, authenticated, errors
 from ._models import (
@@ -24,6 +24,8 @@ from ._models import (
     NetworkList,
     NetworkOut,
     NetworkQuery,
+    WebRtcAnswer,
+    WebRtcOffer,
     convert,
 )
 from ._openapi import no_content
@@ -46,7 +48,10 @@ async def _device_scope(guard: Guard, requested: str | None) -> tuple[Principal,
 
 
 def install(
-    app: Quart, guard: Guard, ice: Callable[[str, str], dict[str, Any]] | None = None
+    app: Quart,
+    guard: Guard,
+    ice: Callable[[str, str, str], dict[str, Any]] | None = None,
+    webrtc: Callable[[Principal, str], Awaitable[str]] | None = None,
 ) -> None:
     # ------------------------------------------------------------------- networks
 
@@ -184,4 +189,31 @@ def install(
         await domain.store.get_device(principal.scope, network_id, device_id)
         if ice is None:
             raise NotFound()
-        return convert(ice(network_id, device_id), IceServers)  # type: ignore[no-any-return]
+        return convert(ice(principal.user_id, network_id, device_id), IceServers)  # type: ignore[no-any-return]
+
+    @app.post("/api/v1/devices/<device_id>/webrtc")
+    @tag(["devices"])
+    @validate_querystring(NetworkQuery)
+    @validate_request(WebRtcOffer)
+    @validate_response(WebRtcAnswer, 200)
+    @authenticated
+    @errors(400, 403, 404, 413, 422, 503)
+    async def webrtc_session(
+        device_id: str, query_args: NetworkQuery, data: WebRtcOffer
+    ) -> WebRtcAnswer:
+        """Open the calling device's session over a WebRTC data channel.
+
+        Post the SDP offer of a peer connection that has one data channel labelled
+        ``yggdrasil`` (ICE candidates gathered, no trickle); apply the answer. Once the channel
+        opens, it carries the device protocol exactly as the websocket gateway does. Only the
+        device's own token opens its session.
+        """
+        principal, domain, network_id = await _device_scope(guard, query_args.network_id)
+        await domain.store.get_device(principal.scope, network_id, device_id)
+        if principal.device_id is None:
+            raise Forbidden("only a device's token opens a session")
+        if principal.device_id != device_id or principal.network_id != network_id:
+            raise Forbidden("a device opens only its own session")
+        if webrtc is None:
+            raise NotFound()
+        return WebRtcAnswer(type="answer", sdp=await webrtc(principal, data.sdp))

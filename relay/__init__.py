@@ -12,6 +12,7 @@ from ._client import (
     Message,
     NotConnected,
     PresenceChanged,
+    Replaced,
     RequestAnswered,
     SignalReceived,
     SignedOut,
@@ -22,6 +23,7 @@ from ._network import NetworkActor, Networks, TenantQuota
 from ._protocol import (
     VERSION,
     Ack,
+    Bye,
     ClientFrame,
     Deliver,
     Error,
@@ -48,15 +50,19 @@ from ._protocol import (
     encode,
 )
 from ._session import DeviceSession
+from ._transport import SessionRefused, Transport, TransportClosed
+from ._webrtc import DataChannelTransport, open_webrtc
 
 __all__ = [
     "BUILTIN_ACTIONS",
     "VERSION",
     "Ack",
+    "Bye",
     "ClientError",
     "ClientFrame",
     "Connected",
     "Credentials",
+    "DataChannelTransport",
     "Deliver",
     "DeliveryFailed",
     "DeviceClient",
@@ -78,12 +84,14 @@ __all__ = [
     "Presence",
     "PresenceChanged",
     "ProtocolError",
+    "Replaced",
     "Reply",
     "Request",
     "RequestAnswered",
     "Response",
     "Send",
     "ServerFrame",
+    "SessionRefused",
     "Signal",
     "SignalFrom",
     "SignalReceived",
@@ -91,6 +99,8 @@ __all__ = [
     "TenantQuota",
     "ThorAction",
     "ThorResult",
+    "Transport",
+    "TransportClosed",
     "Welcome",
     "accept_direct",
     "connect_direct",
@@ -98,4 +108,5 @@ __all__ = [
     "decode_server_frame",
     "device_cli",
     "encode",
+    "open_webrtc",
 ]

@@ -1,6 +1,7 @@
 """The device side: a client that keeps one session with Yggdrasil alive.
 
-:class:`DeviceClient` connects to the gateway with the device's access token, reconnects by itself
+:class:`DeviceClient` connects to the gateway with the device's access token - over a websocket,
+or over a WebRTC data channel (``transport="webrtc"``) - reconnects by itself
 (at once, then with exponential backoff and jitter), refreshes its tokens when the gateway says
 they expired, keeps the network map current from presence deltas, answers incoming requests with
 the actions it was given, and reports everything else as events.
@@ -12,8 +13,8 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 import httpx
 import msgspec
@@ -22,15 +23,16 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
-    WebSocketConnection,
     open_websocket_url,
 )
 
 from actors import Mailbox, Overflow
 
 from ._protocol import (
+    CLOSE_REPLACED,
     MAX_FRAME_BYTES,
     Ack,
+    Bye,
     Deliver,
     Error,
     Hello,
@@ -53,6 +55,8 @@ from ._protocol import (
     decode_server_frame,
     encode,
 )
+from ._transport import SessionRefused, Transport, TransportClosed
+from ._webrtc import open_webrtc
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,13 @@ class DeliveryFailed(ClientError):
 
 class SignedOut(ClientError):
     """The refresh token was refused: the device must sign in again."""
+
+
+class Replaced(ClientError):
+    """Another session of this device replaced this one; reconnecting would only take turns."""
+
+    def __init__(self) -> None:
+        super().__init__("another session of this device took over")
 
 
 # Events the client reports.
@@ -142,8 +153,14 @@ class DeviceClient:
         backoff_max_s: float = 30.0,
         events_capacity: int = 1024,
         rng: random.Random | None = None,
+        transport: Literal["websocket", "webrtc"] = "websocket",
+        relay_only: bool = False,
     ) -> None:
+        """``transport="webrtc"`` holds the session over a WebRTC data channel (needs a running
+        trio-asyncio loop); ``relay_only`` then uses only Yggdrasil's TURN relay for it."""
         self.credentials = credentials
+        self.transport = transport
+        self.relay_only = relay_only
         self.actions = dict(actions or {})
         self._on_credentials = on_credentials
         self.backoff_base_s = backoff_base_s
@@ -154,7 +171,7 @@ class DeviceClient:
         self.connected = False
         self.connections = 0
         self.events: Mailbox[Event] = Mailbox(events_capacity, Overflow.DROP_OLDEST)
-        self._ws: WebSocketConnection | None = None
+        self._ws: Transport | None = None
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
@@ -167,7 +184,8 @@ class DeviceClient:
     # ----------------------------------------------------------------- public
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Stay connected until cancelled; raises :class:`SignedOut` if the tokens are gone.
+        """Stay connected until cancelled; raises :class:`SignedOut` if the tokens are gone and
+        :class:`Replaced` if another session of this device took over (4000).
 
         Reports started at once; :meth:`wait_connected` waits for a session.
         """
@@ -176,12 +194,24 @@ class DeviceClient:
         while True:
             try:
                 await self._session()
-            except ConnectionRejected as rejected:
+            except (ConnectionRejected, SessionRefused) as rejected:
                 if rejected.status_code == 401:
                     await self._refresh()
                     continue
                 log.warning("gateway refused the session: %s", rejected.status_code)
-            except (OSError, HandshakeError, ConnectionClosed, ProtocolError, trio.TooSlowError):
+            except ConnectionClosed as closed:
+                if closed.reason is not None and closed.reason.code == CLOSE_REPLACED:
+                    raise Replaced() from None
+            except TransportClosed as closed:
+                if closed.code == CLOSE_REPLACED:
+                    raise Replaced() from None
+            except (
+                OSError,
+                HandshakeError,
+                ProtocolError,
+                trio.TooSlowError,
+                httpx.HTTPError,
+            ):
                 pass
             finally:
                 if self._ws is not None:
@@ -283,10 +313,20 @@ class DeviceClient:
         async with self._send_lock:  # one writer at a time on the socket
             try:
                 await ws.send_message(encode(frame))
-            except ConnectionClosed:
+            except (ConnectionClosed, TransportClosed):
                 raise NotConnected() from None
 
-    async def _session(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[Transport]:
+        if self.transport == "webrtc":
+            async with open_webrtc(
+                self.credentials.api_url,
+                self.credentials.device_id,
+                self.credentials.access_token,
+                relay_only=self.relay_only,
+            ) as channel:
+                yield channel
+            return
         headers = [(b"authorization", f"Bearer {self.credentials.access_token}".encode())]
         async with open_websocket_url(
             self.credentials.gateway_url,
@@ -295,6 +335,10 @@ class DeviceClient:
             connect_timeout=10,
             disconnect_timeout=2,
         ) as ws:
+            yield ws
+
+    async def _session(self) -> None:
+        async with self._connect() as ws:
             await ws.send_message(encode(Hello(client="yggdrasil-device")))
             with trio.fail_after(10):
                 welcome = decode_server_frame(await ws.get_message())
@@ -314,6 +358,9 @@ class DeviceClient:
                         await self._dispatch(frame, nursery)
             except BaseExceptionGroup as group:
                 closed = _sole(group)
+                if isinstance(closed, TransportClosed):
+                    self._emit(Disconnected(closed.code, closed.reason))
+                    raise closed from None
                 if not isinstance(closed, ConnectionClosed):
                     raise
                 reason = closed.reason
@@ -354,6 +401,8 @@ class DeviceClient:
                 await self._send(Pong(nonce=nonce))
             case Error(code=code, message=message):
                 log.warning("server error %s: %s", code, message)
+            case Bye(code=code, reason=reason):
+                raise TransportClosed(code, reason)
             case _:
                 pass
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 import trio
+import trio_asyncio
 
 from ._client import (
     BUILTIN_ACTIONS,
@@ -28,9 +29,11 @@ from ._client import (
     Disconnected,
     Message,
     PresenceChanged,
+    Replaced,
     RequestAnswered,
     SignalReceived,
     SignedOut,
+    _sole,
 )
 
 
@@ -58,16 +61,32 @@ def add_commands(commands: Any) -> None:
         "--world-type", default="midgard", choices=["midgard", "asgard", "alfheim", "jotnar"]
     )
     login.add_argument("--network-id", help="join this network of yours (default: home)")
-    with_credentials(tasks.add_parser("peers", help="print the network map"))
-    send = with_credentials(tasks.add_parser("send", help="send a message to a device"))
+
+    def connected(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        with_credentials(parser)
+        parser.add_argument(
+            "--transport",
+            choices=["websocket", "webrtc"],
+            default="websocket",
+            help="hold the session over the websocket gateway (default) or a WebRTC data channel",
+        )
+        parser.add_argument(
+            "--relay-only",
+            action="store_true",
+            help="WebRTC: reach the server only through its TURN relay",
+        )
+        return parser
+
+    connected(tasks.add_parser("peers", help="print the network map"))
+    send = connected(tasks.add_parser("send", help="send a message to a device"))
     send.add_argument("to")
     send.add_argument("text")
-    request = with_credentials(tasks.add_parser("request", help="ask a device to run an action"))
+    request = connected(tasks.add_parser("request", help="ask a device to run an action"))
     request.add_argument("to")
     request.add_argument("action")
     request.add_argument("params", nargs="?", default="{}", help="JSON object")
     request.add_argument("--timeout", type=float, default=10.0)
-    with_credentials(
+    connected(
         tasks.add_parser("listen", help="stay online: print what happens, answer echo/whoami")
     )
 
@@ -100,9 +119,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.device_command == "login":
             return _login(args, path)
-        return trio.run(_connected_task, args, path)
-    except SignedOut as exc:
-        print(f"signed out: {exc}", file=sys.stderr)
+        try:
+            return trio.run(_connected_task, args, path)
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
+    except (SignedOut, Replaced) as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -148,9 +170,15 @@ def _login(args: argparse.Namespace, path: Path) -> int:
 
 
 async def _connected_task(args: argparse.Namespace, path: Path) -> int:
-    client = DeviceClient(_load(path), actions=BUILTIN_ACTIONS, on_credentials=_save(path))
+    client = DeviceClient(
+        _load(path),
+        actions=BUILTIN_ACTIONS,
+        on_credentials=_save(path),
+        transport=args.transport,
+        relay_only=args.relay_only,
+    )
     status = 0
-    async with trio.open_nursery() as nursery:
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         await nursery.start(client.run)
         with trio.fail_after(30):

@@ -1,8 +1,9 @@
-"""The device gateway: a trio-websocket listener that authenticates before the upgrade.
+"""The device gateway: a trio-websocket listener that authenticates before the upgrade, and the
+WebRTC ingress (sessions over a data channel, offered through the HTTP API).
 
-Each accepted connection runs one :class:`DeviceSession`; the connection handler is its error
-boundary (a crash closes that one connection and is logged once with the session id). One live
-session per device: a new one replaces the old, which closes with 4000 ``replaced``.
+Each accepted connection runs one :class:`DeviceSession`; its task is its error boundary (a crash
+closes that one connection and is logged once with the session id). One live session per device,
+whatever its transport: a new one replaces the old, which closes with 4000 ``replaced``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from actors import Address, Router
-from yggdrasil import GatewayConfig, InvalidToken, Principal, TokenService
+from yggdrasil import (
+    Forbidden,
+    GatewayConfig,
+    Invalid,
+    InvalidToken,
+    Principal,
+    RateLimited,
+    TokenService,
+    Unavailable,
+)
 
 from ._network import Networks
 from ._protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES
 from ._session import DeviceSession
+from ._transport import Transport, TransportClosed
+from ._webrtc import InvalidOffer, Offer, accept_offer
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -47,6 +59,7 @@ class Gateway:
         self.accepted = 0
         self.rejected = 0
         self.url = ""
+        self._nursery: trio.Nursery | None = None
 
     async def serve(
         self,
@@ -58,6 +71,7 @@ class Gateway:
     ) -> None:
         """Listen until ``stopping`` is set, then close every session with 1001 (going away)."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             server = await nursery.start(
                 lambda task_status: serve_websocket(
                     self._handle,
@@ -80,6 +94,7 @@ class Gateway:
             log.info("gateway listening on %s", url, extra={"listener": "gateway", "url": url})
             task_status.started(url)
             await stopping.wait()
+            self._nursery = None  # no new WebRTC sessions
             for session in list(self.sessions.values()):
                 session.close(CLOSE_GOING_AWAY, "server shutting down")
             with trio.move_on_after(5):
@@ -136,18 +151,77 @@ class Gateway:
             return
         ws = await request.accept()
         self.accepted += 1
-        session = DeviceSession(ws, principal, self.router, self.networks, self.tokens, self.config)
         self._per_user[principal.user_id] += 1
+        try:
+            await self._run(ws, principal, MAX_FRAME_BYTES)
+        finally:
+            self._release(principal)
+
+    async def _run(self, transport: Transport, principal: Principal, max_frame_bytes: int) -> None:
+        session = DeviceSession(
+            transport,
+            principal,
+            self.router,
+            self.networks,
+            self.tokens,
+            self.config,
+            max_frame_bytes=max_frame_bytes,
+        )
         try:
             await session.run(self._register)
         except Exception:
             log.exception("session=%s crashed", session.session_id)
         finally:
-            self._per_user[principal.user_id] -= 1
-            if self._per_user[principal.user_id] <= 0:
-                del self._per_user[principal.user_id]
             if self.sessions.get(session.address) is session:
                 del self.sessions[session.address]
+
+    def _release(self, principal: Principal) -> None:
+        self._per_user[principal.user_id] -= 1
+        if self._per_user[principal.user_id] <= 0:
+            del self._per_user[principal.user_id]
+
+    # ----------------------------------------------------------------- WebRTC
+
+    async def accept_webrtc(self, principal: Principal, offer_sdp: str) -> str:
+        """Answer a device's SDP offer; its session then runs on the offered data channel.
+
+        The caller (the API) has checked that ``principal`` is the device itself. Raises
+        :class:`Invalid` for an unusable offer, :class:`RateLimited` past the account's session
+        cap, :class:`Unavailable` while the gateway is not serving.
+        """
+        nursery = self._nursery
+        if nursery is None or not self.config.webrtc:
+            raise Unavailable("device sessions over WebRTC are not served now")
+        if principal.device_id is None or principal.network_id is None:
+            raise Forbidden("only a device's token opens a session")
+        if self._per_user[principal.user_id] >= self.config.max_sessions_per_user:
+            self.rejected += 1
+            raise RateLimited(5, "too many sessions for this account")
+        self._per_user[principal.user_id] += 1  # a negotiation counts as a session
+        try:
+            offer = await accept_offer(offer_sdp)
+        except InvalidOffer as exc:
+            self._release(principal)
+            self.rejected += 1
+            raise Invalid(str(exc)) from None
+        except BaseException:
+            self._release(principal)
+            raise
+        nursery.start_soon(self._webrtc_session, principal, offer)
+        return offer.answer
+
+    async def _webrtc_session(self, principal: Principal, offer: Offer) -> None:
+        try:
+            try:
+                transport = await offer.wait_open(self.config.webrtc_connect_timeout_s)
+            except TransportClosed as exc:
+                self.rejected += 1
+                log.info("webrtc negotiation for a device ended: %s", exc.reason)
+                return
+            self.accepted += 1
+            await self._run(transport, principal, transport.max_message_bytes)
+        finally:
+            self._release(principal)
 
     def _register(self, session: DeviceSession) -> None:
         """Make ``session`` the device's one live session, replacing an older one."""

@@ -183,6 +183,14 @@ class Error(_Frame, tag="error", frozen=True):
     message: str
 
 
+class Bye(_Frame, tag="bye", frozen=True):
+    """The session ends, and why: the last frame on transports without close codes of their own
+    (a WebRTC data channel). ``code`` is one of the ``CLOSE_*`` codes a websocket would carry."""
+
+    code: int
+    reason: str = ""
+
+
 ServerFrame = (
     Welcome
     | Deliver
@@ -193,6 +201,7 @@ ServerFrame = (
     | Presence
     | SignalFrom
     | Error
+    | Bye
     | Ping
     | Pong
 )

@@ -1,8 +1,9 @@
-"""One actor per connected device: it owns the websocket, its mailbox and its network membership.
+"""One actor per connected device: it owns the transport, its mailbox and its network membership.
 
-Tasks: one reader (decodes frames, routes them), one writer (the only task that writes to the
-socket, draining the mailbox), a pinger and a revocation watcher. The first of them to finish ends
-the session; the websocket is closed with a code that says why.
+The transport is a websocket or a WebRTC data channel (:mod:`relay._transport`); the session is
+the same behind either. Tasks: one reader (decodes frames, routes them), one writer (the only task
+that writes to the transport, draining the mailbox), a pinger and a revocation watcher. The first
+of them to finish ends the session; the transport is closed with a code that says why.
 
 Backpressure: the mailbox is bounded and refuses (``overloaded``) what other devices send once it
 is full; the session's own frames (acknowledgements, answers) wait for room instead, which stops
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from actors import (
     Address,
@@ -53,6 +54,7 @@ from ._protocol import (
     CLOSE_REVOKED,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN,
+    MAX_FRAME_BYTES,
     VERSION,
     Ack,
     Deliver,
@@ -75,6 +77,7 @@ from ._protocol import (
     decode_client_frame,
     encode,
 )
+from ._transport import Transport, TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ class _Closing(Exception):
 class SessionStats:
     received: int = 0
     sent: int = 0
+    too_large: int = 0
+    """Frames for this device its transport could not carry (replaced by an ``error`` frame)."""
+
+
+_FRAME_OVERHEAD = MAX_FRAME_BYTES - 1024 * 1024
 
 
 def _protocol_error(exc: ProtocolError) -> Error:
@@ -102,16 +110,21 @@ def _protocol_error(exc: ProtocolError) -> Error:
 class DeviceSession:
     def __init__(
         self,
-        ws: WebSocketConnection,
+        transport: Transport,
         principal: Principal,
         router: Router,
         networks: Networks,
         tokens: TokenService,
         config: GatewayConfig,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         assert principal.network_id is not None
         assert principal.device_id is not None
-        self.ws = ws
+        self.transport = transport
+        self.max_frame_bytes = max_frame_bytes
+        """The largest message the transport carries to the device."""
+        self.max_data_bytes = max(0, min(config.max_data_bytes, max_frame_bytes - _FRAME_OVERHEAD))
         self.principal = principal
         self.network_id = principal.network_id
         self.device_id = principal.device_id
@@ -145,7 +158,7 @@ class DeviceSession:
             self._cancel.cancel()
 
     async def run(self, register: Callable[[DeviceSession], None]) -> None:
-        """Serve the device until either side ends the session; closes the websocket."""
+        """Serve the device until either side ends the session; closes the transport."""
         try:
             with trio.CancelScope() as self._cancel:
                 try:
@@ -161,8 +174,11 @@ class DeviceSession:
                     assert isinstance(first, _Closing)
                     self.close_code, self.close_reason = first.code, first.reason
                     self._last = first.last
-                except* ConnectionClosed:
+                except* (ConnectionClosed, TransportClosed) as gone:
                     self.close_code, self.close_reason = CLOSE_GOING_AWAY, "device closed"
+                    cause = gone.exceptions[0]
+                    if isinstance(cause, TransportClosed) and cause.code is not None:
+                        self.close_code, self.close_reason = cause.code, cause.reason
         finally:
             self.mailbox.close()
             self.router.unregister(self.address, self.mailbox)
@@ -170,9 +186,9 @@ class DeviceSession:
             with trio.move_on_after(2) as cleanup:
                 cleanup.shield = True
                 if self._last is not None:  # the writer has stopped: this is the only writer now
-                    with contextlib.suppress(ConnectionClosed):
-                        await self.ws.send_message(encode(self._last))
-                await self.ws.aclose(self.close_code, self.close_reason)
+                    with contextlib.suppress(ConnectionClosed, TransportClosed):
+                        await self.transport.send_message(encode(self._last))
+                await self.transport.aclose(self.close_code, self.close_reason)
             self.closed.set()
             log.info(
                 "session=%s device closed code=%d reason=%s",
@@ -184,7 +200,7 @@ class DeviceSession:
     async def _open(self, register: Callable[[DeviceSession], None]) -> None:
         raw: bytes | str | None = None
         with trio.move_on_after(self.config.hello_timeout_s):
-            raw = await self.ws.get_message()
+            raw = await self.transport.get_message()
         if raw is None:
             raise _Closing(CLOSE_PROTOCOL_ERROR, "no hello in time")
         try:
@@ -208,7 +224,7 @@ class DeviceSession:
                 network_id=self.network_id,
                 serial=joined.serial,
                 devices=joined.devices,
-                max_data_bytes=self.config.max_data_bytes,
+                max_data_bytes=self.max_data_bytes,
                 ping_interval_ms=int(self.config.ping_interval_s * 1000),
             )
         )
@@ -246,7 +262,7 @@ class DeviceSession:
 
     async def _reader(self) -> None:
         while True:
-            raw = await self.ws.get_message()
+            raw = await self.transport.get_message()
             self.stats.received += 1
             try:
                 frame = decode_client_frame(raw)
@@ -273,7 +289,7 @@ class DeviceSession:
                     raise _Closing(CLOSE_PROTOCOL_ERROR, "second hello")
 
     def _admit(self, size: int) -> NackReason | None:
-        if size > self.config.max_data_bytes:
+        if size > self.max_data_bytes:
             return "too_large"
         try:
             self.rate.check("session")
@@ -369,8 +385,14 @@ class DeviceSession:
         await self._write(encode(frame))  # type: ignore[arg-type]
 
     async def _write(self, data: bytes) -> None:
+        if len(data) > self.max_frame_bytes:
+            # Only a smaller transport's limit can be exceeded (a websocket takes any frame).
+            self.stats.too_large += 1
+            data = encode(
+                Error(code="too_large", message="a frame for this device exceeded its transport")
+            )
         with trio.move_on_after(self.config.send_timeout_s):
-            await self.ws.send_message(data)
+            await self.transport.send_message(data)
             self.stats.sent += 1
             return
         raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -417,7 +439,7 @@ class DeviceSession:
         while True:
             await trio.sleep(self.config.ping_interval_s)
             with trio.move_on_after(self.config.ping_timeout_s):
-                await self.ws.ping()
+                await self.transport.ping()
                 continue
             raise _Closing(CLOSE_PING_TIMEOUT, "ping timeout")
 

@@ -36,7 +36,12 @@ _RETRYABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 
 class TurnListener:
-    """Owns the sockets; the core decides. Relay ports come from ``relay_ports``."""
+    """Owns the sockets; the core decides. Relay ports come from ``relay_ports``.
+
+    IPv4 relays bind to ``relay_host`` and are advertised as ``external_ip`` (the public address
+    of a 1:1 NAT, when there is one); IPv6 relays bind to ``relay_host_v6`` and exist only if it
+    is set.
+    """
 
     def __init__(
         self,
@@ -45,6 +50,8 @@ class TurnListener:
         relay_host: str,
         relay_ports: range,
         *,
+        relay_host_v6: str = "",
+        external_ip: str = "",
         tcp: bool = True,
         max_tcp_connections: int = 10_000,
         tls_port: int | None = None,
@@ -53,6 +60,8 @@ class TurnListener:
         self.host = host
         self.port = port
         self.relay_host = relay_host
+        self.relay_host_v6 = relay_host_v6
+        self.external_ip = external_ip or relay_host
         self.relay_ports = relay_ports
         self.tcp = tcp
         self.max_tcp_connections = max_tcp_connections
@@ -121,19 +130,35 @@ class TurnListener:
 
     # ----------------------------------------------------------------- relay sockets
 
+    @property
+    def relay_families(self) -> frozenset[int]:
+        """The address families relays can have (RFC 8656: 1 is IPv4, 2 is IPv6)."""
+        families = set()
+        if self.relay_host and ":" not in self.relay_host:
+            families.add(1)
+        if self.relay_host_v6:
+            families.add(2)
+        return frozenset(families)
+
     def open_relay(self, family: int, even: bool) -> tuple[int, Address] | None:
         """Bind a relay socket from the port range (the core calls this synchronously)."""
-        if family != 1 or ":" in self.relay_host:
-            return None  # IPv4 relays only, for now
+        if family not in self.relay_families:
+            return None
+        if family == 2:
+            host, advertised, kind = self.relay_host_v6, self.relay_host_v6, socket.AF_INET6
+        else:
+            host, advertised, kind = self.relay_host, self.external_ip, socket.AF_INET
         span = len(self.relay_ports)
         for _ in range(span):
             port = self.relay_ports[self._next_port % span]
             self._next_port += 1
             if even and port % 2:
                 continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(kind, socket.SOCK_DGRAM)
             try:
-                sock.bind((self.relay_host, port))
+                if kind == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
             except OSError:
                 sock.close()
                 continue
@@ -144,7 +169,7 @@ class TurnListener:
             self._relays[relay_id] = (sock, scope)
             assert self._nursery is not None
             self._nursery.start_soon(self._drain_peers, relay_id, sock, scope)
-            return relay_id, (self.relay_host, port)
+            return relay_id, (advertised, port)
         return None
 
     def _close_relay(self, relay_id: int) -> None:

@@ -63,6 +63,8 @@ class TurnSettings:
     nonce_lifetime_s: int = 600
     max_allocations: int = 10_000
     max_allocations_per_user: int = 64
+    """Per owner (the account behind a credential, see ``TurnCore``'s ``owner_of``)."""
+    max_allocations_per_device: int = 16
     unauthenticated_answer_bytes: int = 128
     unauthenticated_answers_per_s: float = 50.0
     allocation_bytes_per_s: float = 4_000_000.0
@@ -132,18 +134,25 @@ class TurnCore:
         key_for: Callable[[str, float], bytes | None],
         open_relay: Callable[[int, bool], tuple[int, Address] | None],
         peer_allowed: Callable[[str], bool],
+        owner_of: Callable[[str], tuple[str, str]] = lambda username: (username, username),
+        relay_families: frozenset[int] = frozenset({1}),
     ) -> None:
         """``key_for(username, now)`` is the long-term key of a user, or ``None``;
         ``open_relay(family, even_port)`` binds a relay socket (family 1: IPv4, 2: IPv6) and
-        returns its id and address, or ``None`` when no port is free."""
+        returns its id and address, or ``None`` when no port is free; ``owner_of(username)``
+        names the account and the device a credential belongs to, for the quotas;
+        ``relay_families`` are the address families relays can have (440 for the others)."""
         self.settings = settings
         self._secret = secret
         self._key_for = key_for
         self._open_relay = open_relay
         self._peer_allowed = peer_allowed
+        self._owner_of = owner_of
+        self.relay_families = relay_families
         self.allocations: dict[Client, Allocation] = {}
         self._by_relay: dict[int, Allocation] = {}
         self._per_user: dict[str, int] = {}
+        self._per_device: dict[str, int] = {}
         self._answers: dict[str, tuple[float, float]] = {}
         self.stats = TurnStats()
         self._realm = settings.realm.encode()
@@ -312,11 +321,13 @@ class TurnCore:
             return self._error(message, 508, key=key)  # port reservations are not offered
         family_value = message.get(Attr.REQUESTED_ADDRESS_FAMILY)
         family = family_value[0] if family_value else 1
-        if family not in (1, 2):
+        if family not in self.relay_families:
             return self._error(message, 440, key=key)
+        user, device = self._owner_of(username)
         if (
             len(self.allocations) >= self.settings.max_allocations
-            or self._per_user.get(username, 0) >= self.settings.max_allocations_per_user
+            or self._per_user.get(user, 0) >= self.settings.max_allocations_per_user
+            or self._per_device.get(device, 0) >= self.settings.max_allocations_per_device
         ):
             return self._error(message, 486, key=key)
         opened = self._open_relay(family, even is not None)
@@ -328,7 +339,8 @@ class TurnCore:
         allocation.budget, allocation.budget_at = self.settings.allocation_bytes_per_s, now
         self.allocations[client] = allocation
         self._by_relay[relay_id] = allocation
-        self._per_user[username] = self._per_user.get(username, 0) + 1
+        self._per_user[user] = self._per_user.get(user, 0) + 1
+        self._per_device[device] = self._per_device.get(device, 0) + 1
         self.stats.allocations_created += 1
         answer = encode(
             Message(
@@ -394,6 +406,8 @@ class TurnCore:
             if not self._peer_allowed(host):
                 self.stats.refused_peers += 1
                 return self._error(message, 403, key=key)
+            if (":" in host) != (":" in allocation.relayed[0]):
+                return self._error(message, 443, key=key)  # peer address family mismatch
             addresses.append(host)
         for host in addresses:  # all or nothing (RFC 8656 section 9.2)
             allocation.permissions[host] = now + self.settings.permission_lifetime_s
@@ -430,6 +444,8 @@ class TurnCore:
         if not self._peer_allowed(peer[0]):
             self.stats.refused_peers += 1
             return self._error(message, 403, key=key)
+        if (":" in peer[0]) != (":" in allocation.relayed[0]):
+            return self._error(message, 443, key=key)
         allocation.channels[channel] = (peer, now + self.settings.channel_lifetime_s)
         allocation.channel_of[peer] = channel
         allocation.permissions[peer[0]] = now + self.settings.permission_lifetime_s
@@ -511,11 +527,13 @@ class TurnCore:
     def _remove(self, client: Client) -> CloseRelay:
         allocation = self.allocations.pop(client)
         self._by_relay.pop(allocation.relay_id, None)
-        count = self._per_user.get(allocation.username, 1) - 1
-        if count <= 0:
-            self._per_user.pop(allocation.username, None)
-        else:
-            self._per_user[allocation.username] = count
+        user, device = self._owner_of(allocation.username)
+        for counts, owner in ((self._per_user, user), (self._per_device, device)):
+            count = counts.get(owner, 1) - 1
+            if count <= 0:
+                counts.pop(owner, None)
+            else:
+                counts[owner] = count
         return CloseRelay(allocation.relay_id)
 
     def _error(

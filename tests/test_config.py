@@ -6,6 +6,7 @@ import pytest
 
 from yggdrasil import ConfigError, load_config
 from yggdrasil.cli import main
+from yggdrasil.server import check, turn_addresses
 
 
 def test_defaults() -> None:
@@ -93,3 +94,34 @@ def test_migrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert f"applied {len(available())} migration(s)" in capsys.readouterr().out
     assert main(["migrate", "--data-dir", str(tmp_path)]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("relay_ip", "::1"),
+        ("relay_ip", "0.0.0.0"),
+        ("relay_ip", "relay.example.org"),
+        ("external_ip", "2001:db8::1"),
+        ("relay_ip_v6", "127.0.0.1"),
+        ("relay_ip_v6", "::"),
+    ],
+)
+def test_turn_addresses_must_be_specific_addresses_of_their_family(key: str, value: str) -> None:
+    config = load_config(overrides={"turn": {key: value}})
+    with pytest.raises(ConfigError, match=f"turn.{key}"):
+        check(config)
+
+
+def test_a_wildcard_host_never_becomes_an_advertised_address() -> None:
+    config = load_config(overrides={"server": {"host": "0.0.0.0"}})
+    relay, advertised, public = turn_addresses(config)
+    assert relay not in ("0.0.0.0", "")
+    assert advertised == relay
+    assert public == relay
+    config = load_config(
+        overrides={"server": {"host": "0.0.0.0"}, "turn": {"external_ip": "203.0.113.5"}}
+    )
+    assert turn_addresses(config)[1:] == ("203.0.113.5", "203.0.113.5")
+    config = load_config(overrides={"turn": {"public_host": "turn.example.org"}})
+    assert turn_addresses(config) == ("127.0.0.1", "127.0.0.1", "turn.example.org")

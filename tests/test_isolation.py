@@ -26,6 +26,28 @@ PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public confi
 BODIES: dict[tuple[str, str], Any] = {
     ("put", "/api/v1/devices/{device_id}"): {"name": "pwned", "metadata": {"x": 1}},
     ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
+    ("post", "/api/v1/devices/{device_id}/webrtc"): {
+        "type": "offer",
+        "sdp": "\r\n".join(
+            [
+                "v=0",
+                "o=- 1 1 IN IP4 0.0.0.0",
+                "s=-",
+                "t=0 0",
+                "a=group:BUNDLE 0",
+                "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+                "c=IN IP4 0.0.0.0",
+                "a=mid:0",
+                "a=sctp-port:5000",
+                "a=max-message-size:262144",
+                "a=ice-ufrag:abcd",
+                "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+                "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+                "a=setup:actpass",
+                "",
+            ]
+        ),
+    },
 }
 IGNORED_HEADERS = {"date"}
 

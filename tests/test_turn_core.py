@@ -357,3 +357,143 @@ def test_bandwidth_per_allocation_is_limited() -> None:
     assert sum(bool(out) for out in relayed) == 3  # 900 of the 1000 bytes of one second
     assert core.stats.dropped_bandwidth == 2
     assert core.handle_peer(102.0, 1, PEER, b"x" * 300)  # a second later there is room again
+
+
+def owned_core(**settings: object) -> TurnCore:
+    """Any username ``user.device`` is valid (password "secret"); quotas count by its parts."""
+    return TurnCore(
+        TurnSettings(realm=REALM, **settings),  # type: ignore[arg-type]
+        secret=b"s" * 32,
+        key_for=lambda user, now: long_term_key(user, REALM, "secret"),
+        open_relay=Relays().open,
+        peer_allowed=PeerPolicy().allowed,
+        owner_of=lambda username: (username.split(".")[0], username),
+    )
+
+
+def allocate_as(core: TurnCore, username: str, port: int, now: float = 100.0) -> int:
+    """Allocate from client port ``port`` as ``username``: 0 on success, else the error code."""
+    client = Client("udp", ("198.51.100.7", port))
+    first = answer(
+        core.handle_client(
+            now, client, request(Method.ALLOCATE, 1, [*UDP, (Attr.SOFTWARE, b"x" * 64)], nonce=None)
+        )
+    )
+    nonce = first.get(Attr.NONCE)
+    key = long_term_key(username, REALM, "secret")
+    attrs: list[tuple[int, bytes]] = [
+        *UDP,
+        (Attr.USERNAME, username.encode()),
+        (Attr.REALM, REALM.encode()),
+        (Attr.NONCE, nonce or b""),
+    ]
+    data = encode(Message(Method.ALLOCATE, Class.REQUEST, tid(2), attrs), integrity_key=key)
+    reply = answer(core.handle_client(now, client, data))
+    return 0 if reply.cls == Class.SUCCESS else error_of(reply)
+
+
+def test_quotas_count_per_device_and_per_account_whatever_the_credential() -> None:
+    core = owned_core(max_allocations_per_device=1, max_allocations_per_user=2)
+    assert allocate_as(core, "ann.laptop", 1) == 0
+    assert allocate_as(core, "ann.laptop", 2) == 486  # the device's one allocation is in use
+    assert allocate_as(core, "ann.phone", 3) == 0
+    assert allocate_as(core, "ann.tablet", 4) == 486  # the account's two are in use
+    assert allocate_as(core, "bob.laptop", 5) == 0  # another account is not affected
+    # Releasing one of Ann's allocations makes room for her again.
+    for client, allocation in list(core.allocations.items()):
+        if allocation.username == "ann.phone":
+            core.handle_client(
+                101.0,
+                client,
+                encode(
+                    Message(
+                        Method.REFRESH,
+                        Class.REQUEST,
+                        tid(7),
+                        [
+                            (Attr.LIFETIME, struct.pack("!I", 0)),
+                            (Attr.USERNAME, b"ann.phone"),
+                            (Attr.REALM, REALM.encode()),
+                            (Attr.NONCE, core_nonce(core, client)),
+                        ],
+                    ),
+                    integrity_key=long_term_key("ann.phone", REALM, "secret"),
+                ),
+            )
+    assert allocate_as(core, "ann.tablet", 4, now=102.0) == 0
+
+
+def core_nonce(core: TurnCore, client: Client) -> bytes:
+    first = answer(
+        core.handle_client(
+            101.0,
+            client,
+            request(Method.ALLOCATE, 9, [*UDP, (Attr.SOFTWARE, b"x" * 64)], nonce=None),
+        )
+    )
+    nonce = first.get(Attr.NONCE)
+    assert nonce is not None
+    return nonce
+
+
+IPV6 = [(Attr.REQUESTED_ADDRESS_FAMILY, bytes([2, 0, 0, 0]))]
+
+
+def test_ipv6_relays_only_where_configured_and_only_to_ipv6_peers() -> None:
+    core, relays = make()
+    nonce = challenge(core)
+    reply = answer(
+        core.handle_client(100.0, CLIENT, request(Method.ALLOCATE, 2, [*UDP, *IPV6], nonce=nonce))
+    )
+    assert error_of(reply) == 440  # IPv4 relays only
+    assert relays.opened == []
+
+    class Dual(Relays):
+        def open(self, family: int, even: bool) -> tuple[int, tuple[str, int]] | None:
+            self.opened.append((family, even))
+            self.next += 1
+            return self.next, ("2001:db8::7" if family == 2 else "192.0.2.1", 50000 + self.next)
+
+    dual = Dual()
+    core = TurnCore(
+        TurnSettings(realm=REALM),
+        secret=b"s" * 32,
+        key_for=lambda user, now: KEY if user == "alice" else None,
+        open_relay=dual.open,
+        peer_allowed=PeerPolicy().allowed,
+        relay_families=frozenset({1, 2}),
+    )
+    nonce = challenge(core)
+    reply = answer(
+        core.handle_client(100.0, CLIENT, request(Method.ALLOCATE, 2, [*UDP, *IPV6], nonce=nonce))
+    )
+    assert reply.cls == Class.SUCCESS
+    relayed = reply.get(Attr.XOR_RELAYED_ADDRESS)
+    assert relayed is not None
+    assert unpack_xor_address(relayed, tid(2)) == ("2001:db8::7", 50001)
+    assert dual.opened == [(2, False)]
+
+    v6_peer = ("2606:4700::1111", 443)
+    for peer, expected in ((PEER, 443), (v6_peer, 0)):
+        permit = [(Attr.XOR_PEER_ADDRESS, pack_xor_address(peer, tid(3)))]
+        reply = answer(
+            core.handle_client(
+                101.0, CLIENT, request(Method.CREATE_PERMISSION, 3, permit, nonce=nonce)
+            )
+        )
+        assert (0 if reply.cls == Class.SUCCESS else error_of(reply)) == expected
+    assert core.handle_client(
+        102.0,
+        CLIENT,
+        encode(
+            Message(
+                Method.SEND,
+                Class.INDICATION,
+                tid(4),
+                [
+                    (Attr.XOR_PEER_ADDRESS, pack_xor_address(v6_peer, tid(4))),
+                    (Attr.DATA, b"hi"),
+                ],
+            )
+        ),
+    ) == [ToPeer(1, v6_peer, b"hi")]

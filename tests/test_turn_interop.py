@@ -64,7 +64,12 @@ def peer() -> Iterator[int]:
 
 
 def uclient(
-    turn_port: int, peer_port: int, *flags: str, user: str = "bench", password: str = "secret"
+    turn_port: int,
+    peer_port: int,
+    *flags: str,
+    user: str = "bench",
+    password: str = "secret",
+    peer_host: str = "127.0.0.1",
 ) -> tuple[int, str]:
     result = subprocess.run(
         [
@@ -76,7 +81,7 @@ def uclient(
             "-w",
             password,
             "-e",
-            "127.0.0.1",
+            peer_host,
             "-r",
             str(peer_port),
             "-m",
@@ -123,6 +128,33 @@ def test_uclient_relays_through_yggdrasil_without_loss(
         metrics = httpx.get(f"{server.api_url}/metrics").text
         assert re.search(r"yggdrasil_turn_allocations_created_total [1-9]", metrics)
         assert server.terminate() == 0
+
+
+def test_uclient_relays_over_an_ipv6_relayed_address(tmp_path: Path) -> None:
+    """A client on IPv4 asks for an IPv6 relay (REQUESTED-ADDRESS-FAMILY) and reaches an IPv6
+    peer; without ``turn.relay_ip_v6`` the same request is refused (440)."""
+    coturn_tools()
+    port = free_port()
+    v6_peer = subprocess.Popen(
+        ["turnutils_peer", "-L", "::1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        turn_port = free_port()
+        env = {"YGG_TURN_RELAY_IP_V6": "::1"}
+        with turn_server(tmp_path, turn_port, "--turn-allow-peer", "::1/128", env=env) as server:
+            code, output = uclient(turn_port, port, "-x", peer_host="::1")
+            assert code == 0, output[-2000:]
+            assert received(output) == (500, 500)
+            assert server.terminate() == 0
+        turn_port = free_port()
+        with turn_server(tmp_path, turn_port, "--turn-allow-peer", "::1/128"):
+            code, output = uclient(turn_port, port, "-x", peer_host="::1")
+            assert code != 0 or received(output)[1] == 0
+    finally:
+        v6_peer.kill()
+        v6_peer.wait()
 
 
 def test_wrong_passwords_get_nothing(tmp_path: Path, peer: int) -> None:

@@ -25,6 +25,7 @@ from ._errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    Unavailable,
     UniqueViolation,
     YggdrasilError,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "StoreUnavailable",
     "TokenService",
     "Tx",
+    "Unavailable",
     "UniqueViolation",
     "User",
     "YggdrasilError",

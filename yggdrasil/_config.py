@@ -69,11 +69,15 @@ class GatewayConfig(_Section, frozen=True):
     revocation_check_s: Seconds = 1.0
     allowed_origins: list[str] = []
     """Browser origins allowed to connect; connections with another ``Origin`` are refused."""
+    webrtc: bool = True
+    """Accept device sessions over WebRTC data channels (``POST /api/v1/devices/{id}/webrtc``)."""
+    webrtc_connect_timeout_s: Seconds = 15.0
+    """A negotiated data channel that has not opened by then is given up."""
 
 
 class TurnConfig(_Section, frozen=True):
     port: Port = 3478
-    """STUN and TURN over UDP and TCP (TLS is not served yet)."""
+    """STUN and TURN over UDP and TCP (TLS on ``tls_port`` when a certificate is configured)."""
     realm: str = "yggdrasil"
     public_host: str = ""
     """The host name or address devices use to reach STUN/TURN; empty: ``server.host``."""
@@ -91,12 +95,22 @@ class TurnConfig(_Section, frozen=True):
     """Lifetime of the ephemeral credentials issued to devices."""
     max_allocations: Positive = 10_000
     max_allocations_per_user: Positive = 64
+    """Allocations of one account (all its devices' credentials; a static user is an account)."""
+    max_allocations_per_device: Positive = 16
     default_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 600
     max_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
     unauthenticated_answers_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    """Answers to unauthenticated requests (Binding, challenges) per client address."""
     allocation_bytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 4_000_000.0
     """Relayed payload per allocation and second, both directions; beyond it, dropped."""
-    """Answers to unauthenticated requests (Binding, challenges) per client address."""
+    relay_ip: str = ""
+    """IPv4 address relay sockets bind to; empty: ``server.host``, or when that is a wildcard,
+    the address of the default route's interface."""
+    external_ip: str = ""
+    """The public IPv4 address of ``relay_ip`` behind a 1:1 NAT (a cloud VM): relayed addresses
+    are advertised with it."""
+    relay_ip_v6: str = ""
+    """IPv6 address for IPv6 relays (REQUESTED-ADDRESS-FAMILY); empty: IPv4 relays only."""
 
 
 class DatabaseConfig(_Section, frozen=True):

@@ -75,6 +75,14 @@ class Forbidden(YggdrasilError):
     default_message = "not allowed"
 
 
+class Unavailable(YggdrasilError):
+    """A part of the server is not running right now (starting, restarting, stopping)."""
+
+    status = 503
+    code = "unavailable"
+    default_message = "temporarily unavailable, try again later"
+
+
 class Invalid(YggdrasilError):
     status = 422
     code = "invalid"

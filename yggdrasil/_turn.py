@@ -1,8 +1,9 @@
 """TURN credentials: static users from the configuration, and ephemeral ones for devices.
 
 Ephemeral credentials follow the TURN REST API convention coturn implements (``use-auth-secret``):
-the username is ``<expiry unix time>:<device>``, the password the base64 HMAC-SHA1 of the username
-under the server's ``turn-secret``. Any server that shares the secret can check them statelessly.
+the username is ``<expiry unix time>:<user>/<network>/<device>``, the password the base64
+HMAC-SHA1 of the username under the server's ``turn-secret``. Any server that shares the secret can
+check them statelessly, and knows whose allocation it is (for the quotas per account and device).
 """
 
 from __future__ import annotations
@@ -57,3 +58,16 @@ def key_lookup(
         return long_term_key(username, config.realm, ephemeral_password(secret, username))
 
     return key_for
+
+
+def owner_of(username: str) -> tuple[str, str]:
+    """The account and the device behind a TURN username, for the allocation quotas.
+
+    Ephemeral credentials name both; any other username (a static user) is its own account and
+    device.
+    """
+    expiry, colon, subject = username.partition(":")
+    parts = subject.split("/")
+    if colon and expiry.isdigit() and len(parts) == 3 and all(parts):
+        return f"user:{parts[0]}", f"device:{subject}"
+    return f"static:{username}", f"static:{username}"

@@ -19,6 +19,7 @@ the new store.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import secrets as _random
@@ -50,7 +51,7 @@ from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
 from ._store import Store
 from ._tokens import TokenService
-from ._turn import issue_credentials, key_lookup
+from ._turn import issue_credentials, key_lookup, owner_of
 from ._version import VERSION
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,44 @@ def _is_postgres(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+def _default_route_ip() -> str:
+    """The local IPv4 address of the default route (a UDP "connect" sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            address: str = probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+    return address
+
+
+def turn_addresses(config: Config) -> tuple[str, str, str]:
+    """Where IPv4 relays bind, the address they are advertised with, and the STUN/TURN host
+    devices are told to use."""
+    relay = config.turn.relay_ip or config.server.host
+    if relay in _WILDCARDS or ":" in relay:
+        relay = _default_route_ip()
+    advertised = config.turn.external_ip or relay
+    public = config.turn.public_host or config.server.host
+    if public in _WILDCARDS:
+        public = advertised
+    return relay, advertised, public
+
+
+def _check_ip(key: str, value: str, version: int) -> None:
+    if not value:
+        return
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be an IPv{version} address, not {value!r}") from None
+    if address.version != version or address.is_unspecified:
+        raise ConfigError(f"{key} must be a specific IPv{version} address, not {value!r}")
+
+
 def check(config: Config) -> None:
     """Reject configurations that cannot run, before anything starts."""
     url = config.database.url
@@ -105,6 +144,9 @@ def check(config: Config) -> None:
         )
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min must not exceed database.pool_max")
+    _check_ip("turn.relay_ip", config.turn.relay_ip, 4)
+    _check_ip("turn.external_ip", config.turn.external_ip, 4)
+    _check_ip("turn.relay_ip_v6", config.turn.relay_ip_v6, 6)
 
 
 def prepare_data_dir(config: Config) -> Path:
@@ -201,12 +243,16 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             # Look back a little: another instance's clock may run behind ours.
             since = await domain.accounts.load_revocations(since - 60_000)
 
-    def ice_servers(network_id: str, device_id: str) -> dict[str, Any]:
-        host = config.turn.public_host or config.server.host
+    relay_ip, external_ip, public_host = turn_addresses(config)
+
+    def ice_servers(user_id: str, network_id: str, device_id: str) -> dict[str, Any]:
+        host = public_host
         port = services.turn.address[1] if services.turn is not None else config.turn.port
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = issue_credentials(
-            secrets.turn_secret, f"{network_id}/{device_id}", config.turn.credential_ttl_s
+            secrets.turn_secret,
+            f"{user_id}/{network_id}/{device_id}",
+            config.turn.credential_ttl_s,
         )
         return {
             "ice_servers": [
@@ -227,6 +273,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 domain=lambda: services.domain,
                 tokens=lambda: tokens,
                 ice=ice_servers,
+                webrtc=gateway.accept_webrtc,
                 version=VERSION,
                 limits=config.limits,
                 trusted_proxies=config.api.trusted_proxies,
@@ -275,8 +322,10 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         listener = TurnListener(
             config.server.host,
             config.turn.port,
-            config.server.host,
+            relay_ip,
             range(config.turn.relay_port_min, config.turn.relay_port_max + 1),
+            relay_host_v6=config.turn.relay_ip_v6,
+            external_ip=external_ip,
             tls_port=config.turn.tls_port,
             ssl_context=context,
         )
@@ -287,6 +336,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 max_lifetime_s=config.turn.max_lifetime_s,
                 max_allocations=config.turn.max_allocations,
                 max_allocations_per_user=config.turn.max_allocations_per_user,
+                max_allocations_per_device=config.turn.max_allocations_per_device,
                 unauthenticated_answers_per_s=config.turn.unauthenticated_answers_per_s,
                 allocation_bytes_per_s=config.turn.allocation_bytes_per_s,
             ),
@@ -294,6 +344,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             key_for=key_lookup(config.turn, secrets.turn_secret),
             open_relay=listener.open_relay,
             peer_allowed=PeerPolicy(allow=config.turn.allow_peers).allowed,
+            owner_of=owner_of,
+            relay_families=listener.relay_families,
         )
         services.turn = listener
         metrics.turn = lambda: core.stats
@@ -362,9 +414,9 @@ async def serve(
         except BaseExceptionGroup as group:
             raise sole_exception(group) from None
 
-    if _is_postgres(config.database.url) and trio_asyncio.current_loop.get() is None:
-        # asyncpg lives on asyncio; trio-asyncio runs that loop inside ours (unless the caller
-        # already runs one, which we then share).
+    if trio_asyncio.current_loop.get() is None:
+        # asyncpg and aiortc live on asyncio; trio-asyncio runs that loop inside ours (unless
+        # the caller already runs one, which we then share).
         async with trio_asyncio.open_loop():
             await run_tree()
     else:
