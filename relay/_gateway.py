@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -42,6 +44,14 @@ def _error_body(code: str, message: str) -> bytes:
     return _json.encode({"error": {"code": code, "message": message}})
 
 
+class ServiceRegistry(Protocol):
+    """The TURN peer policy's registry of the server's own endpoints (``stun_turn.PeerPolicy``)."""
+
+    def add_service(self, address: str, port: int, /) -> None: ...
+
+    def discard_service(self, address: str, port: int, /) -> None: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -49,8 +59,21 @@ class Gateway:
         networks: Networks,
         tokens: TokenService,
         config: GatewayConfig,
+        *,
+        peer_allowed: Callable[[str], bool] = lambda address: False,
+        services: ServiceRegistry | None = None,
+        relay_aliases: dict[str, str] | None = None,
     ) -> None:
+        """``peer_allowed(address)``: whether the server's own ICE agent (WebRTC sessions) may
+        send to ``address`` - the TURN peer policy; by default it may send nowhere.
+        ``services``: where the UDP endpoints of those peer connections are registered while
+        they live, so that a device's TURN relay may reach them (relay-only sessions).
+        ``relay_aliases``: the public address of this server's TURN relays -> the address they
+        bind to, for the server's own ICE checks toward them."""
         self.router = router
+        self.peer_allowed = peer_allowed
+        self.services = services
+        self.relay_aliases = dict(relay_aliases or {})
         self.networks = networks
         self.tokens = tokens
         self.config = config
@@ -199,7 +222,9 @@ class Gateway:
             raise RateLimited(5, "too many sessions for this account")
         self._per_user[principal.user_id] += 1  # a negotiation counts as a session
         try:
-            offer = await accept_offer(offer_sdp)
+            offer = await accept_offer(
+                offer_sdp, peer_allowed=self.peer_allowed, aliases=self.relay_aliases
+            )
         except InvalidOffer as exc:
             self._release(principal)
             self.rejected += 1
@@ -211,6 +236,10 @@ class Gateway:
         return offer.answer
 
     async def _webrtc_session(self, principal: Principal, offer: Offer) -> None:
+        endpoints = offer.local_endpoints() if self.services is not None else []
+        for host, port in endpoints:
+            assert self.services is not None
+            self.services.add_service(host, port)
         try:
             try:
                 transport = await offer.wait_open(self.config.webrtc_connect_timeout_s)
@@ -221,6 +250,9 @@ class Gateway:
             self.accepted += 1
             await self._run(transport, principal, transport.max_message_bytes)
         finally:
+            for host, port in endpoints:
+                assert self.services is not None
+                self.services.discard_service(host, port)
             self._release(principal)
 
     def _register(self, session: DeviceSession) -> None:

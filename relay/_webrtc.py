@@ -18,10 +18,11 @@ Requires a running trio-asyncio loop (``trio_asyncio.open_loop()``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -52,6 +53,43 @@ _LOW_WATER = 256 * 1024
 
 class InvalidOffer(ValueError):
     """The offer is not SDP, or offers no data channel: nothing was set up."""
+
+
+def reachable_candidates(
+    sdp: str, allowed: Callable[[str], bool], aliases: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """``sdp`` without the ICE candidates the server must not send to, and how many are left.
+
+    The server's ICE agent sends connectivity checks to every candidate it is given: a device
+    could otherwise aim them at the server's own network, at loopback or at a cloud's metadata
+    address. Only IP literals the TURN peer policy allows are kept (no mDNS ``.local`` names, no
+    host names: the server resolves nothing a device names). ``aliases`` rewrites addresses
+    first: the public address of the server's own TURN relays to the one they bind to, so that
+    the server reaches them without a NAT hairpin.
+    """
+    kept: list[str] = []
+    left = 0
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 8 or not _is_ip(fields[4]):
+                continue
+            if aliases and fields[4] in aliases:
+                fields[4] = aliases[fields[4]]
+                line = " ".join(fields)
+            if not allowed(fields[4]):
+                continue
+            left += 1
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n", left
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def max_message_bytes(sdp: str) -> int:
@@ -254,6 +292,14 @@ class Offer:
                     return transport
         raise TransportClosed(None, "the data channel did not open")
 
+    def local_endpoints(self) -> list[tuple[str, int]]:
+        """The server's own UDP endpoints of this peer connection (its host candidates)."""
+        sctp = self.pc.sctp
+        if sctp is None:
+            return []
+        gatherer = sctp.transport.transport.iceGatherer
+        return [(c.ip, c.port) for c in gatherer.getLocalCandidates() if c.type == "host"]
+
     async def abandon(self) -> None:
         with trio.CancelScope(shield=True):
             await trio_asyncio.aio_as_trio(self.pc.close)()
@@ -262,11 +308,23 @@ class Offer:
 async def accept_offer(
     sdp: str,
     *,
+    peer_allowed: Callable[[str], bool],
+    aliases: dict[str, str] | None = None,
     ice_servers: list[RTCIceServer] | None = None,
     inbound_limit_bytes: int = 4 * 1024 * 1024,
 ) -> Offer:
-    """Answer a device's offer; :class:`InvalidOffer` (and nothing kept) if it is unusable."""
+    """Answer a device's offer; :class:`InvalidOffer` (and nothing kept) if it is unusable.
+
+    Candidates toward addresses ``peer_allowed`` refuses are dropped first (see
+    :func:`reachable_candidates`); an offer left without any is refused.
+    """
     remote_max = max_message_bytes(sdp)
+    sdp, left = reachable_candidates(sdp, peer_allowed, aliases)
+    if left == 0:
+        raise InvalidOffer(
+            "the offer has no candidate the server may reach (gather all candidates first; "
+            "relay candidates from GET /api/v1/devices/{id}/ice-servers always qualify)"
+        )
     aio = trio_asyncio.aio_as_trio
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
     offer = Offer(pc, remote_max, inbound_limit_bytes)

@@ -1,6 +1,10 @@
 """Which peers a relay may talk to (SECURITY.md: never loopback, private, link-local, CGNAT,
 multicast, reserved or metadata addresses, nor the server's own).
 
+One narrow exception: *services* of this server that devices must reach through the relay - the
+UDP sockets of the server's own WebRTC peer connections - are registered endpoint by endpoint
+(address and port). A relay may reach exactly those, and nothing else on the server's addresses.
+
 Every IPv6 form that embeds an IPv4 address is judged as that IPv4 address first: IPv4-mapped
 (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::/96``), 6to4
 (``2002::/16``) and Teredo (``2001::/32``). That closes CVE-2020-26262 and its successors.
@@ -57,6 +61,27 @@ class PeerPolicy:
     def __init__(self, *, own: Iterable[str] = (), allow: Iterable[str] = ()) -> None:
         self._own = {canonical(a) for a in own}
         self._allow: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allow]
+        self._services: dict[IPAddress, set[int]] = {}
+
+    def add_service(self, address: str, port: int) -> None:
+        """Let relays reach ``address:port``, a UDP socket of this server's own."""
+        self._services.setdefault(canonical(address), set()).add(port)
+
+    def discard_service(self, address: str, port: int) -> None:
+        ip = canonical(address)
+        ports = self._services.get(ip)
+        if ports is not None:
+            ports.discard(port)
+            if not ports:
+                del self._services[ip]
+
+    def service(self, address: str, port: int | None) -> bool:
+        """Whether ``address:port`` is a registered service (``port`` None: any on ``address``)."""
+        try:
+            ports = self._services.get(canonical(address))
+        except ValueError:
+            return False
+        return ports is not None and (port is None or port in ports)
 
     def allowed(self, address: str) -> bool:
         try:

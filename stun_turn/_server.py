@@ -103,6 +103,8 @@ class Allocation:
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, tuple[Address, float]] = field(default_factory=dict)
     channel_of: dict[Address, int] = field(default_factory=dict)
+    services: set[str] = field(default_factory=set)
+    """Permitted hosts that are the server's own: only their registered service ports pass."""
     last_allocate: tuple[bytes, bytes] | None = None  # (transaction id, response) for retries
     budget: float = 0.0  # bytes that may still be relayed now (a token bucket)
     budget_at: float = 0.0
@@ -136,17 +138,22 @@ class TurnCore:
         peer_allowed: Callable[[str], bool],
         owner_of: Callable[[str], tuple[str, str]] = lambda username: (username, username),
         relay_families: frozenset[int] = frozenset({1}),
+        service: Callable[[str, int | None], bool] = lambda host, port: False,
     ) -> None:
         """``key_for(username, now)`` is the long-term key of a user, or ``None``;
         ``open_relay(family, even_port)`` binds a relay socket (family 1: IPv4, 2: IPv6) and
         returns its id and address, or ``None`` when no port is free; ``owner_of(username)``
         names the account and the device a credential belongs to, for the quotas;
-        ``relay_families`` are the address families relays can have (440 for the others)."""
+        ``relay_families`` are the address families relays can have (440 for the others);
+        ``service(host, port)`` says whether a peer ``peer_allowed`` refuses is one of the
+        server's own services all the same (``port`` None: any on that host), see
+        :class:`PeerPolicy`."""
         self.settings = settings
         self._secret = secret
         self._key_for = key_for
         self._open_relay = open_relay
         self._peer_allowed = peer_allowed
+        self._service = service
         self._owner_of = owner_of
         self.relay_families = relay_families
         self.allocations: dict[Client, Allocation] = {}
@@ -213,6 +220,9 @@ class TurnCore:
             return []
         if allocation.permissions.get(peer[0], 0.0) <= now:
             self.stats.dropped_no_permission += 1
+            return []
+        if allocation.services and peer[0] in allocation.services and not self._service(*peer):
+            self.stats.refused_peers += 1
             return []
         if not self._spend(allocation, now, len(data)):
             return []
@@ -398,20 +408,24 @@ class TurnCore:
         if not peers:
             return self._error(message, 400, key=key)
         addresses = []
+        services = []
         for value in peers:
             try:
                 host, _ = unpack_xor_address(value, message.transaction_id)
             except StunDecodeError:
                 return self._error(message, 400, key=key)
             if not self._peer_allowed(host):
-                self.stats.refused_peers += 1
-                return self._error(message, 403, key=key)
+                if not self._service(host, None):
+                    self.stats.refused_peers += 1
+                    return self._error(message, 403, key=key)
+                services.append(host)
             if (":" in host) != (":" in allocation.relayed[0]):
                 return self._error(message, 443, key=key)  # peer address family mismatch
             addresses.append(host)
         for host in addresses:  # all or nothing (RFC 8656 section 9.2)
             allocation.permissions[host] = now + self.settings.permission_lifetime_s
             self.stats.permissions_created += 1
+        allocation.services.update(services)
         return encode(
             Message(Method.CREATE_PERMISSION, Class.SUCCESS, message.transaction_id),
             integrity_key=key,
@@ -441,11 +455,16 @@ class TurnCore:
             peer, channel
         ) != channel:
             return self._error(message, 400, key=key)
+        service = False
         if not self._peer_allowed(peer[0]):
-            self.stats.refused_peers += 1
-            return self._error(message, 403, key=key)
+            if not self._service(*peer):
+                self.stats.refused_peers += 1
+                return self._error(message, 403, key=key)
+            service = True
         if (":" in peer[0]) != (":" in allocation.relayed[0]):
             return self._error(message, 443, key=key)
+        if service:
+            allocation.services.add(peer[0])
         allocation.channels[channel] = (peer, now + self.settings.channel_lifetime_s)
         allocation.channel_of[peer] = channel
         allocation.permissions[peer[0]] = now + self.settings.permission_lifetime_s
@@ -487,6 +506,9 @@ class TurnCore:
     ) -> list[Output]:
         if allocation.permissions.get(peer[0], 0.0) <= now:
             self.stats.dropped_no_permission += 1
+            return []
+        if allocation.services and peer[0] in allocation.services and not self._service(*peer):
+            self.stats.refused_peers += 1
             return []
         if not self._spend(allocation, now, len(payload)):
             return []

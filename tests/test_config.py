@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aioice.ice
 import pytest
 
 from yggdrasil import ConfigError, load_config
 from yggdrasil.cli import main
-from yggdrasil.server import check, turn_addresses
+from yggdrasil.server import check, own_addresses, turn_addresses
 
 
 def test_defaults() -> None:
@@ -125,3 +126,17 @@ def test_a_wildcard_host_never_becomes_an_advertised_address() -> None:
     assert turn_addresses(config)[1:] == ("203.0.113.5", "203.0.113.5")
     config = load_config(overrides={"turn": {"public_host": "turn.example.org"}})
     assert turn_addresses(config) == ("127.0.0.1", "127.0.0.1", "turn.example.org")
+
+
+def test_relays_know_every_address_of_the_server_as_its_own() -> None:
+    config = load_config(
+        overrides={
+            "server": {"host": "0.0.0.0"},
+            "turn": {"external_ip": "203.0.113.5", "relay_ip_v6": "2001:db8::5"},
+        }
+    )
+    relay, advertised, public = turn_addresses(config)
+    own = own_addresses(config, relay, advertised, public, "turn.example.org")
+    assert {relay, "203.0.113.5", "2001:db8::5"} <= own
+    assert set(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)) <= own
+    assert "turn.example.org" not in own

@@ -497,3 +497,52 @@ def test_ipv6_relays_only_where_configured_and_only_to_ipv6_peers() -> None:
             )
         ),
     ) == [ToPeer(1, v6_peer, b"hi")]
+
+
+def test_the_servers_own_services_are_reachable_port_by_port_and_nothing_else() -> None:
+    own = "203.0.113.9"  # the server's own (public) address
+    policy = PeerPolicy(own=[own])
+    core = TurnCore(
+        TurnSettings(realm=REALM),
+        secret=b"s" * 32,
+        key_for=lambda user, now: KEY if user == "alice" else None,
+        open_relay=Relays().open,
+        peer_allowed=policy.allowed,
+        service=policy.service,
+    )
+    allocate(core)
+    nonce = challenge(core)
+
+    def permit(n: int) -> int:
+        attrs = [(Attr.XOR_PEER_ADDRESS, pack_xor_address((own, 5000), tid(n)))]
+        reply = answer(
+            core.handle_client(
+                101.0, CLIENT, request(Method.CREATE_PERMISSION, n, attrs, nonce=nonce)
+            )
+        )
+        return 0 if reply.cls == Class.SUCCESS else error_of(reply)
+
+    def send(port: int) -> list[object]:
+        data = encode(
+            Message(
+                Method.SEND,
+                Class.INDICATION,
+                tid(40 + port % 10),
+                [
+                    (Attr.XOR_PEER_ADDRESS, pack_xor_address((own, port), tid(40 + port % 10))),
+                    (Attr.DATA, b"x"),
+                ],
+            )
+        )
+        return list(core.handle_client(102.0, CLIENT, data))
+
+    assert permit(31) == 403  # the server's own address, no service registered
+    policy.add_service(own, 5000)  # say, a WebRTC session's ICE socket
+    assert permit(32) == 0
+    assert send(5000) == [ToPeer(1, (own, 5000), b"x")]
+    assert send(5001) == []  # another port of the server: refused
+    assert core.handle_peer(102.0, 1, (own, 5000), b"back") != []
+    assert core.handle_peer(102.0, 1, (own, 22), b"from ssh?") == []
+    policy.discard_service(own, 5000)  # the session ended
+    assert send(5000) == []
+    assert core.handle_peer(102.0, 1, (own, 5000), b"late") == []

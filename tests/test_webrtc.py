@@ -3,12 +3,10 @@ session runs over a data channel (negotiated through the HTTP API) next to a web
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import httpx
 import pytest
 import trio
@@ -35,6 +33,7 @@ from relay import (
     Replaced,
     SignedOut,
 )
+from relay._webrtc import ice_server_list, reachable_candidates
 from stun_turn import TurnStats
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.servers import running_server
@@ -43,12 +42,6 @@ from yggdrasil.server import Running
 pytestmark = pytest.mark.slow
 
 aio = trio_asyncio.aio_as_trio
-
-
-def local_peers() -> list[str]:
-    """Loopback and this host's own addresses: where the relays of these tests must reach."""
-    hosts = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
-    return ["127.0.0.0/8", *(str(ipaddress.ip_network(host)) for host in hosts)]
 
 
 def turn_stats(running: Running) -> TurnStats:
@@ -222,7 +215,6 @@ async def home(data_dir: Path, asyncio_loop: None) -> AsyncIterator[Home]:
         running_server(
             data_dir,
             limits=RELAXED_LIMITS,
-            turn={"allow_peers": local_peers()},
             gateway={"ping_interval_s": 0.3, "ping_timeout_s": 2.0},
         ) as running,
         httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
@@ -344,13 +336,26 @@ async def test_the_offer_endpoint_refuses_what_it_cannot_use_and_keeps_nothing(
 ) -> None:
     phone = home.users["phone"]
     path = "/api/v1/devices/phone/webrtc"
-    pc = RTCPeerConnection()
+    ice = (await phone.get("/api/v1/devices/phone/ice-servers")).json()
+    pc = RTCPeerConnection(
+        RTCConfiguration(
+            iceServers=ice_server_list(ice), iceTransportPolicy=RTCIceTransportPolicy.RELAY
+        )
+    )
     try:
         pc.createDataChannel("yggdrasil")
         await aio(pc.setLocalDescription)(await aio(pc.createOffer)())
         usable = {"type": "offer", "sdp": pc.localDescription.sdp}
     finally:
         await aio(pc.close)()
+    # The same offer with its candidates pointed at places the server must not probe.
+    lines = usable["sdp"].splitlines()
+    template = next(line for line in lines if line.startswith("a=candidate:"))
+    address = template.split()[4]
+    targets = [template.replace(address, t) for t in ("169.254.169.254", "10.0.0.1", "nas.local")]
+    kept = [line for line in lines if not line.startswith("a=candidate:")]
+    at = next(i for i, line in enumerate(kept) if line.startswith("a=ice-ufrag"))
+    probing = {"type": "offer", "sdp": "\r\n".join(kept[:at] + targets + kept[at:]) + "\r\n"}
     audio_only = RTCPeerConnection()
     try:
         audio_only.addTransceiver("audio")
@@ -374,6 +379,7 @@ async def test_the_offer_endpoint_refuses_what_it_cannot_use_and_keeps_nothing(
     for body, code in [
         ({"type": "offer", "sdp": "v=0\r\nthis is not sdp"}, "invalid"),
         (no_channel, "invalid"),
+        (probing, "invalid"),
         ({"type": "answer", "sdp": usable["sdp"]}, "validation_error"),
         ({"type": "offer", "sdp": "v=0\r\n" + "a" * 40_000}, "validation_error"),
         ({"type": "offer"}, "validation_error"),
@@ -381,6 +387,8 @@ async def test_the_offer_endpoint_refuses_what_it_cannot_use_and_keeps_nothing(
         response = await phone.post(path, json=body)
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == code
+    response = await phone.post(path, json=probing)
+    assert "no candidate the server may reach" in response.json()["error"]["message"]
     gateway = home.running.services.gateway
     assert gateway is not None
     # The laptop's session is the account's only one: nothing was reserved, nothing leaked.
@@ -393,3 +401,32 @@ async def test_the_offer_endpoint_refuses_what_it_cannot_use_and_keeps_nothing(
     answer = response.json()
     assert answer["type"] == "answer"
     assert "m=application" in answer["sdp"]
+
+
+def test_only_candidates_the_server_may_reach_are_kept() -> None:
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "a=candidate:1 1 udp 100 198.51.100.7 4000 typ relay raddr 0.0.0.0 rport 0",
+            "a=candidate:2 1 udp 200 169.254.169.254 80 typ host",
+            "a=candidate:3 1 udp 200 2001:db8::1 80 typ host",
+            "a=candidate:4 1 udp 200 3a7b-ef.local 5000 typ host",
+            "a=candidate:5 1 udp 200 gateway.example.org 5000 typ host",
+            "a=candidate:6 broken",
+            "a=sctp-port:5000",
+            "",
+        ]
+    )
+    kept, left = reachable_candidates(sdp, lambda address: address == "198.51.100.7")
+    assert left == 1
+    assert [line for line in kept.splitlines() if line.startswith("a=candidate")] == [
+        "a=candidate:1 1 udp 100 198.51.100.7 4000 typ relay raddr 0.0.0.0 rport 0"
+    ]
+    assert "a=sctp-port:5000" in kept
+    # The public address of the server's own relays is reached at the address they bind to.
+    kept, left = reachable_candidates(
+        sdp, lambda address: address == "10.1.2.3", {"198.51.100.7": "10.1.2.3"}
+    )
+    assert left == 1
+    assert "a=candidate:1 1 udp 100 10.1.2.3 4000 typ relay raddr 0.0.0.0 rport 0" in kept

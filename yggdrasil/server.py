@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import trio
 import trio_asyncio
 
 from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
 from relay import Gateway, Networks
-from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings
+from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
 from ._config import Config
 from ._db import Database
@@ -120,6 +121,22 @@ def turn_addresses(config: Config) -> tuple[str, str, str]:
     if public in _WILDCARDS:
         public = advertised
     return relay, advertised, public
+
+
+def own_addresses(config: Config, *configured: str) -> set[str]:
+    """The server's own addresses, which relays must never reach: the configured ones and those
+    of every interface."""
+    found = {address for address in (config.server.host, *configured) if address}
+    found.add(config.turn.relay_ip_v6)
+    found.update(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
+    own = set()
+    for address in found:
+        try:
+            ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            continue  # a host name (public_host) or a wildcard's empty string
+        own.add(address)
+    return own
 
 
 def _check_ip(key: str, value: str, version: int) -> None:
@@ -304,7 +321,29 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         messages_per_s=config.gateway.tenant_messages_per_s,
         bytes_per_s=config.gateway.tenant_bytes_per_s,
     )
-    gateway = Gateway(router, networks, tokens, config.gateway)
+    peers = PeerPolicy(
+        own=own_addresses(config, relay_ip, external_ip, public_host),
+        allow=config.turn.allow_peers,
+    )
+    relays = {canonical(a) for a in (relay_ip, external_ip, config.turn.relay_ip_v6) if a}
+
+    def ice_peer_allowed(address: str) -> bool:
+        """Where the server's WebRTC ICE agent may send checks: where a relay may, and to its
+        own TURN relays (a device's relay candidates)."""
+        try:
+            return canonical(address) in relays or peers.allowed(address)
+        except ValueError:
+            return False
+
+    gateway = Gateway(
+        router,
+        networks,
+        tokens,
+        config.gateway,
+        peer_allowed=ice_peer_allowed,
+        services=peers,
+        relay_aliases={external_ip: relay_ip} if external_ip != relay_ip else {},
+    )
     services.gateway = gateway
     metrics.gateway = lambda: (len(gateway.sessions), gateway.accepted, gateway.rejected)
 
@@ -343,7 +382,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             secret=secrets.turn_secret,
             key_for=key_lookup(config.turn, secrets.turn_secret),
             open_relay=listener.open_relay,
-            peer_allowed=PeerPolicy(allow=config.turn.allow_peers).allowed,
+            peer_allowed=peers.allowed,
+            service=peers.service,
             owner_of=owner_of,
             relay_families=listener.relay_families,
         )
