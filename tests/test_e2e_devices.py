@@ -47,6 +47,30 @@ async def device_cmd(*args: str, stdin: bytes = b"") -> str:
     return result.stdout.decode()
 
 
+async def login(api: str, gateway: str, outbox: Path, credentials: str, device_id: str) -> None:
+    """``yggdrasil device login``, answering the code from the outbox."""
+    seen = count_mail(outbox, "me@example.org")
+    args = ["login", "--api", api, "--gateway", gateway, "--email", "me@example.org"]
+    process = await trio.lowlevel.open_process(
+        [
+            *yggdrasil_command(),
+            "device",
+            *args,
+            "--device-id",
+            device_id,
+            "--credentials",
+            credentials,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    code = await read_code(outbox, "me@example.org", seen=seen)
+    assert process.stdin is not None
+    await process.stdin.send_all(f"{code}\n".encode())
+    assert await process.wait() == 0
+
+
 async def test_two_terminals(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     outbox = data_dir / "outbox"
@@ -56,39 +80,9 @@ async def test_two_terminals(tmp_path: Path) -> None:
     api, gateway = f"http://127.0.0.1:{api_port}", f"ws://127.0.0.1:{gateway_port}"
     laptop, phone = str(tmp_path / "laptop.json"), str(tmp_path / "phone.json")
 
-    async def login(credentials: str, device_id: str) -> None:
-        seen = count_mail(outbox, "me@example.org")
-
-        async def answer_code(
-            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-        ) -> None:
-            task_status.started()
-
-        args = ["login", "--api", api, "--gateway", gateway, "--email", "me@example.org"]
-        async with trio.open_nursery() as nursery:
-            process = await trio.lowlevel.open_process(
-                [
-                    *yggdrasil_command(),
-                    "device",
-                    *args,
-                    "--device-id",
-                    device_id,
-                    "--credentials",
-                    credentials,
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            nursery.start_soon(answer_code)
-            code = await read_code(outbox, "me@example.org", seen=seen)
-            assert process.stdin is not None
-            await process.stdin.send_all(f"{code}\n".encode())
-            assert await process.wait() == 0
-
     with server_process(data_dir, *ports, env=env) as server:
-        await login(laptop, "laptop")
-        await login(phone, "phone")
+        await login(api, gateway, outbox, laptop, "laptop")
+        await login(api, gateway, outbox, phone, "phone")
         async with trio.open_nursery() as nursery:
             terminals = {}
             for name, credentials in (("laptop", laptop), ("phone", phone)):
@@ -132,3 +126,30 @@ async def test_two_terminals(tmp_path: Path) -> None:
                         await trio.sleep(0.05)
                 terminals["phone"].process.send_signal(signal.SIGINT)
                 await terminals["phone"].process.wait()
+
+
+async def test_a_terminal_holds_its_session_over_webrtc_through_the_relay(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    outbox = data_dir / "outbox"
+    api_port, gateway_port, turn_port = free_port(), free_port(), free_port()
+    ports = ["--api-port", str(api_port), "--gateway-port", str(gateway_port)]
+    ports += ["--turn-port", str(turn_port)]
+    api, gateway = f"http://127.0.0.1:{api_port}", f"ws://127.0.0.1:{gateway_port}"
+    laptop, phone = str(tmp_path / "laptop.json"), str(tmp_path / "phone.json")
+    with server_process(data_dir, *ports):
+        await login(api, gateway, outbox, laptop, "laptop")
+        await login(api, gateway, outbox, phone, "phone")
+        listen = ["device", "listen", "--transport", "webrtc", "--relay-only"]
+        process = await trio.lowlevel.open_process(
+            [*yggdrasil_command(), *listen, "--credentials", phone], stdout=subprocess.PIPE
+        )
+        terminal = Terminal(process)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(terminal.collect)
+            await terminal.expect("connected as phone", timeout_s=30)
+            assert "delivered" in await device_cmd(
+                "send", "phone", "over the data channel", "--credentials", laptop
+            )
+            await terminal.expect("message from laptop: over the data channel")
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
