@@ -1,4 +1,10 @@
-"""The device gateway: wire protocol, device sessions, network actors and the device client."""
+"""The device gateway: wire protocol, device sessions, network actors and the device client.
+
+The WebRTC parts (``DataChannelTransport``, ``open_webrtc``) load aiortc, and with it some 25 MiB,
+on first use only.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from . import _device_cli as device_cli
 from ._client import (
@@ -51,7 +57,6 @@ from ._protocol import (
 )
 from ._session import DeviceSession
 from ._transport import SessionRefused, Transport, TransportClosed
-from ._webrtc import DataChannelTransport, open_webrtc
 
 __all__ = [
     "BUILTIN_ACTIONS",
@@ -110,3 +115,14 @@ __all__ = [
     "encode",
     "open_webrtc",
 ]
+
+if TYPE_CHECKING:
+    from ._webrtc import DataChannelTransport, open_webrtc
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("DataChannelTransport", "open_webrtc"):
+        from . import _webrtc
+
+        return getattr(_webrtc, name)
+    raise AttributeError(f"module 'relay' has no attribute {name!r}")

@@ -56,7 +56,6 @@ from ._protocol import (
     encode,
 )
 from ._transport import SessionRefused, Transport, TransportClosed
-from ._webrtc import open_webrtc
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +318,8 @@ class DeviceClient:
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[Transport]:
         if self.transport == "webrtc":
+            from ._webrtc import open_webrtc  # aiortc loads only for WebRTC sessions
+
             async with open_webrtc(
                 self.credentials.api_url,
                 self.credentials.device_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -34,7 +34,9 @@ from ._network import Networks
 from ._protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES
 from ._session import DeviceSession
 from ._transport import Transport, TransportClosed
-from ._webrtc import InvalidOffer, Offer, accept_offer
+
+if TYPE_CHECKING:
+    from ._webrtc import Offer
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -220,6 +222,8 @@ class Gateway:
         if self._per_user[principal.user_id] >= self.config.max_sessions_per_user:
             self.rejected += 1
             raise RateLimited(5, "too many sessions for this account")
+        from ._webrtc import InvalidOffer, accept_offer  # aiortc loads on the first offer
+
         self._per_user[principal.user_id] += 1  # a negotiation counts as a session
         try:
             offer = await accept_offer(
