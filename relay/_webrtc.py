@@ -38,7 +38,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import SessionDescription
 
-from ._protocol import CLOSE_SLOW_CONSUMER, Bye, Ping, encode
+from ._protocol import CLOSE_SLOW_CONSUMER, MAX_FRAME_BYTES, Bye, Ping, encode
 from ._transport import SessionRefused, TransportClosed
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 CHANNEL_LABEL = "yggdrasil"
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 """What an SDP without ``a=max-message-size`` allows (RFC 8841, section 6)."""
+MIN_MESSAGE_BYTES = 16 * 1024
+"""Smaller data-channel messages could not carry a network map in ``welcome``."""
 MAX_SDP_CHARS = 32 * 1024
 _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
@@ -93,8 +95,9 @@ def _is_ip(text: str) -> bool:
 
 
 def max_message_bytes(sdp: str) -> int:
-    """The largest message the side that wrote ``sdp`` accepts on its data channels;
-    :class:`InvalidOffer` if it offers no data channel at all."""
+    """The largest message the side that wrote ``sdp`` accepts on its data channels (0 in the
+    SDP: any size, taken as a websocket's frame limit); :class:`InvalidOffer` if it offers no data
+    channel at all, or one too small for the protocol's frames."""
     if len(sdp) > MAX_SDP_CHARS:
         raise InvalidOffer("the SDP is too long")
     try:
@@ -107,7 +110,13 @@ def max_message_bytes(sdp: str) -> int:
             if capabilities is None:
                 return DEFAULT_MAX_MESSAGE_BYTES
             size = int(capabilities.maxMessageSize)
-            return DEFAULT_MAX_MESSAGE_BYTES if size <= 0 else size
+            if size == 0:
+                return MAX_FRAME_BYTES
+            if size < MIN_MESSAGE_BYTES:
+                raise InvalidOffer(
+                    f"a=max-message-size must allow at least {MIN_MESSAGE_BYTES} bytes"
+                )
+            return size
     raise InvalidOffer("the offer has no data channel (an m=application section with SCTP)")
 
 
@@ -236,11 +245,12 @@ class DataChannelTransport:
 class Offer:
     """The server's side of one negotiation: the answer to send back, then the open channel."""
 
-    def __init__(self, pc: RTCPeerConnection, remote_max_bytes: int, inbound_limit: int) -> None:
+    def __init__(self, pc: RTCPeerConnection, max_bytes: int, inbound_limit: int) -> None:
         self.pc = pc
         self.answer = ""
         self.transport: DataChannelTransport | None = None
-        self._remote_max_bytes = remote_max_bytes
+        self.max_bytes = max_bytes
+        """The largest message both ends accept (fixed once the answer is made)."""
         self._inbound_limit = inbound_limit
         self._arrived = trio.Event()
         pc.on("datachannel", self._on_channel)
@@ -254,7 +264,7 @@ class Offer:
             self.pc,
             channel,
             server=True,
-            max_message_bytes=self._remote_max_bytes,
+            max_message_bytes=self.max_bytes,
             inbound_limit_bytes=self._inbound_limit,
         )
         self._arrived.set()
@@ -338,6 +348,9 @@ async def accept_offer(
             raise InvalidOffer(f"the offer cannot be answered ({type(exc).__name__})") from None
         raise
     offer.answer = pc.localDescription.sdp
+    # Neither end sends a message larger than the other accepts: the device learns the smaller
+    # of the two limits as welcome.max_data_bytes.
+    offer.max_bytes = min(remote_max, max_message_bytes(offer.answer))
     return offer
 
 

@@ -33,7 +33,7 @@ from relay import (
     Replaced,
     SignedOut,
 )
-from relay._webrtc import ice_server_list, reachable_candidates
+from relay._webrtc import InvalidOffer, ice_server_list, max_message_bytes, reachable_candidates
 from stun_turn import TurnStats
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.servers import running_server
@@ -430,3 +430,18 @@ def test_only_candidates_the_server_may_reach_are_kept() -> None:
     )
     assert left == 1
     assert "a=candidate:1 1 udp 100 10.1.2.3 4000 typ relay raddr 0.0.0.0 rport 0" in kept
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("", 65536), ("a=max-message-size:262144", 262144), ("a=max-message-size:0", 1052672)],
+)
+def test_the_message_size_a_data_channel_offers(line: str, expected: int) -> None:
+    sdp = ["v=0", "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=sctp-port:5000", line]
+    assert max_message_bytes("\r\n".join([*sdp, ""])) == expected
+
+
+def test_a_data_channel_too_small_for_the_protocol_is_refused() -> None:
+    sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n"
+    with pytest.raises(InvalidOffer, match="at least 16384"):
+        max_message_bytes(sdp + "a=max-message-size:1000\r\n")
