@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import trio
 
+from relay import DeviceClient
+
 RELAXED_LIMITS = {
     "per_client_rate": 10_000.0,
     "per_client_burst": 10_000,
@@ -117,3 +119,12 @@ async def sign_in(
     verified = await http.post("/api/v1/users/verify", json=body)
     assert verified.status_code == 200, verified.text
     return User(http, verified.json())
+
+
+async def next_event(client: DeviceClient, kind: type[Any], timeout_s: float = 10) -> Any:
+    """The next event of ``kind`` the device client reports (others are skipped)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            event = await client.events.get()
+            if isinstance(event, kind):
+                return event

@@ -19,7 +19,7 @@ from relay import (
     PresenceChanged,
     RequestAnswered,
 )
-from tests.clients import RELAXED_LIMITS, device, sign_in
+from tests.clients import RELAXED_LIMITS, device, next_event, sign_in
 from tests.servers import free_port, running_server
 
 
@@ -35,14 +35,6 @@ async def credentials(
         access_token=user.session["access_token"],
         refresh_token=user.session["refresh_token"],
     )
-
-
-async def next_event(client: DeviceClient, kind: type[Any], timeout_s: float = 10) -> Any:
-    with trio.fail_after(timeout_s):
-        while True:
-            event = await client.events.get()
-            if isinstance(event, kind):
-                return event
 
 
 async def test_two_clients_talk_and_survive_a_server_restart(data_dir: Path) -> None:

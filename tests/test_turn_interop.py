@@ -47,12 +47,13 @@ def turn_server(
         yield server
 
 
-@pytest.fixture
-def peer() -> Iterator[int]:
+@contextmanager
+def echo_peer(host: str) -> Iterator[int]:
+    """coturn's ``turnutils_peer`` echoing UDP on ``host``; its port."""
     coturn_tools()
     port = free_port()
     process = subprocess.Popen(
-        ["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
+        ["turnutils_peer", "-L", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -61,6 +62,12 @@ def peer() -> Iterator[int]:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def peer() -> Iterator[int]:
+    with echo_peer("127.0.0.1") as port:
+        yield port
 
 
 def uclient(
@@ -133,14 +140,7 @@ def test_uclient_relays_through_yggdrasil_without_loss(
 def test_uclient_relays_over_an_ipv6_relayed_address(tmp_path: Path) -> None:
     """A client on IPv4 asks for an IPv6 relay (REQUESTED-ADDRESS-FAMILY) and reaches an IPv6
     peer; without ``turn.relay_ip_v6`` the same request is refused (440)."""
-    coturn_tools()
-    port = free_port()
-    v6_peer = subprocess.Popen(
-        ["turnutils_peer", "-L", "::1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with echo_peer("::1") as port:
         turn_port = free_port()
         env = {"YGG_TURN_RELAY_IP_V6": "::1"}
         with turn_server(tmp_path, turn_port, "--turn-allow-peer", "::1/128", env=env) as server:
@@ -152,9 +152,6 @@ def test_uclient_relays_over_an_ipv6_relayed_address(tmp_path: Path) -> None:
         with turn_server(tmp_path, turn_port, "--turn-allow-peer", "::1/128"):
             code, output = uclient(turn_port, port, "-x", peer_host="::1")
             assert code != 0 or received(output)[1] == 0
-    finally:
-        v6_peer.kill()
-        v6_peer.wait()
 
 
 def test_wrong_passwords_get_nothing(tmp_path: Path, peer: int) -> None:

@@ -35,7 +35,7 @@ from relay import (
 )
 from relay._webrtc import InvalidOffer, ice_server_list, max_message_bytes, reachable_candidates
 from stun_turn import TurnStats
-from tests.clients import RELAXED_LIMITS, User, device, sign_in
+from tests.clients import RELAXED_LIMITS, User, device, next_event, sign_in
 from tests.servers import running_server
 from yggdrasil.server import Running
 
@@ -136,14 +136,6 @@ async def test_two_aiortc_peers_restricted_to_relay_talk_through_yggdrasil(
         finally:
             await aio(caller.close)()
             await aio(callee.close)()
-
-
-async def next_event(client: DeviceClient, kind: type[Any], timeout_s: float = 15) -> Any:
-    with trio.fail_after(timeout_s):
-        while True:
-            event = await client.events.get()
-            if isinstance(event, kind):
-                return event
 
 
 def credentials(running: Running, user: User, device_id: str) -> Credentials:
