@@ -236,14 +236,19 @@ class Gateway:
         except BaseException:
             self._release(principal)
             raise
+        if self._nursery is not nursery:  # the gateway began to stop meanwhile
+            self._release(principal)
+            await offer.abandon()
+            raise Unavailable("device sessions over WebRTC are not served now")
         nursery.start_soon(self._webrtc_session, principal, offer)
         return offer.answer
 
     async def _webrtc_session(self, principal: Principal, offer: Offer) -> None:
-        endpoints = offer.local_endpoints() if self.services is not None else []
-        for host, port in endpoints:
-            assert self.services is not None
-            self.services.add_service(host, port)
+        services = self.services
+        endpoints = offer.local_endpoints()
+        if services is not None:
+            for host, port in endpoints:
+                services.add_service(host, port)
         try:
             try:
                 transport = await offer.wait_open(self.config.webrtc_connect_timeout_s)
@@ -254,9 +259,9 @@ class Gateway:
             self.accepted += 1
             await self._run(transport, principal, transport.max_message_bytes)
         finally:
-            for host, port in endpoints:
-                assert self.services is not None
-                self.services.discard_service(host, port)
+            if services is not None:
+                for host, port in endpoints:
+                    services.discard_service(host, port)
             self._release(principal)
 
     def _register(self, session: DeviceSession) -> None:
