@@ -1,5 +1,7 @@
-"""Which peers a relay may talk to (SECURITY.md: never loopback, private, link-local, CGNAT,
-multicast, reserved or metadata addresses, nor the server's own).
+"""Which peers a relay may talk to (SECURITY.md): never an address the IANA IPv4 or IPv6
+Special-Purpose Address Registry marks as not globally reachable, multicast, IPv6 outside global
+unicast, cloud metadata, nor the server's own. The blocks are data in ``_special``, not the Python
+version's ``ipaddress`` tables.
 
 One narrow exception: *services* of this server that devices must reach through the relay - the
 UDP sockets of the server's own WebRTC peer connections - are registered endpoint by endpoint
@@ -15,25 +17,32 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from ._special import refused
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056: bits 16-47
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380: the client, obfuscated, in bits 96-127
 
 
 def canonical(address: str) -> IPAddress:
-    """The address a packet to ``address`` really reaches, as far as the server can tell."""
+    """The address a packet to ``address`` really reaches, as far as the server can tell: an
+    IPv6 form that embeds an IPv4 address becomes that IPv4 address. A zone (``%eth0``) is
+    dropped. The local-use NAT64 prefix ``64:ff9b:1::/48`` (RFC 8215) stays IPv6: its layout is
+    the operator's choice (RFC 6052 allows /48 to /96), so it is refused whole, not guessed at.
+    Raises ValueError for anything that is not an IP address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return ip.ipv4_mapped
         packed = ip.packed
         if packed[:12] == bytes(12) and int(ip) > 1:
-            return ipaddress.IPv4Address(packed[12:])  # IPv4-compatible (deprecated, still routed)
-        if ip in _NAT64 or ip in _NAT64_LOCAL:
+            # IPv4-compatible (RFC 4291 2.5.5.1: deprecated, but stacks still route it); ::
+            # and ::1 are themselves.
+            return ipaddress.IPv4Address(packed[12:])
+        if ip in _NAT64:
             return ipaddress.IPv4Address(packed[12:])
         if ip in _SIX_TO_FOUR:
             return ipaddress.IPv4Address(packed[2:6])
@@ -41,18 +50,6 @@ def canonical(address: str) -> IPAddress:
             # The client's public IPv4 address, obfuscated by XOR in the last 32 bits.
             return ipaddress.IPv4Address(bytes(b ^ 0xFF for b in packed[12:]))
     return ip
-
-
-def _forbidden(ip: IPAddress) -> bool:
-    return (
-        not ip.is_global
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_private
-    )
 
 
 class PeerPolicy:
@@ -92,4 +89,4 @@ class PeerPolicy:
             return True
         if ip in self._own:
             return False
-        return not _forbidden(ip)
+        return not refused(ip)
