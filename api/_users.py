@@ -40,7 +40,9 @@ def install(app: Quart, guard: Guard) -> None:
         The answer is the same whether or not the address has an account already.
         """
         guard.sign_in_attempt()
-        await guard.domain().accounts.request_code(data.email, display_name=data.display_name)
+        await guard.domain().accounts.request_code(
+            data.email, source=guard.client(), display_name=data.display_name
+        )
         return CODE_SENT, 202
 
     @app.post("/api/v1/users/login")
@@ -51,7 +53,7 @@ def install(app: Quart, guard: Guard) -> None:
     async def login(data: LoginIn) -> tuple[Accepted, int]:
         """Send a sign-in code (same answer for known and unknown addresses)."""
         guard.sign_in_attempt()
-        await guard.domain().accounts.request_code(data.email)
+        await guard.domain().accounts.request_code(data.email, source=guard.client())
         return CODE_SENT, 202
 
     @app.post("/api/v1/users/verify")

@@ -29,6 +29,7 @@ from ._errors import (
     UniqueViolation,
     YggdrasilError,
 )
+from ._hashing import HashingBusy
 from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
 from ._migrations import current_version, migrate
@@ -72,6 +73,7 @@ __all__ = [
     "EnrollmentKey",
     "Forbidden",
     "GatewayConfig",
+    "HashingBusy",
     "Invalid",
     "InvalidCode",
     "InvalidGrant",

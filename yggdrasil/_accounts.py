@@ -2,13 +2,17 @@
 
 Every single-use thing (a code, a refresh token, an enrolment key) is consumed with one
 compare-and-set ``UPDATE ... WHERE <still unused>``: of any number of parallel attempts exactly one
-changes a row. Secrets are verified against argon2id hashes on a worker thread, before the
-transaction; a missing row is verified against a dummy hash so that it costs the same.
+changes a row. Secrets are verified against argon2id hashes in the process-wide hashing pool
+(``_hashing``), before the transaction, and only when there is something to verify: a token is
+looked up by its id part first, and an unknown id, a malformed token, or a code that can no
+longer be tried fails at once, with the same answer as a wrong secret, without costing a hash.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable, Coroutine
@@ -108,37 +112,46 @@ class Accounts:
 
     # ----------------------------------------------------------------- e-mail codes
 
-    async def request_code(self, email: str, *, display_name: str = "") -> None:
-        """Send a sign-in code. Known and unknown addresses get the same answer and the same work:
-        verifying a code for an unknown address creates the account."""
+    async def request_code(self, email: str, *, source: str, display_name: str = "") -> None:
+        """Send a sign-in code to ``email``, asked for by the client at address ``source``.
+
+        Known and unknown addresses get the same answer and the same work: verifying a code for
+        an unknown address creates the account. Two budgets per ``codes_window_s``, kept apart so
+        that exhausting one client's does not lock the owner out: one source may have
+        ``codes_per_address`` codes sent to one address, and all sources together
+        ``codes_per_address_total`` (it bounds the mail to one mailbox; many sources together can
+        still use it up). Past either, :class:`RateLimited`; a request past its budget costs no
+        hash.
+        """
         address = normalize_email(email)
+        source = _source_key(source)
+        # A cheap look first, so that requests past the budget cost no hash; the write below
+        # decides.
+        await self.db.read(lambda tx: self._check_code_budget(tx, address, source, now_ms()))
         code = f"{secrets.randbelow(10**6):06d}"
         code_hash = await hash_secret(code)
         at = now_ms()
-        window_start = at - self.config.codes_window_s * 1000
 
-        async def work(tx: Tx) -> bool:
-            recent = await tx.fetchval(
-                "SELECT COUNT(*) FROM login_codes WHERE email = $1 AND created_at > $2",
-                address,
-                window_start,
-            )
-            if int(recent) >= self.config.codes_per_address:
-                return False
+        async def work(tx: Tx) -> None:
+            if self.db.dialect == "postgres":
+                # Requests for one address take turns, so that parallel ones count each other.
+                await tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"code:{address}"
+                )
+            await self._check_code_budget(tx, address, source, at)
             await tx.execute(
                 "INSERT INTO login_codes (code_id, email, display_name, code_hash, created_at,"
-                " expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                " expires_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 new_id("c"),
                 address,
                 display_name,
                 code_hash,
                 at,
                 at + self.config.code_ttl_s * 1000,
+                source,
             )
-            return True
 
-        if not await self.db.write(work):
-            raise RateLimited(self.config.codes_window_s, "too many codes for this address")
+        await self.db.write(work)
         minutes = self.config.code_ttl_s // 60
         self.mailer.submit(
             Mail(
@@ -152,6 +165,30 @@ class Accounts:
                 ),
             )
         )
+
+    async def _check_code_budget(self, tx: Tx, address: str, source: str, at: int) -> None:
+        """Raise :class:`RateLimited` if ``source`` or everyone together used up the budget of
+        codes for ``address``. One indexed range scan of at most the total budget's rows."""
+        window_ms = self.config.codes_window_s * 1000
+        row = await tx.fetchrow(
+            "SELECT COUNT(*) AS total, COUNT(CASE WHEN source = $3 THEN 1 END) AS here,"
+            " MIN(created_at) AS oldest, MIN(CASE WHEN source = $3 THEN created_at END)"
+            " AS oldest_here FROM login_codes WHERE email = $1 AND created_at > $2",
+            address,
+            at - window_ms,
+            source,
+        )
+        assert row is not None
+        if int(row["here"]) >= self.config.codes_per_address:
+            raise RateLimited(
+                _seconds_until(int(row["oldest_here"]) + window_ms, at),
+                "too many codes for this address from this client; try again later",
+            )
+        if int(row["total"]) >= self.config.codes_per_address_total:
+            raise RateLimited(
+                _seconds_until(int(row["oldest"]) + window_ms, at),
+                "too many codes for this address; try again later",
+            )
 
     async def verify_code(
         self,
@@ -185,9 +222,13 @@ class Accounts:
                 )
 
             counted = await self.db.write(count_attempt) == 1
+        # No code, one that can no longer be tried (burnt, expired, used) or a malformed guess:
+        # wrong without hashing. Codes are stored for unknown addresses too, so this says
+        # nothing about accounts.
         well_formed = bool(re.fullmatch(r"\d{6}", code))
-        matches = await verify_secret(row["code_hash"] if row and counted else None, code)
-        if not (matches and well_formed and row is not None):
+        if row is None or not (
+            counted and well_formed and await verify_secret(row["code_hash"], code)
+        ):
             await self.db.write(_audit_work("anonymous", "login.failure", "", {"method": "code"}))
             raise InvalidCode()
         code_id, display_name = row["code_id"], row["display_name"]
@@ -256,15 +297,19 @@ class Accounts:
     ) -> Session:
         """Rotate a refresh token. Presenting one that was already rotated revokes its family."""
         parts = split_token(token, "rt")
-        token_id = parts[0] if parts else ""
+        if parts is None:
+            raise InvalidGrant()
+        token_id, secret = parts
 
         async def lookup(tx: Tx) -> Row | None:
+            # A used (rotated) token is still verified: its reuse revokes the family below.
             return await tx.fetchrow(
-                "SELECT secret_hash FROM refresh_tokens WHERE token_id = $1", token_id
+                "SELECT secret_hash FROM refresh_tokens WHERE token_id = $1 AND revoked_at IS NULL",
+                token_id,
             )
 
-        row = await self.db.read(lookup) if parts else None
-        if not await verify_secret(row["secret_hash"] if row else None, parts[1] if parts else ""):
+        row = await self.db.read(lookup)
+        if row is None or not await verify_secret(row["secret_hash"], secret):
             raise InvalidGrant()
         secret_hash, refresh = await _new_refresh()
         at = now_ms()
@@ -391,15 +436,20 @@ class Accounts:
     async def enroll(self, key: str, device: NewDevice) -> Session:
         """Redeem an enrolment key: the device joins the key's network and gets its tokens."""
         parts = split_token(key, "ek")
-        key_id = parts[0] if parts else ""
+        if parts is None:
+            raise InvalidKey()
+        key_id, secret = parts
 
         async def lookup(tx: Tx) -> Row | None:
             return await tx.fetchrow(
-                "SELECT secret_hash FROM enrollment_keys WHERE key_id = $1", key_id
+                "SELECT secret_hash FROM enrollment_keys WHERE key_id = $1"
+                " AND used_at IS NULL AND expires_at > $2",
+                key_id,
+                now_ms(),
             )
 
-        row = await self.db.read(lookup) if parts else None
-        if not await verify_secret(row["secret_hash"] if row else None, parts[1] if parts else ""):
+        row = await self.db.read(lookup)
+        if row is None or not await verify_secret(row["secret_hash"], secret):
             raise InvalidKey()
         secret_hash, refresh = await _new_refresh()
         at = now_ms()
@@ -474,6 +524,27 @@ class Accounts:
             network_id=grant.network_id,
             device_id=grant.device_id,
         )
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _source_key(source: str) -> str:
+    """What code budgets count per client: its address, an IPv6 client by its /64 (a host
+    usually has a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(source)
+    except ValueError:
+        return source[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def _seconds_until(deadline_ms: int, at_ms: int) -> int:
+    return max(1, math.ceil((deadline_ms - at_ms) / 1000))
 
 
 # --------------------------------------------------------------------- units of work

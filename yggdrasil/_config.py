@@ -137,11 +137,18 @@ class AuthConfig(_Section, frozen=True):
     code_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 600
     code_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 5
     codes_per_address: Annotated[int, msgspec.Meta(ge=1)] = 3
-    """Codes one e-mail address may be sent per ``codes_window_s``."""
+    """Codes one client address may have sent to one e-mail address per ``codes_window_s``."""
+    codes_per_address_total: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """Codes one e-mail address may be sent per ``codes_window_s`` from all clients together:
+    bounds the mail to one mailbox. Many clients together can still use it up."""
     codes_window_s: Annotated[int, msgspec.Meta(ge=60)] = 900
     enrollment_key_max_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
     revocation_sync_s: Seconds = 5.0
     """How often revocations written by other instances are picked up."""
+    hash_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """argon2id hashes running at once in the whole process (19 MiB each), on dedicated threads."""
+    hash_queue: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 64
+    """Hashes that may wait for a worker; beyond it sign-in answers 503 with ``Retry-After``."""
 
 
 class MailConfig(_Section, frozen=True):

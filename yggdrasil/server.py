@@ -42,6 +42,7 @@ from ._config import Config
 from ._db import Database
 from ._domain import Domain
 from ._errors import ConfigError, StoreUnavailable, sole_exception
+from ._hashing import configure as configure_hashing
 from ._ids import now_ms
 from ._logging import set_instance
 from ._mail import Mailer
@@ -210,6 +211,8 @@ def _instance_id(config: Config) -> str:
 
 
 def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
+    # One hashing pool per process, whatever runs in it: hashing is bounded process-wide.
+    configure_hashing(config.auth.hash_workers, config.auth.hash_queue)
     router = Router(instance_id, InProcessHub().bus())
     metrics = Metrics()
     metrics.router = router
