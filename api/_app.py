@@ -27,7 +27,9 @@ from . import _admin, _errors, _resources, _users
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
+from ._json import BoundedJSONProvider
 from ._openapi import CompleteOpenAPIProvider
+from ._scopes import check_routes
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,7 +57,7 @@ class ApiContext:
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:
-    app = QuartTrio("yggdrasil")
+    app = QuartTrio("yggdrasil", static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=ctx.max_body_bytes,
         BODY_TIMEOUT=ctx.body_timeout_s,
@@ -74,6 +76,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         security_schemes=SECURITY_SCHEMES,
         openapi_provider_class=CompleteOpenAPIProvider,
     )
+    app.json = BoundedJSONProvider(app, app.json)  # after QuartSchema, which sets its own
     _errors.install(app)
     limits = ctx.limits
     guard = Guard(
@@ -110,6 +113,11 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await request.get_data(cache=True)
         if request.path.startswith("/api/"):
             guard.per_client.check(guard.client())
+        rule = request.url_rule
+        if rule is not None:  # unmatched paths and methods answer 404 and 405 next
+            g.principal = guard.authorize(
+                request.method, rule.rule, request.view_args or {}, request.args.get("network_id")
+            )
 
     @app.after_request
     async def _count(response: Response) -> Response:
@@ -151,4 +159,5 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         """Prometheus text exposition: process, HTTP, actors, supervisors."""
         return Response(ctx.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
+    check_routes((rule.rule, rule.methods or ()) for rule in app.url_map.iter_rules())
     return app

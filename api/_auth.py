@@ -1,25 +1,52 @@
-"""Who is calling: the bearer token, the client address, and the rate limits on both."""
+"""Who is calling: the bearer token, the client address, the route's scope, and the rate limits.
+
+The guard runs before every handler (:meth:`Guard.authorize`): it finds the route's declared
+access in :mod:`api._scopes`, verifies the token, and refuses a principal the route does not
+admit. Handlers never decide who may call them; they read the admitted principal from
+:meth:`Guard.principal`.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from quart import request
-from quart_schema import HttpSecurityScheme, document_response, security_scheme
+from quart import g, request
+from quart_schema import HttpSecurityScheme, document_response
 
-from yggdrasil import Domain, Principal, RateLimiter, StoreUnavailable, TokenService
+from yggdrasil import (
+    Domain,
+    NotFound,
+    Principal,
+    RateLimiter,
+    StoreUnavailable,
+    TokenService,
+)
 from yggdrasil import InvalidToken as InvalidToken
 
-from ._errors import ErrorBody
+from ._errors import ErrorBody, InsufficientScope
+from ._scopes import PrincipalKind, access_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": HttpSecurityScheme(scheme="bearer", bearer_format="JWT")
 }
+
+
+def kind_of(principal: Principal) -> PrincipalKind:
+    if principal.device_id is not None:
+        return "device"
+    return "operator" if principal.role == "operator" else "user"
+
+
+def _refusal(kind: PrincipalKind, operator_route: bool) -> str:
+    if kind == "device":
+        return "a device's token may not call this route"
+    if operator_route:
+        return "this route is for operators only"
+    return "only the device's own token may call this route"
 
 
 class Guard:
@@ -55,7 +82,44 @@ class Guard:
                 return hop
         return peer
 
+    def authorize(
+        self, method: str, rule: str, path_args: Mapping[str, Any], network_id: str | None
+    ) -> Principal | None:
+        """Admit the caller of ``method`` on ``rule`` or raise; the admitted principal, or
+        ``None`` on a public route.
+
+        ``path_args`` are the route's path parameters and ``network_id`` the query's, if any.
+        A device's token reaches only its own network (another one is :class:`NotFound`, as
+        if it did not exist) and, on routes about one device, only itself
+        (:class:`InsufficientScope`).
+        """
+        access = access_for(method, rule)
+        if access is None:
+            # create_app refuses undeclared routes, so this is a bug, never a default.
+            raise RuntimeError(f"{method} {rule} has no declared scope")
+        if access.public:
+            return None
+        principal = self._verify()
+        kind = kind_of(principal)
+        if not access.allows(kind):
+            raise InsufficientScope(_refusal(kind, access.operator))
+        if kind == "device":
+            for requested in (path_args.get("network_id"), network_id):
+                if requested is not None and requested != principal.network_id:
+                    raise NotFound()
+            device_id = path_args.get("device_id")
+            if access.device == "self" and device_id != principal.device_id:
+                raise InsufficientScope("a device's token acts only for that device")
+        return principal
+
     def principal(self) -> Principal:
+        """The caller :meth:`authorize` admitted for this request."""
+        principal: Principal | None = g.get("principal")
+        if principal is None:
+            raise InvalidToken()
+        return principal
+
+    def _verify(self) -> Principal:
         """The verified caller, from the ``Authorization: Bearer`` header only."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -104,8 +168,3 @@ def errors(*statuses: int) -> Callable[[F], F]:
         return handler
 
     return decorate
-
-
-def authenticated(handler: F) -> F:
-    """Mark a route as needing a bearer token in the OpenAPI document."""
-    return errors(401, 429)(security_scheme(BEARER)(handler))

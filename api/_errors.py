@@ -9,9 +9,16 @@ from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from yggdrasil import InvalidToken, RateLimited, YggdrasilError
+from yggdrasil import Forbidden, InvalidToken, YggdrasilError
 
 log = logging.getLogger(__name__)
+
+
+class InsufficientScope(Forbidden):
+    """The token is valid, but this kind of principal may not call this route (RFC 6750 3.1)."""
+
+    code = "insufficient_scope"
+    default_message = "this token may not call this route"
 
 
 class ErrorDetail(msgspec.Struct):
@@ -56,11 +63,14 @@ def install(app: Quart) -> None:
     @app.errorhandler(YggdrasilError)
     async def domain_error(error: YggdrasilError) -> Response:
         headers: dict[str, str] = {}
-        if isinstance(error, RateLimited):
-            headers["Retry-After"] = str(error.retry_after_s)
-        elif isinstance(error, InvalidToken):
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if isinstance(retry_after_s, int):  # rate limits (429), a full hashing pool (503)
+            headers["Retry-After"] = str(retry_after_s)
+        if isinstance(error, InvalidToken):
             # RFC 6750, section 3
             headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        elif isinstance(error, InsufficientScope):
+            headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
         return error_response(error.status, error.code, error.message, headers)
 
     @app.errorhandler(UnicodeDecodeError)

@@ -381,7 +381,7 @@ async def test_operator_routes(http: httpx.AsyncClient, outbox: Path, server: Ru
     ):
         response = await user.request(method, path)
         assert response.status_code == 403, path
-        assert error_code(response) == "forbidden"
+        assert error_code(response) == "insufficient_scope"
 
     domain = server.services.domain
     assert domain is not None

@@ -360,6 +360,7 @@ async def test_past_the_hashing_bound_sign_in_answers_busy(
         assert first[0].status_code == 202
         assert busy.status_code == 503
         assert busy.json()["error"]["code"] == "busy"
+        assert busy.headers["Retry-After"] == "1"
         assert argon.hashes == 1  # the refused request never reached a worker
         assert count_mail(data_dir / "outbox", "b@example.org") == 0
         # Once the worker is free, the same request goes through.

@@ -78,17 +78,17 @@ async def test_sign_in_creates_then_finds_the_same_account(world: World) -> None
     state, code = await authorize(world)
     first = await callback(world, state, code, device=device("phone", "alfheim"))
     assert first.status_code == 200, first.text
-    user = User(world.http, first.json())
-    me = (await user.get("/api/v1/users/me")).json()
-    assert me["email"] == "alice@example.org"
-    assert user.session["network_id"] == me["home_network_id"]
-    assert user.session["device_id"] == "phone"
+    phone = User(world.http, first.json())
+    assert phone.session["device_id"] == "phone"
     # The PKCE verifier went to the token endpoint (the issuer checked it against the challenge).
     assert world.issuer.token_requests[-1]["code_verifier"]
 
     state, code = await authorize(world)
     again = await callback(world, state, code)
-    assert again.json()["user_id"] == user.session["user_id"]
+    assert again.json()["user_id"] == phone.session["user_id"]
+    me = (await User(world.http, again.json()).get("/api/v1/users/me")).json()
+    assert me["email"] == "alice@example.org"
+    assert phone.session["network_id"] == me["home_network_id"]
 
 
 async def test_a_verified_email_links_to_the_existing_account(world: World) -> None:

@@ -395,7 +395,8 @@ class Store:
     async def list_devices(
         self, scope: Scope, network_id: str, *, cursor: str | None = None, limit: int = 50
     ) -> Page[Device]:
-        """One page of a network's devices, ordered by id; an unknown cursor is ``Invalid``."""
+        """One page of a network's devices, ordered by id; an unknown cursor is ``Invalid``, a
+        network the principal is no member of :class:`NotFound` (never an empty page)."""
         if not 1 <= limit <= MAX_PAGE:
             raise Invalid(f"limit must be between 1 and {MAX_PAGE}")
         after = ""
@@ -407,9 +408,12 @@ class Store:
         scope.check_network(network_id)
 
         async def work(tx: Tx) -> list[Row]:
+            # The membership row comes back even without devices (a NULL device), so one
+            # query tells "no devices" from "not your network".
             return await tx.fetch(
-                "SELECT d.* FROM devices d JOIN memberships m ON m.network_id = d.network_id"
-                " WHERE m.user_id = $1 AND d.network_id = $2 AND d.device_id > $3"
+                "SELECT d.* FROM memberships m LEFT JOIN devices d"
+                " ON d.network_id = m.network_id AND d.device_id > $3"
+                " WHERE m.user_id = $1 AND m.network_id = $2"
                 " ORDER BY d.device_id LIMIT $4",
                 scope.user_id,
                 network_id,
@@ -418,6 +422,9 @@ class Store:
             )
 
         rows = await self.db.read(work)
+        if not rows:
+            raise NotFound()
+        rows = [row for row in rows if row["device_id"] is not None]
         more = len(rows) > limit
         items = [_device(row) for row in rows[:limit]]
         return Page(items, encode_cursor(items[-1].device_id) if more else None)

@@ -1,0 +1,132 @@
+"""Who may call which route: one table, enforced by the guard before any handler runs.
+
+There are three kinds of caller (ARCHITECTURE.md, "Principals"): a **user** (an access token from
+a sign-in, without a device), an **operator** (the same, for a user with the operator role) and
+a **device** (a token bound to one device in one network, from a device's sign-in or enrolment).
+A device acts as that device inside its one network and never account-wide: it cannot change,
+export or delete the account, list its user's other networks, or act for another device.
+
+Every route of the application must appear here; :func:`check_routes` refuses to build an app
+with a route that does not, so a new route without a declared scope fails at start-up (and the
+suite's route walk fails first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+PrincipalKind = Literal["user", "operator", "device"]
+
+
+class Access(msgspec.Struct, frozen=True):
+    """Which principals may call one route.
+
+    ``device``: ``"no"`` refuses device tokens; ``"network"`` lets a device act inside its own
+    network (another network is not found, exactly like a nonexistent one); ``"self"`` lets a
+    device act only on itself (the route's ``device_id``), in its own network.
+    """
+
+    public: bool = False
+    """No token needed; a token sent anyway is ignored."""
+    user: bool = False
+    operator: bool = False
+    device: Literal["no", "network", "self"] = "no"
+
+    def allows(self, kind: PrincipalKind) -> bool:
+        if kind == "device":
+            return self.device != "no"
+        return self.operator if kind == "operator" else self.user
+
+
+PUBLIC = Access(public=True)
+ACCOUNT = Access(user=True, operator=True)
+"""The account itself: its profile, networks, keys. Never a device's token."""
+NETWORK = Access(user=True, operator=True, device="network")
+"""A user's networks; a device sees its own network only."""
+OWN_DEVICE = Access(user=True, operator=True, device="self")
+"""A user's devices; a device only itself."""
+DEVICE_SESSION = Access(device="self")
+"""Only the device itself (its own live session)."""
+OPERATOR = Access(operator=True)
+
+ROUTES: dict[tuple[str, str], Access] = {
+    # operations and documents
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/.well-known/jwks.json"): PUBLIC,
+    # signing in
+    ("POST", "/api/v1/users/register"): PUBLIC,
+    ("POST", "/api/v1/users/login"): PUBLIC,
+    ("POST", "/api/v1/users/verify"): PUBLIC,
+    ("POST", "/api/v1/auth/refresh"): PUBLIC,
+    ("POST", "/api/v1/enroll"): PUBLIC,
+    ("GET", "/api/v1/auth/oidc/<provider>/authorize"): PUBLIC,
+    ("POST", "/api/v1/auth/oidc/<provider>/callback"): PUBLIC,
+    ("POST", "/api/v1/auth/logout"): NETWORK,
+    # the account
+    ("GET", "/api/v1/users/me"): ACCOUNT,
+    ("PUT", "/api/v1/users/me"): ACCOUNT,
+    ("DELETE", "/api/v1/users/me"): ACCOUNT,
+    ("GET", "/api/v1/users/me/export"): ACCOUNT,
+    # networks
+    ("GET", "/api/v1/networks"): NETWORK,
+    ("POST", "/api/v1/networks"): ACCOUNT,
+    ("GET", "/api/v1/networks/<network_id>"): NETWORK,
+    ("POST", "/api/v1/networks/<network_id>/enrollment-keys"): ACCOUNT,
+    # devices
+    ("GET", "/api/v1/devices"): NETWORK,
+    ("POST", "/api/v1/devices"): ACCOUNT,
+    ("GET", "/api/v1/devices/<device_id>"): NETWORK,
+    ("PUT", "/api/v1/devices/<device_id>"): OWN_DEVICE,
+    ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
+    ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
+    ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    # operators
+    ("GET", "/api/admin/users"): OPERATOR,
+    ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,
+    ("POST", "/api/admin/users/<user_id>/reactivate"): OPERATOR,
+    ("GET", "/api/admin/users/<user_id>/devices"): OPERATOR,
+}
+
+# Methods every route answers by itself, with the scope of the method they stand for.
+_IMPLIED = {"HEAD": "GET"}
+_AUTOMATIC = {"OPTIONS"}
+
+
+def access_for(method: str, rule: str) -> Access | None:
+    """The declared access of ``method`` on ``rule`` (a route's rule, e.g.
+    ``/api/v1/devices/<device_id>``); ``None`` when nothing is declared."""
+    if method in _AUTOMATIC:
+        return PUBLIC  # answered by the framework: the allowed methods, no data
+    return ROUTES.get((_IMPLIED.get(method, method), rule))
+
+
+def check_routes(routes: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Refuse an application whose routes and this table disagree.
+
+    ``routes``: each route's rule and its methods. Raises ``RuntimeError`` naming every route
+    without a declared scope and every declaration without a route.
+    """
+    seen: set[tuple[str, str]] = set()
+    missing: list[str] = []
+    for rule, methods in routes:
+        for method in methods:
+            if method in _AUTOMATIC or method in _IMPLIED:
+                continue
+            seen.add((method, rule))
+            if (method, rule) not in ROUTES:
+                missing.append(f"{method} {rule}")
+    stale = [f"{method} {rule}" for method, rule in ROUTES if (method, rule) not in seen]
+    problems = []
+    if missing:
+        problems.append("routes without a declared scope in api/_scopes.py: " + ", ".join(missing))
+    if stale:
+        problems.append("scopes declared for routes that do not exist: " + ", ".join(stale))
+    if problems:
+        raise RuntimeError("; ".join(problems))
