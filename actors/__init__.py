@@ -15,7 +15,7 @@ from ._errors import (
     RequestTimeout,
     Unreachable,
 )
-from ._mailbox import Mailbox, MailboxStatistics, Overflow
+from ._mailbox import ByteBudget, Mailbox, MailboxStatistics, Overflow
 from ._router import Router, RouterStatistics
 from ._supervisor import ChildSpec, ChildStatistics, Restart, Strategy, Supervisor
 
@@ -25,6 +25,7 @@ __all__ = [
     "Address",
     "AddressInUse",
     "Bus",
+    "ByteBudget",
     "ChildSpec",
     "ChildStatistics",
     "Envelope",

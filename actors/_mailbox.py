@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import trio
@@ -32,6 +32,48 @@ class MailboxStatistics(msgspec.Struct, frozen=True):
     delivered: int
     dropped: int
     rejected: int
+    queued_bytes: int = 0
+    max_bytes: int | None = None
+    shed: bool = False
+
+
+class ByteBudget:
+    """The bytes queued in a group of mailboxes (say, every device session of an instance),
+    bounded together.
+
+    A mailbox that would take the group past ``max_bytes`` first makes room by shedding the
+    mailboxes with the largest backlogs: each is closed, its queue dropped, and its owner told
+    (its ``on_shed``), so one slow consumer never holds the memory every other one needs. Only
+    mailboxes with bytes queued are looked at.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("a byte budget must be positive")
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.shed = 0
+        """Mailboxes shed so far."""
+        self._holders: set[Mailbox[Any]] = set()
+
+    def _take(self, mailbox: Mailbox[Any], size: int) -> None:
+        while self.used + size > self.max_bytes and self._holders:
+            victim = max(self._holders, key=lambda m: m.queued_bytes)
+            if victim.is_shed:
+                # Shed already; what it still counts is a put in flight that is about to fail.
+                self._holders.discard(victim)
+                continue
+            self.shed += 1
+            victim.shed()
+        if mailbox.closed:
+            raise Unreachable()  # it was the largest backlog itself
+        self.used += size
+        self._holders.add(mailbox)
+
+    def _release(self, mailbox: Mailbox[Any], size: int) -> None:
+        self.used -= size
+        if not mailbox.queued_bytes:
+            self._holders.discard(mailbox)
 
 
 class Mailbox(Generic[T]):
@@ -40,14 +82,40 @@ class Mailbox(Generic[T]):
     The mailbox holds both ends of the channel, which is what lets ``DROP_OLDEST`` take the oldest
     item out before queueing a new one. Closing it wakes the reader (its iteration ends) and makes
     every later ``put`` raise :class:`Unreachable`, as if the actor were gone.
+
+    Besides ``capacity`` items, a mailbox can be bounded in bytes: ``sizer(item)`` says what an
+    item costs, at most ``max_bytes`` are queued (an empty mailbox always takes one item, however
+    large), and a shared :class:`ByteBudget` bounds a group of mailboxes together. A full mailbox
+    applies its overflow policy to bytes as to items.
     """
 
-    def __init__(self, capacity: int, overflow: Overflow = Overflow.WAIT) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        overflow: Overflow = Overflow.WAIT,
+        *,
+        max_bytes: int | None = None,
+        sizer: Callable[[T], int] | None = None,
+        budget: ByteBudget | None = None,
+        on_shed: Callable[[], None] | None = None,
+    ) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError("mailbox capacity must be a positive integer")
+        if (max_bytes is not None or budget is not None) and sizer is None:
+            raise ValueError("a mailbox bounded in bytes needs a sizer")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         self.capacity = capacity
         self.overflow = overflow
+        self.max_bytes = max_bytes
+        self._sizer = sizer
+        self._budget = budget
+        self._on_shed = on_shed
         self._send, self._receive = trio.open_memory_channel[T](capacity)
+        self._room = trio.lowlevel.ParkingLot()
+        self.queued_bytes = 0
+        self.closed = False
+        self.is_shed = False
         self._peak = 0
         self._delivered = 0
         self._dropped = 0
@@ -59,16 +127,26 @@ class Mailbox(Generic[T]):
         A full mailbox drops its oldest item under ``DROP_OLDEST`` and raises
         :class:`Overloaded` under both other policies.
         """
+        size = self._sizer(item) if self._sizer is not None else 0
+        if self.closed:
+            raise Unreachable()
+        if self.max_bytes is not None and self.queued_bytes:
+            while self.queued_bytes + size > self.max_bytes:
+                if self.overflow is not Overflow.DROP_OLDEST or not self._drop_oldest():
+                    self._rejected += 1
+                    raise Overloaded()
+        self._reserve(size)
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
             if self.overflow is not Overflow.DROP_OLDEST:
+                self._unreserve(size)
                 self._rejected += 1
                 raise Overloaded() from None
-            self._receive.receive_nowait()
-            self._dropped += 1
+            self._drop_oldest()
             self._send.send_nowait(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._unreserve(size)
             raise Unreachable() from None
         self._count()
 
@@ -81,22 +159,53 @@ class Mailbox(Generic[T]):
         if (overflow or self.overflow) is not Overflow.WAIT:
             self.put_nowait(item)
             return
+        size = self._sizer(item) if self._sizer is not None else 0
+        if self.max_bytes is not None:
+            while self.queued_bytes and self.queued_bytes + size > self.max_bytes:
+                if self.closed:
+                    raise Unreachable()
+                await self._room.park()
+        if self.closed:
+            raise Unreachable()
+        self._reserve(size)
         try:
             await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._unreserve(size)
             raise Unreachable() from None
+        except BaseException:
+            self._unreserve(size)
+            raise
         self._count()
 
     async def get(self) -> T:
         """The next item; raises ``trio.EndOfChannel`` once the mailbox is closed and drained."""
-        return await self._receive.receive()
+        return self._taken(await self._receive.receive())
 
     def get_nowait(self) -> T:
-        return self._receive.receive_nowait()
+        return self._taken(self._receive.receive_nowait())
 
     def close(self) -> None:
         """Refuse new items; the reader still drains what is queued."""
+        self.closed = True
         self._send.close()
+        self._room.unpark_all()
+
+    def shed(self) -> None:
+        """Close the mailbox and drop everything queued (its bytes are free at once), then tell
+        the owner: it has fallen too far behind to keep."""
+        if self.is_shed:
+            return
+        self.is_shed = True
+        self.close()
+        while True:
+            try:
+                self._taken(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._dropped += 1
+        if self._on_shed is not None:
+            self._on_shed()
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iterate()
@@ -104,9 +213,10 @@ class Mailbox(Generic[T]):
     async def _iterate(self) -> AsyncIterator[T]:
         while True:
             try:
-                yield await self._receive.receive()
+                item = await self._receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
+            yield self._taken(item)
 
     def statistics(self) -> MailboxStatistics:
         size = self._send.statistics().current_buffer_used
@@ -117,7 +227,40 @@ class Mailbox(Generic[T]):
             delivered=self._delivered,
             dropped=self._dropped,
             rejected=self._rejected,
+            queued_bytes=self.queued_bytes,
+            max_bytes=self.max_bytes,
+            shed=self.is_shed,
         )
+
+    # ----------------------------------------------------------------- byte accounting
+
+    def _reserve(self, size: int) -> None:
+        if not size:
+            return
+        if self._budget is not None:
+            self._budget._take(self, size)
+        self.queued_bytes += size
+
+    def _unreserve(self, size: int) -> None:
+        if not size:
+            return
+        self.queued_bytes -= size
+        if self._budget is not None:
+            self._budget._release(self, size)
+        self._room.unpark_all()
+
+    def _taken(self, item: T) -> T:
+        if self._sizer is not None:
+            self._unreserve(self._sizer(item))
+        return item
+
+    def _drop_oldest(self) -> bool:
+        try:
+            self._taken(self._receive.receive_nowait())
+        except trio.WouldBlock:
+            return False
+        self._dropped += 1
+        return True
 
     def _count(self) -> None:
         self._delivered += 1

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketRequest, WebSocketServer
 
-from actors import Address, Router
+from actors import Address, ByteBudget, Router
 from yggdrasil import (
     Forbidden,
     GatewayConfig,
@@ -34,6 +34,7 @@ from ._network import Networks
 from ._protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES
 from ._session import DeviceSession
 from ._transport import Transport, TransportClosed
+from ._wsguard import GuardedListener
 
 if TYPE_CHECKING:
     from ._webrtc import Offer
@@ -80,6 +81,8 @@ class Gateway:
         self.tokens = tokens
         self.config = config
         self.sessions: dict[Address, DeviceSession] = {}
+        self.queued = ByteBudget(config.queue_bytes_total)
+        """The bytes waiting for all devices of this gateway together."""
         self._per_user: Counter[str] = Counter()
         self.accepted = 0
         self.rejected = 0
@@ -97,24 +100,25 @@ class Gateway:
         """Listen until ``stopping`` is set, then close every session with 1001 (going away)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    host,
-                    port,
-                    None,
-                    handler_nursery=nursery,
-                    max_message_size=MAX_FRAME_BYTES,
-                    receive_buffer_size=64 * 1024,
-                    connect_timeout=self.config.handshake_timeout_s,
-                    disconnect_timeout=2.0,
-                    task_status=task_status,
-                )
+            # Every connection's bytes pass a frame guard before trio-websocket sees them, so a
+            # protocol violation closes with RFC 6455's code at once (relay._wsguard).
+            sockets = await trio.open_tcp_listeners(port, host=host)
+            server = WebSocketServer(
+                self._handle,
+                # trio-websocket annotates listeners as trio's own classes; it only needs
+                # accept() and aclose(), which the guard provides.
+                [GuardedListener(listener, MAX_FRAME_BYTES) for listener in sockets],  # type: ignore[misc]
+                handler_nursery=nursery,
+                max_message_size=MAX_FRAME_BYTES,
+                receive_buffer_size=64 * 1024,
+                connect_timeout=self.config.handshake_timeout_s,
+                disconnect_timeout=2.0,
             )
-            listener = server.listeners[0]
-            url = f"ws://{listener.address}:{listener.port}"
-            if ":" in str(listener.address):
-                url = f"ws://[{listener.address}]:{listener.port}"
+            await nursery.start(server.run)
+            address, bound_port = sockets[0].socket.getsockname()[:2]
+            url = f"ws://{address}:{bound_port}"
+            if ":" in str(address):
+                url = f"ws://[{address}]:{bound_port}"
             self.url = url
             log.info("gateway listening on %s", url, extra={"listener": "gateway", "url": url})
             task_status.started(url)
@@ -191,6 +195,7 @@ class Gateway:
             self.tokens,
             self.config,
             max_frame_bytes=max_frame_bytes,
+            budget=self.queued,
         )
         try:
             await session.run(self._register)

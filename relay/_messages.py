@@ -27,6 +27,8 @@ class ActionFrom(msgspec.Struct, frozen=True):
     device_id: str
     action: ThorAction
     timeout_ms: int
+    size: int = 0
+    """The request frame's size, for the receiving session's byte-bounded queue."""
 
 
 class Encoded(msgspec.Struct, frozen=True):

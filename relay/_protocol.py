@@ -218,16 +218,57 @@ def encode(frame: _Frame) -> bytes:
     return _encoder.encode(frame)
 
 
+MAX_NESTING = 32
+"""How deeply the free-form values of a frame (``params``, ``result``) may nest. The server
+re-encodes them for another device, so a value that decodes must also encode, wherever the stack
+stands: a fixed bound, far below the interpreter's recursion limit, guarantees it."""
+
+# MessagePack's map and array markers (fixmap, fixarray, map/array 16 and 32). A frame with no
+# more of these bytes than the bound cannot nest deeper: most frames skip the walk.
+_NOT_CONTAINERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest in ``value`` deeper than ``limit`` (iterative: no recursion
+    of its own, whatever the input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        children = current.values() if isinstance(current, dict) else current
+        for child in children:
+            if isinstance(child, (list, dict)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes | bytearray | memoryview) -> Any:
+    try:
+        frame = decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(str(exc)) from None
+    except RecursionError:
+        raise ProtocolError(f"values nest deeper than {MAX_NESTING} levels") from None
+    free: Any = None
+    if isinstance(frame, (Request, Incoming)):
+        free = frame.action.params
+    elif isinstance(frame, (Reply, Response)):
+        free = frame.result.result
+    if isinstance(free, (list, dict)) and free:
+        containers = len(bytes(data).translate(None, _NOT_CONTAINERS))
+        if containers > MAX_NESTING and _too_deep(free, MAX_NESTING):
+            raise ProtocolError(f"values nest deeper than {MAX_NESTING} levels")
+    return frame
+
+
 def decode_client_frame(data: bytes | bytearray | memoryview | str) -> ClientFrame:
     """What a device sent, or :class:`ProtocolError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("frames are binary MessagePack, not text")
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError("frame too large")
-    try:
-        frame: ClientFrame = _client_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(str(exc)) from None
+    frame: ClientFrame = _decode(_client_decoder, data)
     return frame
 
 
@@ -235,10 +276,7 @@ def decode_server_frame(data: bytes | bytearray | memoryview | str) -> ServerFra
     """What the server sent, or :class:`ProtocolError` (for the device client)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("frames are binary MessagePack, not text")
-    try:
-        frame: ServerFrame = _server_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(str(exc)) from None
+    frame: ServerFrame = _decode(_server_decoder, data)
     return frame
 
 

@@ -5,10 +5,13 @@ the same behind either. Tasks: one reader (decodes frames, routes them), one wri
 that writes to the transport, draining the mailbox), a pinger and a revocation watcher. The first
 of them to finish ends the session; the transport is closed with a code that says why.
 
-Backpressure: the mailbox is bounded and refuses (``overloaded``) what other devices send once it
-is full; the session's own frames (acknowledgements, answers) wait for room instead, which stops
-the reader, which stops reading the socket. A device that does not take a frame within
-``send_timeout_s`` is disconnected (4002): a slow reader never grows server memory.
+Backpressure: the mailbox is bounded in frames and in bytes and refuses (``overloaded``) what other
+devices send once it is full; the session's own frames (acknowledgements, answers) wait for room
+instead, which stops the reader, which stops reading the socket. A device that does not take a
+frame within ``send_timeout_s`` is disconnected (4002). All sessions of the gateway share one
+byte budget: past it, the sessions with the longest backlogs are shed (queue dropped, closed with
+4002). A slow reader never grows server memory past its own bound, and never delays another
+device's delivery.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from trio_websocket import ConnectionClosed
 
 from actors import (
     Address,
+    ByteBudget,
     Envelope,
     Mailbox,
     Overflow,
@@ -107,6 +111,24 @@ def _protocol_error(exc: ProtocolError) -> Error:
     return Error(code="protocol_error", message=str(exc)[:200])
 
 
+_ENVELOPE_OVERHEAD = 128
+
+
+def queued_bytes(envelope: Envelope) -> int:
+    """What an envelope waiting for a device costs (its payload and a little for the rest)."""
+    body = envelope.body
+    kind = type(body)
+    if kind is DataFrom:
+        return len(body.data) + _ENVELOPE_OVERHEAD
+    if kind is Encoded:
+        return len(body.frame) + _ENVELOPE_OVERHEAD
+    if kind is SignalFromDevice:
+        return len(body.payload) + len(body.kind) + _ENVELOPE_OVERHEAD
+    if kind is ActionFrom:
+        return int(body.size) + _ENVELOPE_OVERHEAD
+    return _ENVELOPE_OVERHEAD
+
+
 class DeviceSession:
     def __init__(
         self,
@@ -118,7 +140,9 @@ class DeviceSession:
         config: GatewayConfig,
         *,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
+        """``budget``: the bytes queued for every session of the gateway, bounded together."""
         assert principal.network_id is not None
         assert principal.device_id is not None
         self.transport = transport
@@ -135,7 +159,14 @@ class DeviceSession:
         self.networks = networks
         self.tokens = tokens
         self.config = config
-        self.mailbox: Mailbox[Envelope] = Mailbox(config.queue_size, Overflow.REJECT)
+        self.mailbox: Mailbox[Envelope] = Mailbox(
+            config.queue_size,
+            Overflow.REJECT,
+            max_bytes=config.queue_bytes,
+            sizer=queued_bytes,
+            budget=budget,
+            on_shed=self._shed,
+        )
         self.rate = RateLimiter(config.messages_per_s, max(1, int(2 * config.messages_per_s)))
         self.closed = trio.Event()
         self.close_code = CLOSE_GOING_AWAY
@@ -156,6 +187,10 @@ class DeviceSession:
         self.close_code, self.close_reason = code, reason
         if self._cancel is not None:
             self._cancel.cancel()
+
+    def _shed(self) -> None:
+        """The gateway's byte budget dropped this session's queue: it is the furthest behind."""
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: its queue was dropped")
 
     async def run(self, register: Callable[[DeviceSession], None]) -> None:
         """Serve the device until either side ends the session; closes the transport."""
@@ -273,7 +308,7 @@ class DeviceSession:
                 case Send():
                     await self._on_send(frame)
                 case Request():
-                    await self._on_request(frame)
+                    await self._on_request(frame, len(raw))
                 case Reply():
                     await self._on_reply(frame)
                 case Signal():
@@ -330,7 +365,7 @@ class DeviceSession:
             return "overloaded"
         return None
 
-    async def _on_request(self, frame: Request) -> None:
+    async def _on_request(self, frame: Request, size: int) -> None:
         refused = self._admit(0)
         if refused is None and self._outstanding >= self.config.max_pending_requests:
             refused = "overloaded"
@@ -339,14 +374,14 @@ class DeviceSession:
             return
         assert self._nursery is not None
         self._outstanding += 1
-        self._nursery.start_soon(self._await_answer, frame)
+        self._nursery.start_soon(self._await_answer, frame, size)
 
-    async def _await_answer(self, frame: Request) -> None:
+    async def _await_answer(self, frame: Request, size: int) -> None:
         try:
             timeout_s = max(0.001, min(frame.timeout_ms, 60_000) / 1000)
             try:
                 destination = Address.device(self.network_id, frame.to)
-                body = ActionFrom(self.device_id, frame.action, int(timeout_s * 1000))
+                body = ActionFrom(self.device_id, frame.action, int(timeout_s * 1000), size)
                 answer = await self.router.request(
                     self.address, destination, body, timeout_s=timeout_s
                 )

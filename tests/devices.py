@@ -24,7 +24,9 @@ class RawDevice:
         with trio.fail_after(timeout_s):
             return decode_server_frame(await self.ws.get_message())
 
-    async def receive_type(self, kind: type[Any], timeout_s: float = 5.0) -> Any:
+    async def receive_type(
+        self, kind: type[Any] | tuple[type[Any], ...], timeout_s: float = 5.0
+    ) -> Any:
         """The next frame of ``kind``, skipping presence and pings on the way."""
         with trio.fail_after(timeout_s):
             while True:

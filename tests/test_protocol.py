@@ -34,6 +34,7 @@ from relay import (
     decode_server_frame,
     encode,
 )
+from relay._protocol import MAX_NESTING
 
 CLIENT_FRAMES = [
     Hello(client="x"),
@@ -132,3 +133,41 @@ field_values = st.recursive(
 def test_structured_garbage_gives_a_frame_or_a_protocol_error(fields: dict[str, object]) -> None:
     with contextlib.suppress(ProtocolError):
         decode_client_frame(msgspec.msgpack.encode(fields))
+
+
+def _nested_lists(depth: int) -> bytes:
+    """MessagePack of ``depth`` lists, each inside the last, around an empty one."""
+    return b"\x91" * (depth - 1) + b"\x90"
+
+
+@pytest.mark.parametrize("depth", [33, 900, 5000, 100_000])
+def test_values_nesting_too_deeply_are_protocol_errors(depth: int) -> None:
+    # A request whose params hold ``depth`` nested lists, and a reply whose result does.
+    request = msgspec.msgpack.encode(
+        {"t": "request", "id": 1, "to": "x", "action": {"action": "a", "params": {"p": 0}}}
+    )
+    reply = msgspec.msgpack.encode({"t": "reply", "id": 1, "result": {"ok": True, "result": 0}})
+    for frame in (request[:-1] + _nested_lists(depth), reply[:-1] + _nested_lists(depth)):
+        with pytest.raises(ProtocolError, match="nest deeper"):
+            decode_client_frame(frame)
+    incoming = msgspec.msgpack.encode(
+        {
+            "t": "incoming",
+            "id": 1,
+            "from": "x",
+            "timeout_ms": 5,
+            "action": {"action": "a", "params": {"p": 0}},
+        }
+    )
+    with pytest.raises(ProtocolError, match="nest deeper"):
+        decode_server_frame(incoming[:-1] + _nested_lists(depth))
+
+
+def test_values_within_the_nesting_bound_round_trip() -> None:
+    deep: list[object] = []
+    for _ in range(MAX_NESTING - 2):  # params (1) and the key's list (2) count as levels
+        deep = [deep]
+    frame = Request(id=1, to="x", action=ThorAction("a", {"p": deep}))
+    assert decode_client_frame(encode(frame)) == frame
+    wide = Request(id=1, to="x", action=ThorAction("a", {"p": [[i] for i in range(10_000)]}))
+    assert decode_client_frame(encode(wide)) == wide

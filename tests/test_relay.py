@@ -148,7 +148,7 @@ async def test_the_sender_is_stamped_by_the_server(world: World) -> None:
             {"t": "send", "id": 1, "to": "target", "data": b"x", "from": "admin"}
         )
         await honest.ws.send_message(forged)
-        reply = await honest.receive_type((Ack, Error))  # type: ignore[arg-type]
+        reply = await honest.receive_type((Ack, Error))
         if isinstance(reply, Ack):
             delivered = await target.receive_type(Deliver)
             assert delivered.from_ == "honest"

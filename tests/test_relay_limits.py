@@ -16,7 +16,7 @@ from trio_websocket import ConnectionRejected
 from wsproto.events import AcceptConnection, BytesMessage
 from wsproto.events import Request as WsRequest
 
-from relay import Ack, Hello, Nack, Send, encode
+from relay import Ack, Deliver, Hello, Nack, Send, encode
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
 from tests.servers import running_server
@@ -52,7 +52,7 @@ async def test_a_slow_reader_is_throttled_then_disconnected(data_dir: Path) -> N
             with trio.fail_after(30):
                 for i in range(100_000):
                     await sender.send(Send(id=i, to="slow", data=block))
-                    answer = await sender.receive_type((Ack, Nack))  # type: ignore[arg-type]
+                    answer = await sender.receive_type((Ack, Nack))
                     if isinstance(answer, Nack):
                         reasons.append(answer.reason)
                         if answer.reason == "unreachable":
@@ -71,7 +71,7 @@ async def test_per_session_rate_limit(data_dir: Path) -> None:
             answers = []
             for i in range(15):
                 await chatty.send(Send(id=i, to="chatty", data=b"."))
-                answers.append(await chatty.receive_type((Ack, Nack)))  # type: ignore[arg-type]
+                answers.append(await chatty.receive_type((Ack, Nack)))
             refused = [a for a in answers if isinstance(a, Nack)]
             assert refused
             assert {a.reason for a in refused} == {"rate_limited"}
@@ -89,7 +89,7 @@ async def test_per_network_quota(data_dir: Path) -> None:
             for i in range(4):
                 for sender in (first, second):
                     await sender.send(Send(id=i, to="a", data=b"."))
-                    answers.append(await sender.receive_type((Ack, Nack)))  # type: ignore[arg-type]
+                    answers.append(await sender.receive_type((Ack, Nack)))
             assert {a.reason for a in answers if isinstance(a, Nack)} == {"quota"}
             assert sum(isinstance(a, Ack) for a in answers) == 3  # shared by the whole network
 
@@ -147,3 +147,74 @@ async def test_a_silent_device_is_dropped_after_the_ping_timeout(data_dir: Path)
         assert closed
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.aclose()
+
+
+async def test_slow_readers_are_bounded_in_bytes_and_the_furthest_behind_is_shed(
+    data_dir: Path,
+) -> None:
+    """Four devices stop reading while a healthy pair keeps talking: each stalled queue stays
+    within its byte bound, all of them within the instance's, and when that fills, the device
+    furthest behind is cut (4002) - never the healthy pair, whose every message arrives."""
+    # Each stalled queue holds three 64 KiB messages at most; four of them do not fit in total.
+    per_session, total = 256 * 1024, 700 * 1024
+    gateway_settings = {
+        "revocation_check_s": 0.2,
+        "queue_size": 100_000,  # only bytes bound the queues here
+        "queue_bytes": per_session,
+        "queue_bytes_total": total,
+        "send_timeout_s": 60.0,  # so that shedding, not the timeout, cuts the slow ones
+        "messages_per_s": 100_000.0,
+        "tenant_messages_per_s": 100_000.0,
+        "tenant_bytes_per_s": 1e10,
+    }
+    async with (
+        running_server(
+            data_dir,
+            limits=RELAXED_LIMITS,
+            gateway=gateway_settings,
+            auth={"codes_per_address": 10},
+        ) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        gateway = running.services.gateway
+        assert gateway is not None
+        names = ["flooder", "slow0", "slow1", "slow2", "slow3", "a", "b"]
+        users = dict(zip(names, await devices(http, data_dir / "outbox", *names), strict=True))
+        async with contextlib.AsyncExitStack() as stack:
+            connected = {
+                name: await stack.enter_async_context(
+                    raw_device(running.gateway_url, users[name].session["access_token"])
+                )
+                for name in names
+            }
+            flooder, a, b = connected["flooder"], connected["a"], connected["b"]
+            block = b"x" * 65536
+            sent = 0
+            peak = 0
+            delivered = 0
+            outcome: dict[str, str] = {}
+            with trio.fail_after(60):
+                while "unreachable" not in outcome.values():
+                    for slow in ("slow0", "slow1", "slow2", "slow3"):
+                        if outcome.get(slow) == "unreachable":
+                            continue
+                        await flooder.send(Send(id=sent, to=slow, data=block))
+                        sent += 1
+                        answer = await flooder.receive_type((Ack, Nack))
+                        if isinstance(answer, Nack):
+                            outcome[slow] = answer.reason
+                        peak = max(peak, gateway.queued.used)
+                    # The healthy pair, in between: every message acknowledged and delivered.
+                    await a.send(Send(id=sent, to="b", data=b"hello"))
+                    assert isinstance(await a.receive_type((Ack, Nack)), Ack)
+                    assert (await b.receive_type(Deliver)).data == b"hello"
+                    delivered += 1
+            shed = [slow for slow, reason in outcome.items() if reason == "unreachable"]
+            assert len(shed) == 1  # the furthest behind, and only it
+            assert set(outcome.values()) == {"overloaded", "unreachable"}  # throttled first
+            assert gateway.queued.shed == 1
+            assert peak <= total
+            for session in gateway.sessions.values():
+                assert session.mailbox.queued_bytes <= per_session
+            assert delivered > 0
+            assert await close_code(connected[shed[0]].ws, timeout_s=15) in (4002, 1006)

@@ -51,6 +51,12 @@ class GatewayConfig(_Section, frozen=True):
     """Largest payload of one message; a bigger websocket message closes the session (1009)."""
     queue_size: Positive = 256
     """Frames waiting for one device; beyond it senders get ``overloaded``."""
+    queue_bytes: Positive = 4 * 1024 * 1024
+    """Bytes waiting for one device (an empty queue always takes one frame); beyond it senders
+    get ``overloaded``."""
+    queue_bytes_total: Positive = 256 * 1024 * 1024
+    """Bytes waiting for all devices of this instance together; past it the devices with the
+    longest backlogs are disconnected as slow consumers (4002) and their queues dropped."""
     send_timeout_s: Seconds = 10.0
     """A device that takes longer to accept one frame is disconnected as a slow consumer."""
     handshake_timeout_s: Seconds = 10.0
