@@ -192,3 +192,22 @@ async def test_a_user_can_not_pick_a_foreign_network_at_sign_in(
     assert answers[0] == answers[1]
     assert answers[0][0] == 404
     assert (await alice.get("/api/v1/devices")).json()["items"] == []
+
+
+async def test_a_foreign_network_in_the_query_looks_like_a_missing_one(
+    world: tuple[httpx.AsyncClient, Path],
+) -> None:
+    """``GET /api/v1/devices?network_id=`` once answered 200 with an empty list for another
+    user's network (and 404 for a made-up one): the existence of a network leaked."""
+    http, outbox = world
+    alice = await sign_in(http, outbox, "alice4@example.org")
+    alice_home = (await alice.get("/api/v1/users/me")).json()["home_network_id"]
+    bob = await sign_in(http, outbox, "bob4@example.org")
+    bob_phone = await sign_in(http, outbox, "bob4@example.org", device_body=device("phone"))
+    for attacker in (bob, bob_phone):
+        answers = [
+            snapshot(await attacker.get("/api/v1/devices", params={"network_id": network_id}))
+            for network_id in (alice_home, f"n_{secrets.token_hex(8)}")
+        ]
+        assert answers[0] == answers[1]
+        assert answers[0][0] == 404
