@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -54,7 +55,7 @@ class TurnClient:
         self.nonce = b""
 
     async def call(
-        self, method: int, attributes: list[tuple[int, bytes]], transaction: bytes | None = None
+        self, method: int, attributes: Sequence[tuple[int, bytes]], transaction: bytes | None = None
     ) -> Message:
         transaction = transaction or next(_ids).to_bytes(12, "big")
         attrs = list(attributes)
