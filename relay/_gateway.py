@@ -83,6 +83,7 @@ class Gateway:
         self.sessions: dict[Address, DeviceSession] = {}
         self.queued = ByteBudget(config.queue_bytes_total)
         """The bytes waiting for all devices of this gateway together."""
+        self._guards: list[GuardedListener] = []
         self._per_user: Counter[str] = Counter()
         self.accepted = 0
         self.rejected = 0
@@ -103,11 +104,12 @@ class Gateway:
             # Every connection's bytes pass a frame guard before trio-websocket sees them, so a
             # protocol violation closes with RFC 6455's code at once (relay._wsguard).
             sockets = await trio.open_tcp_listeners(port, host=host)
+            self._guards = [GuardedListener(listener, MAX_FRAME_BYTES) for listener in sockets]
             server = WebSocketServer(
                 self._handle,
                 # trio-websocket annotates listeners as trio's own classes; it only needs
                 # accept() and aclose(), which the guard provides.
-                [GuardedListener(listener, MAX_FRAME_BYTES) for listener in sockets],  # type: ignore[misc]
+                self._guards,  # type: ignore[arg-type]
                 handler_nursery=nursery,
                 max_message_size=MAX_FRAME_BYTES,
                 receive_buffer_size=64 * 1024,
@@ -130,6 +132,17 @@ class Gateway:
                 for session in list(self.sessions.values()):
                     await session.closed.wait()
             nursery.cancel_scope.cancel()
+
+    def statistics(self) -> dict[str, int]:
+        """Counters and gauges for the metrics endpoint."""
+        return {
+            "sessions": len(self.sessions),
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "queued_bytes": self.queued.used,
+            "shed": self.queued.shed,
+            "violations": sum(guard.violations for guard in self._guards),
+        }
 
     def _authenticate(self, request: WebSocketRequest) -> Principal:
         headers = {

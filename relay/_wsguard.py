@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -145,12 +146,17 @@ class GuardedStream(trio.abc.Stream):
     """
 
     def __init__(
-        self, inner: trio.SocketStream, max_message_bytes: int, close_timeout_s: float = 1.0
+        self,
+        inner: trio.SocketStream,
+        max_message_bytes: int,
+        close_timeout_s: float = 1.0,
+        on_violation: Callable[[Violation], None] | None = None,
     ) -> None:
         self.inner = inner
         self.scanner = FrameScanner(max_message_bytes)
         self.close_timeout_s = close_timeout_s
         self.violation: Violation | None = None
+        self._on_violation = on_violation
         self._send_lock = trio.Lock()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -161,6 +167,8 @@ class GuardedStream(trio.abc.Stream):
             self.scanner.feed(data)
         except Violation as violation:
             self.violation = violation
+            if self._on_violation is not None:
+                self._on_violation(violation)
             await self._fail(violation)
             return b""
         return data
@@ -190,10 +198,15 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
     def __init__(self, inner: trio.SocketListener, max_message_bytes: int) -> None:
         self.inner = inner
         self.max_message_bytes = max_message_bytes
+        self.violations = 0
+        """Connections failed for a protocol violation so far."""
 
     async def accept(self) -> trio.abc.Stream:
         stream = await self.inner.accept()
-        return GuardedStream(stream, self.max_message_bytes)
+        return GuardedStream(stream, self.max_message_bytes, on_violation=self._count)
+
+    def _count(self, violation: Violation) -> None:
+        self.violations += 1
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -4,6 +4,7 @@ bounded process-wide (a few dedicated threads, a bounded queue, then 503 ``busy`
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -361,6 +362,11 @@ async def test_past_the_hashing_bound_sign_in_answers_busy(
         assert busy.status_code == 503
         assert busy.json()["error"]["code"] == "busy"
         assert busy.headers["Retry-After"] == "1"
+        refused = re.search(
+            r"yggdrasil_hashing_refused_total (\S+)", (await http.get("/metrics")).text
+        )
+        assert refused is not None
+        assert float(refused.group(1)) >= 1
         assert argon.hashes == 1  # the refused request never reached a worker
         assert count_mail(data_dir / "outbox", "b@example.org") == 0
         # Once the worker is free, the same request goes through.

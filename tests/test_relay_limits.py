@@ -213,6 +213,8 @@ async def test_slow_readers_are_bounded_in_bytes_and_the_furthest_behind_is_shed
             assert len(shed) == 1  # the furthest behind, and only it
             assert set(outcome.values()) == {"overloaded", "unreachable"}  # throttled first
             assert gateway.queued.shed == 1
+            metrics = (await http.get("/metrics")).text
+            assert "yggdrasil_gateway_sessions_shed_total 1.0" in metrics
             assert peak <= total
             for session in gateway.sessions.values():
                 assert session.mailbox.queued_bytes <= per_session

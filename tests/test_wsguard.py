@@ -211,3 +211,5 @@ async def test_the_gateway_fails_a_violating_client_at_once(
         # The device's session ended with the connection, and it can come back.
         async with upgraded(running.gateway_url, phone.session["access_token"]):
             pass
+        metrics = (await http.get("/metrics")).text
+        assert "yggdrasil_gateway_protocol_violations_total 1.0" in metrics

@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 
 from actors import Router, Supervisor
 
+from ._hashing import Hasher
+from ._hashing import pool as hashing_pool
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # *_created series double the output and no dashboard of ours reads them.
@@ -36,13 +39,15 @@ class _ActorCollector(Collector):
         self,
         router: Callable[[], Router | None],
         supervisors: Callable[[], Iterable[Supervisor]],
-        gateway: Callable[[], tuple[int, int, int] | None],
+        gateway: Callable[[], dict[str, int] | None],
         turn: Callable[[], object | None],
+        hashing: Callable[[], Hasher],
     ) -> None:
         self._router = router
         self._supervisors = supervisors
         self._gateway = gateway
         self._turn = turn
+        self._hashing = hashing
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
@@ -107,18 +112,45 @@ class _ActorCollector(Collector):
                 )
         gateway = self._gateway()
         if gateway is not None:
-            sessions, accepted, refused = gateway
             yield GaugeMetricFamily(
-                "yggdrasil_gateway_sessions", "Device sessions open", value=sessions
+                "yggdrasil_gateway_sessions", "Device sessions open", value=gateway["sessions"]
             )
             yield CounterMetricFamily(
-                "yggdrasil_gateway_sessions_accepted", "Sessions accepted", value=accepted
+                "yggdrasil_gateway_sessions_accepted",
+                "Sessions accepted",
+                value=gateway["accepted"],
             )
             yield CounterMetricFamily(
                 "yggdrasil_gateway_sessions_rejected",
                 "Handshakes refused (token, origin, caps)",
-                value=refused,
+                value=gateway["rejected"],
             )
+            yield GaugeMetricFamily(
+                "yggdrasil_gateway_queued_bytes",
+                "Bytes waiting for all devices together",
+                value=gateway["queued_bytes"],
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_gateway_sessions_shed",
+                "Sessions cut because the instance's send queues were full",
+                value=gateway["shed"],
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_gateway_protocol_violations",
+                "Websocket connections failed for a protocol violation",
+                value=gateway["violations"],
+            )
+        hashing = self._hashing()
+        yield GaugeMetricFamily(
+            "yggdrasil_hashing_admitted",
+            "Password hashes running or waiting now",
+            value=hashing.admitted,
+        )
+        yield CounterMetricFamily(
+            "yggdrasil_hashing_refused",
+            "Password hashes refused because the pool was full (503 busy)",
+            value=hashing.refused,
+        )
 
 
 class Metrics:
@@ -142,16 +174,17 @@ class Metrics:
         )
         self.router: Router | None = None
         self.supervisors: list[Supervisor] = []
-        self.gateway: Callable[[], tuple[int, int, int]] | None = None
+        self.gateway: Callable[[], dict[str, int]] | None = None
+        """The gateway's statistics (sessions, handshakes, queued bytes...), when it runs."""
         self.turn: Callable[[], object] | None = None
         """The TURN core's counters (a dataclass of integers), when TURN runs."""
-        """Open sessions, accepted and rejected handshakes, when a gateway runs."""
         self.registry.register(
             _ActorCollector(
                 lambda: self.router,
                 lambda: self.supervisors,
                 lambda: None if self.gateway is None else self.gateway(),
                 lambda: None if self.turn is None else self.turn(),
+                hashing_pool,
             )
         )
 

@@ -348,7 +348,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         relay_aliases={external_ip: relay_ip} if external_ip != relay_ip else {},
     )
     services.gateway = gateway
-    metrics.gateway = lambda: (len(gateway.sessions), gateway.accepted, gateway.rejected)
+    metrics.gateway = gateway.statistics
 
     async def gateway_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
         await gateway.serve(
