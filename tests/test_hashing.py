@@ -363,7 +363,7 @@ async def test_past_the_hashing_bound_sign_in_answers_busy(
         assert busy.json()["error"]["code"] == "busy"
         assert busy.headers["Retry-After"] == "1"
         refused = re.search(
-            r"yggdrasil_hashing_refused_total (\S+)", (await http.get("/metrics")).text
+            r"^yggdrasil_hashing_refused_total (\S+)", (await http.get("/metrics")).text, re.M
         )
         assert refused is not None
         assert float(refused.group(1)) >= 1
