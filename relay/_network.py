@@ -42,13 +42,20 @@ class TenantQuota:
         self._messages = RateLimiter(messages_per_s, max(1, int(messages_per_s)))
         self._bytes = RateLimiter(bytes_per_s, max(1, int(bytes_per_s)))
 
-    def allow(self, size: int) -> bool:
-        try:
-            self._messages.check("network")
-            self._bytes.check("network", float(size))
-        except Exception:  # RateLimited: the tenant is over its quota
-            return False
-        return True
+    def take(self, size: int) -> float:
+        """Count one message of ``size`` bytes and return 0, or count nothing and return the
+        seconds until the network's quota would allow it."""
+        wait = self._messages.take("network")
+        if wait:
+            return wait
+        wait = self._bytes.take("network", float(size))
+        if wait:
+            self._messages.take("network", -1.0)  # give the message back: it was not sent
+        return wait
+
+    def wait_time(self, size: int) -> float:
+        """The seconds until another message of ``size`` bytes would be allowed; takes nothing."""
+        return max(self._messages.wait_time("network"), self._bytes.wait_time("network", size))
 
 
 class NetworkActor(Actor):

@@ -38,7 +38,7 @@ from actors import (
     Router,
     Unreachable,
 )
-from yggdrasil import GatewayConfig, Principal, RateLimited, RateLimiter, TokenService
+from yggdrasil import GatewayConfig, Principal, RateLimiter, TokenService
 
 from ._messages import (
     ActionFrom,
@@ -112,6 +112,7 @@ def _protocol_error(exc: ProtocolError) -> Error:
 
 
 _ENVELOPE_OVERHEAD = 128
+_MAX_PAUSE_S = 1.0
 
 
 def queued_bytes(envelope: Envelope) -> int:
@@ -179,6 +180,9 @@ class DeviceSession:
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._last: Error | None = None
+        self._resume_at = 0.0
+        self._overloaded = 0
+        """When the reader may read again after a refusal for rate or quota (trio time)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -297,6 +301,8 @@ class DeviceSession:
 
     async def _reader(self) -> None:
         while True:
+            if self._resume_at > trio.current_time():
+                await trio.sleep_until(self._resume_at)
             raw = await self.transport.get_message()
             self.stats.received += 1
             try:
@@ -324,16 +330,42 @@ class DeviceSession:
                     raise _Closing(CLOSE_PROTOCOL_ERROR, "second hello")
 
     def _admit(self, size: int) -> NackReason | None:
+        """Whether a frame of ``size`` payload bytes may go out now.
+
+        The budgets shape the device's traffic rather than only refuse it: after a frame, the
+        reader waits until the session's rate and the network's quota would allow another of
+        the same size, and after a refusal until they have refilled. A device that sends faster
+        than it may is slowed down by TCP backpressure, not read and refused.
+        """
         if size > self.max_data_bytes:
             return "too_large"
-        try:
-            self.rate.check("session")
-        except RateLimited:
+        wait = self.rate.take("session")
+        if wait:
+            self._pause(wait)
             return "rate_limited"
         network = self._network
-        if network is not None and not network.quota.allow(size):
-            return "quota"
+        if network is not None:
+            wait = network.quota.take(size)
+            if wait:
+                self._pause(wait)
+                return "quota"
+            self._pause(network.quota.wait_time(size))
+        self._pause(self.rate.wait_time("session"))
         return None
+
+    def _refused_by_peer(self, reason: NackReason | None) -> None:
+        """A device whose frames keep finding the recipient's queue full is slowed down too:
+        reading pauses for 1 ms, doubling with each refusal in a row, up to a second."""
+        if reason == "overloaded":
+            self._overloaded += 1
+            self._pause(0.001 * 2.0 ** min(self._overloaded, 10))
+        else:
+            self._overloaded = 0
+
+    def _pause(self, seconds: float) -> None:
+        if seconds > 0:
+            until = trio.current_time() + min(seconds, _MAX_PAUSE_S)
+            self._resume_at = max(self._resume_at, until)
 
     async def _on_send(self, frame: Send) -> None:
         refused = self._admit(len(frame.data))
@@ -362,7 +394,9 @@ class DeviceSession:
         except Unreachable:
             return "unreachable"
         except Overloaded:
+            self._refused_by_peer("overloaded")
             return "overloaded"
+        self._refused_by_peer(None)
         return None
 
     async def _on_request(self, frame: Request, size: int) -> None:

@@ -4,6 +4,7 @@ bounded process-wide (a few dedicated threads, a bounded queue, then 503 ``busy`
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -384,3 +385,16 @@ def test_the_pool_is_sized_from_the_configuration() -> None:
     finally:
         hashing.configure(defaults.hash_workers, defaults.hash_queue)
     assert (defaults.hash_workers, defaults.hash_queue) == (2, 64)
+
+
+async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
+    def own_priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    pool = Hasher(1, 0)
+    try:
+        loop_priority = own_priority()
+        expected = min(19, loop_priority + hashing.HASH_THREAD_NICENESS)
+        assert await pool.run(own_priority) == expected
+    finally:
+        pool.close()

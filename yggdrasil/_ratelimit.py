@@ -53,6 +53,27 @@ class RateLimiter:
             raise RateLimited(max(1, math.ceil((cost - tokens) / self.rate)))
         self._remember(key, tokens - cost, now)
 
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens from ``key``'s bucket and return 0, or take nothing and return
+        the seconds until they would be there (for callers that slow down instead of failing;
+        the wait is at most that of a full bucket, and a cost above the burst is never taken)."""
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+        if tokens < cost:
+            self._remember(key, tokens, now)
+            return (min(cost, float(self.burst)) - tokens) / self.rate
+        self._remember(key, tokens - cost, now)
+        return 0.0
+
+    def wait_time(self, key: str, cost: float = 1.0) -> float:
+        """The seconds until ``cost`` tokens would be in ``key``'s bucket (0 if they are now);
+        takes nothing."""
+        now = self._clock()
+        tokens, stamp = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+        return max(0.0, (min(cost, float(self.burst)) - tokens) / self.rate)
+
     def _remember(self, key: str, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > self.max_keys:
