@@ -89,7 +89,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_migrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from yggdrasil._migrations import available
+    from yggdrasil.store._migrations import available
 
     assert main(["migrate", "--data-dir", str(tmp_path)]) == 0
     assert f"applied {len(available())} migration(s)" in capsys.readouterr().out

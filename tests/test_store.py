@@ -19,7 +19,7 @@ from yggdrasil import (
     current_version,
     migrate,
 )
-from yggdrasil._migrations import available
+from yggdrasil.store._migrations import available
 
 
 async def test_migrations_are_applied_once(database: Database) -> None:

@@ -16,7 +16,6 @@ from ._accounts import (
     normalize_email,
 )
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
-from ._db import Database, Tx
 from ._domain import Domain
 from ._errors import (
     ConfigError,
@@ -32,28 +31,26 @@ from ._errors import (
 from ._hashing import HashingBusy
 from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
-from ._migrations import current_version, migrate
 from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
 from ._operators import Operators
-from ._postgres import PostgresDatabase
 from ._ratelimit import RateLimited, RateLimiter
 from ._secrets import Secrets, load_or_create
-from ._sqlite import SqliteDatabase
-from ._store import (
+from ._store import Device, DeviceUpdate, Network, NewDevice, Store, User
+from ._tokens import InvalidToken, Principal, TokenService
+from ._version import VERSION
+from .store import (
     MAX_PAGE,
     AuditChainBroken,
     AuditEntry,
-    Device,
-    DeviceUpdate,
-    Network,
-    NewDevice,
+    Database,
     Page,
+    PostgresDatabase,
     Scope,
-    Store,
-    User,
+    SqliteDatabase,
+    Tx,
+    current_version,
+    migrate,
 )
-from ._tokens import InvalidToken, Principal, TokenService
-from ._version import VERSION
 
 __all__ = [
     "MAX_PAGE",

@@ -6,10 +6,10 @@ from typing import Any
 
 import msgspec
 
-from ._db import Database, Row, Tx
 from ._errors import NotFound
 from ._ids import now_ms
-from ._store import Scope, User, _user, append_audit, revoke_user_tokens
+from ._store import User, _user, revoke_user_tokens
+from .store import Database, Row, Scope, Tx, append_audit
 
 
 class AccountData:

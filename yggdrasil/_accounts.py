@@ -21,14 +21,14 @@ from typing import Any
 import msgspec
 
 from ._config import AuthConfig
-from ._db import Database, Row, Tx
 from ._errors import Forbidden, Invalid, NotFound, UniqueViolation, YggdrasilError
 from ._hashing import hash_secret, new_token, split_token, verify_secret
 from ._ids import new_id, now_ms
 from ._mail import Mail, Mailer
 from ._ratelimit import RateLimited
-from ._store import NewDevice, Scope, _json, append_audit, insert_user, set_revocation
+from ._store import NewDevice, insert_user, set_revocation
 from ._tokens import Principal, TokenService, family_subject
+from .store import Database, Row, Scope, Tx, append_audit, to_json
 
 log = logging.getLogger(__name__)
 
@@ -638,9 +638,9 @@ async def _open_session(
                 user_id,
                 device.name,
                 device.world_type,
-                _json.encode(device.capabilities).decode(),
-                _json.encode(device.hardware_specs).decode(),
-                _json.encode(device.metadata).decode(),
+                to_json(device.capabilities),
+                to_json(device.hardware_specs),
+                to_json(device.metadata),
                 now_ms(),
             )
             await append_audit(tx, user_id, "device.register", f"{chosen}/{device.device_id}")

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from ._account_data import AccountData
 from ._accounts import Accounts
 from ._config import Config
-from ._db import Database
 from ._mail import Mailer
 from ._oidc import Oidc
 from ._operators import Operators
 from ._store import Store
 from ._tokens import TokenService
+from .store import Database
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from joserfc.errors import JoseError
 
 from ._accounts import Accounts, Session
 from ._config import OidcConfig, OidcProviderConfig
-from ._db import Row, Tx
 from ._errors import Invalid, NotFound, YggdrasilError
 from ._ids import now_ms
-from ._store import NewDevice, append_audit, insert_user
+from ._store import NewDevice, insert_user
+from .store import Row, Tx, append_audit
 
 log = logging.getLogger(__name__)
 

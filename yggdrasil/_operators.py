@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._db import Database, Row, Tx
 from ._errors import Forbidden, NotFound
 from ._ids import now_ms
-from ._store import MAX_PAGE, Device, Scope, User, _device, _user, append_audit, revoke_user_tokens
+from ._store import Device, User, _device, _user, revoke_user_tokens
+from .store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
 
 
 def _require_operator(scope: Scope) -> None:

@@ -6,35 +6,28 @@ memberships, so a foreign row and a missing row give the same :class:`NotFound`.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 
-from ._db import Database, Row, Tx
-from ._errors import Forbidden, Invalid, NotFound, YggdrasilError
-from ._ids import decode_cursor, encode_cursor, new_id, now_ms
+from ._errors import Forbidden, Invalid, NotFound
+from ._ids import new_id, now_ms
+from .store import (
+    MAX_PAGE,
+    AuditEntry,
+    AuditLog,
+    Database,
+    Page,
+    Row,
+    Scope,
+    Tx,
+    append_audit,
+    decode_cursor,
+    encode_cursor,
+    to_json,
+)
 
-T = TypeVar("T")
 WorldType = Literal["midgard", "asgard", "alfheim", "jotnar"]
-MAX_PAGE = 100
-_json = msgspec.json.Encoder(order="deterministic")
-
-
-class Scope(msgspec.Struct, frozen=True):
-    """Who is asking. Built from the authenticated principal only, never from request data.
-
-    ``network_id`` is set for a device's token: such a principal sees only that network.
-    """
-
-    user_id: str
-    role: Literal["user", "operator"] = "user"
-    network_id: str | None = None
-
-    def check_network(self, network_id: str) -> None:
-        """A device-bound scope reaches only its own network: anything else is not found."""
-        if self.network_id is not None and self.network_id != network_id:
-            raise NotFound()
 
 
 class DeviceUpdate(msgspec.Struct, frozen=True):
@@ -89,27 +82,6 @@ class Device(msgspec.Struct, frozen=True):
     last_seen: int | None
 
 
-class Page(msgspec.Struct, Generic[T], frozen=True):
-    items: list[T]
-    next_cursor: str | None = None
-
-
-class AuditEntry(msgspec.Struct, frozen=True):
-    seq: int
-    at: int
-    actor: str
-    action: str
-    subject: str
-    detail: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
-class AuditChainBroken(YggdrasilError):
-    code = "audit_chain_broken"
-    default_message = "the audit log's hash chain is broken"
-
-
 def _user(row: Row) -> User:
     return User(**row)
 
@@ -128,38 +100,6 @@ def _device(row: Row) -> Device:
         registered_at=row["registered_at"],
         last_seen=row["last_seen"],
     )
-
-
-def _chain_hash(
-    prev: str, seq: int, at: int, actor: str, action: str, subject: str, detail: str
-) -> str:
-    payload = _json.encode([prev, seq, at, actor, action, subject, detail])
-    return hashlib.sha256(payload).hexdigest()
-
-
-async def append_audit(
-    tx: Tx, actor: str, action: str, subject: str = "", detail: dict[str, Any] | None = None
-) -> int:
-    """Append one audit entry inside ``tx``; the head row serializes concurrent appends."""
-    head = await _lock_head(tx)
-    seq = int(head["seq"]) + 1
-    at = now_ms()
-    detail_text = _json.encode(detail or {}).decode()
-    digest = _chain_hash(head["hash"], seq, at, actor, action, subject, detail_text)
-    await tx.execute(
-        "INSERT INTO audit_log (seq, at, actor, action, subject, detail, prev_hash, hash)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        seq,
-        at,
-        actor,
-        action,
-        subject,
-        detail_text,
-        head["hash"],
-        digest,
-    )
-    await tx.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, digest)
-    return seq
 
 
 async def insert_user(
@@ -239,14 +179,6 @@ async def revoke_user_tokens(tx: Tx, user_id: str, at: int) -> None:
     )
     await set_revocation(tx, f"user:{user_id}", at)
     await append_audit(tx, "system", "token.revoke", f"user:{user_id}")
-
-
-async def _lock_head(tx: Tx) -> Row:
-    # An UPDATE takes the row lock on PostgreSQL; SQLite already holds the write lock.
-    await tx.execute("UPDATE audit_head SET seq = seq WHERE id = 1")
-    row = await tx.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
-    assert row is not None
-    return row
 
 
 class Store:
@@ -374,9 +306,9 @@ class Store:
                 scope.user_id,
                 new.name,
                 new.world_type,
-                _json.encode(new.capabilities).decode(),
-                _json.encode(new.hardware_specs).decode(),
-                _json.encode(new.metadata).decode(),
+                to_json(new.capabilities),
+                to_json(new.hardware_specs),
+                to_json(new.metadata),
                 at,
             )
             await append_audit(
@@ -458,7 +390,7 @@ class Store:
         for field in ("capabilities", "hardware_specs", "metadata"):
             value = getattr(update, field)
             if value is not None:
-                changes.append((field, _json.encode(value).decode()))
+                changes.append((field, to_json(value)))
 
         async def work(tx: Tx) -> Row:
             row = await tx.fetchrow(
@@ -557,47 +489,12 @@ class Store:
     async def audit(
         self, actor: str, action: str, subject: str = "", detail: dict[str, Any] | None = None
     ) -> int:
-        async def work(tx: Tx) -> int:
-            return await append_audit(tx, actor, action, subject, detail)
-
-        return await self.db.write(work)
+        return await AuditLog(self.db).append(actor, action, subject, detail)
 
     async def audit_entries(self, *, after: int = 0, limit: int = MAX_PAGE) -> list[AuditEntry]:
         """Operator read of the audit log (no tenant data beyond ids)."""
-
-        async def work(tx: Tx) -> list[Row]:
-            return await tx.fetch(
-                "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
-            )
-
-        return [
-            AuditEntry(**{**row, "detail": msgspec.json.decode(row["detail"])})
-            for row in await self.db.read(work)
-        ]
+        return await AuditLog(self.db).entries(after=after, limit=limit)
 
     async def verify_audit_chain(self) -> int:
-        """Recompute every hash; returns the number of entries, raises :class:`AuditChainBroken`."""
-
-        async def work(tx: Tx) -> tuple[list[Row], Row | None]:
-            rows = await tx.fetch("SELECT * FROM audit_log ORDER BY seq")
-            head = await tx.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
-            return rows, head
-
-        rows, head = await self.db.read(work)
-        prev, expected_seq = "", 1
-        for row in rows:
-            digest = _chain_hash(
-                prev,
-                row["seq"],
-                row["at"],
-                row["actor"],
-                row["action"],
-                row["subject"],
-                row["detail"],
-            )
-            if row["seq"] != expected_seq or row["prev_hash"] != prev or row["hash"] != digest:
-                raise AuditChainBroken(f"audit entry {row['seq']} does not match its chain")
-            prev, expected_seq = digest, expected_seq + 1
-        if head is None or head["seq"] != len(rows) or head["hash"] != prev:
-            raise AuditChainBroken("the audit head does not match the last entry")
-        return len(rows)
+        """Recompute every hash; returns the number of entries, raises ``AuditChainBroken``."""
+        return await AuditLog(self.db).verify_chain()

@@ -25,7 +25,7 @@ from joserfc.errors import JoseError
 
 from ._errors import YggdrasilError
 from ._secrets import Secrets
-from ._store import Scope
+from .store import Scope
 
 ALGORITHM = "Ed25519"
 TOKEN_TYPE = "at+jwt"

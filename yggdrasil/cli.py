@@ -18,13 +18,12 @@ from relay import device_cli
 
 from . import server
 from ._config import Config, load_config
-from ._db import Database
 from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
 from ._logging import configure
-from ._migrations import migrate
 from ._operators import Operators
 from ._secrets import rotate_signing_key
 from ._version import VERSION
+from .store import Database, migrate
 
 log = logging.getLogger("yggdrasil")
 T = TypeVar("T")

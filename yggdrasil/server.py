@@ -39,7 +39,6 @@ from relay import Gateway, Networks
 from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
 from ._config import Config
-from ._db import Database
 from ._domain import Domain
 from ._errors import ConfigError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
@@ -47,14 +46,12 @@ from ._ids import now_ms
 from ._logging import set_instance
 from ._mail import Mailer
 from ._metrics import Metrics
-from ._migrations import migrate
-from ._postgres import PostgresDatabase
 from ._secrets import Secrets, load_or_create
-from ._sqlite import SqliteDatabase
 from ._store import Store
 from ._tokens import TokenService
 from ._turn import issue_credentials, key_lookup, owner_of
 from ._version import VERSION
+from .store import Database, PostgresDatabase, SqliteDatabase, migrate
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Numbered SQL migrations, applied in order at start-up and by ``yggdrasil migrate``.
 
-Files are ``migrations/NNNN_name.sql``. Lines ``-- dialect: sqlite``, ``-- dialect: postgres`` and
-``-- dialect: all`` switch which backend the following statements are for. Each migration runs in
-its own transaction with its row in ``schema_migrations``; on PostgreSQL an advisory lock keeps
+Files are ``yggdrasil/migrations/NNNN_name.sql``: one numbered history for every room's tables.
+Lines ``-- dialect: sqlite``, ``-- dialect: postgres`` and ``-- dialect: all`` switch which
+backend the following statements are for. Each migration runs in its own transaction with its
+row in ``schema_migrations``; on PostgreSQL an advisory lock keeps
 instances that start together from applying the same migration twice.
 """
 

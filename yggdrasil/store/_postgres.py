@@ -15,8 +15,8 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from .._errors import StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work
-from ._errors import StoreUnavailable, UniqueViolation
 
 log = logging.getLogger(__name__)
 

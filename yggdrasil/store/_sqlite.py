@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import trio
 
+from .._errors import StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work, drive
-from ._errors import StoreUnavailable, UniqueViolation
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
