@@ -244,7 +244,7 @@ class Monitor:
 
 async def _session(nursery: trio.Nursery, url: str, token: str, client: str) -> WebSocketConnection:
     """A device session over trio-websocket: handshake with the token, ``hello``, ``welcome``."""
-    from relay import Hello, Welcome, decode_server_frame, encode
+    from relay.protocol import Hello, Welcome, decode_server_frame, encode
 
     ws = await connect_websocket_url(
         nursery,
@@ -272,7 +272,7 @@ def _client_frame(payload: bytes) -> bytes:
 async def _raw_session(host: str, port: int, token: str) -> trio.SocketStream:
     """A device that upgrades, sends ``hello`` and never reads its socket again (not even the
     ``welcome``): the bytes the server sends pile up in the kernel's buffers, then in its queue."""
-    from relay import Hello, encode
+    from relay.protocol import Hello, encode
 
     stream = await trio.open_tcp_stream(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -298,7 +298,7 @@ async def _raw_session(host: str, port: int, token: str) -> trio.SocketStream:
 
 
 async def run_pair(url: str, tokens: list[str], seconds: float, window: int) -> dict[str, Any]:
-    from relay import Ack, Deliver, Nack, Send, decode_server_frame, encode
+    from relay.protocol import Ack, Deliver, Nack, Send, decode_server_frame, encode
 
     latencies: list[float] = []
     nacks: Counter[str] = Counter()
@@ -468,7 +468,7 @@ async def http_rounds(job: dict[str, Any], out: Any, stop: Any) -> dict[str, Any
 
 async def slow_readers(job: dict[str, Any], out: Any, stop: Any) -> dict[str, Any]:
     """Four devices that never read, flooded with 1 MiB frames by a fifth of their network."""
-    from relay import Ack, Nack, Send, decode_server_frame, encode
+    from relay.protocol import Ack, Nack, Send, decode_server_frame, encode
 
     url, tokens = job["url"], job["tokens"]
     parts = urlsplit(url)

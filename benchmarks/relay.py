@@ -201,7 +201,7 @@ class Target:
     async def connect(self, index: int) -> WebSocketConnection:
         if self.kind == "baseline":
             return await _open(f"{self.url}/{index}", [])
-        from relay import Hello, Welcome, decode_server_frame, encode
+        from relay.protocol import Hello, Welcome, decode_server_frame, encode
 
         headers = [(b"authorization", f"Bearer {self.tokens[index]}".encode())]
         ws = await _open(self.url, headers)
@@ -213,7 +213,7 @@ class Target:
     def frame(self, dest: int, payload: bytes, seq: int) -> bytes:
         if self.kind == "baseline":
             return _DEST.pack(dest) + payload
-        from relay import Send, encode
+        from relay.protocol import Send, encode
 
         return encode(Send(id=seq, to=f"d{dest}", data=payload))
 
@@ -221,7 +221,7 @@ class Target:
         assert isinstance(message, bytes)
         if self.kind == "baseline":
             return message[_DEST.size :]
-        from relay import Deliver, decode_server_frame
+        from relay.protocol import Deliver, decode_server_frame
 
         frame = decode_server_frame(message)
         return frame.data if isinstance(frame, Deliver) else None

@@ -31,10 +31,9 @@ from yggdrasil import (
 )
 
 from ._network import Networks
-from ._protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES
 from ._session import DeviceSession
-from ._transport import Transport, TransportClosed
 from ._wsguard import GuardedListener
+from .protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES, Transport, TransportClosed
 
 if TYPE_CHECKING:
     from ._webrtc import Offer
@@ -240,7 +239,8 @@ class Gateway:
         if self._per_user[principal.user_id] >= self.config.max_sessions_per_user:
             self.rejected += 1
             raise RateLimited(5, "too many sessions for this account")
-        from ._webrtc import InvalidOffer, accept_offer  # aiortc loads on the first offer
+        from ._webrtc import accept_offer  # aiortc loads on the first offer
+        from .protocol import InvalidOffer
 
         self._per_user[principal.user_id] += 1  # a negotiation counts as a session
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._protocol import PeerState, ThorAction
+from .protocol import PeerState, ThorAction
 
 
 class DataFrom(msgspec.Struct, frozen=True):

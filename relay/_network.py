@@ -30,7 +30,7 @@ from actors import (
 from yggdrasil import RateLimiter, Store
 
 from ._messages import Encoded, Join, Joined, Leave, Refused
-from ._protocol import PeerState, Presence, encode
+from .protocol import PeerState, Presence, encode
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """One actor per connected device: it owns the transport, its mailbox and its network membership.
 
-The transport is a websocket or a WebRTC data channel (:mod:`relay._transport`); the session is
-the same behind either. Tasks: one reader (decodes frames, routes them), one writer (the only task
-that writes to the transport, draining the mailbox), a pinger and a revocation watcher. The first
-of them to finish ends the session; the transport is closed with a code that says why.
+The transport is a websocket or a WebRTC data channel (:class:`relay.protocol.Transport`); the
+session is the same behind either. Tasks: one reader (decodes frames, routes them), one writer (the
+only task that writes to the transport, draining the mailbox), a pinger and a revocation watcher.
+The first of them to finish ends the session; the transport is closed with a code that says why.
 
 Backpressure: the mailbox is bounded in frames and in bytes and refuses (``overloaded``) what other
 devices send once it is full; the session's own frames (acknowledgements, answers) wait for room
@@ -51,7 +51,7 @@ from ._messages import (
     SignalFromDevice,
 )
 from ._network import NetworkActor, Networks
-from ._protocol import (
+from .protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_PING_TIMEOUT,
     CLOSE_PROTOCOL_ERROR,
@@ -77,11 +77,12 @@ from ._protocol import (
     Signal,
     SignalFrom,
     ThorResult,
+    Transport,
+    TransportClosed,
     Welcome,
     decode_client_frame,
     encode,
 )
-from ._transport import Transport, TransportClosed
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import trio
 
-from relay import DeviceClient
+from relay.client import DeviceClient
 
 RELAXED_LIMITS = {
     "per_client_rate": 10_000.0,

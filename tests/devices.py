@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from relay import Hello, ServerFrame, Welcome, decode_server_frame, encode
+from relay.protocol import Hello, ServerFrame, Welcome, decode_server_frame, encode
 
 
 class RawDevice:

@@ -9,7 +9,7 @@ import httpx
 import msgspec
 import trio
 
-from relay import (
+from relay.client import (
     BUILTIN_ACTIONS,
     Connected,
     Credentials,

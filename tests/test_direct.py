@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from relay import Credentials, DeviceClient, DirectChannel, accept_direct, connect_direct
+from relay.client import Credentials, DeviceClient, DirectChannel, accept_direct, connect_direct
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.servers import running_server
 from yggdrasil.server import Running

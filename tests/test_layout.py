@@ -75,6 +75,9 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     assert imported_packages(sample) == {"yggdrasil"}
 
 
+# Subpackages with a public surface of their own (STYLE.md rule 1 holds for them too).
+SUBPACKAGES = ("relay.client", "relay.protocol")
+
 # The public surface of each package; a change here is a deliberate API change.
 EXPORTS: dict[str, set[str]] = {
     "actors": {
@@ -99,16 +102,22 @@ EXPORTS: dict[str, set[str]] = {
         "VERSION", "YggdrasilError", "current_version", "load_config", "load_or_create", "migrate",
         "normalize_email",
     },
-    "relay": {
-        "Ack", "BUILTIN_ACTIONS", "Bye", "ClientError", "ClientFrame", "Connected", "Credentials",
-        "DataChannelTransport", "Deliver", "DeliveryFailed", "DeviceClient", "DeviceSession",
-        "DirectChannel", "Disconnected", "Error", "Gateway", "Hello", "Incoming", "Message",
-        "Nack", "NetworkActor", "Networks", "NotConnected", "PeerState", "Ping", "Pong",
-        "Presence", "PresenceChanged", "ProtocolError", "Replaced", "Reply", "Request",
-        "RequestAnswered", "Response", "Send", "ServerFrame", "SessionRefused", "Signal",
-        "SignalFrom", "SignalReceived", "SignedOut", "TenantQuota", "ThorAction", "ThorResult",
-        "Transport", "TransportClosed", "VERSION", "Welcome", "accept_direct", "connect_direct",
-        "decode_client_frame", "decode_server_frame", "device_cli", "encode", "open_webrtc",
+    "relay": {"DeviceSession", "Gateway", "NetworkActor", "Networks", "TenantQuota"},
+    "relay.client": {
+        "BUILTIN_ACTIONS", "ClientError", "Connected", "Credentials", "DeliveryFailed",
+        "DeviceClient", "DirectChannel", "Disconnected", "Message", "NotConnected",
+        "PresenceChanged", "Replaced", "RequestAnswered", "SessionRefused", "SignalReceived",
+        "SignedOut", "accept_direct", "connect_direct", "device_cli", "open_webrtc",
+    },
+    "relay.protocol": {
+        "CHANNEL_LABEL", "CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_PING_TIMEOUT", "CLOSE_POLICY",
+        "CLOSE_PROTOCOL_ERROR", "CLOSE_REPLACED", "CLOSE_REVOKED", "CLOSE_SLOW_CONSUMER",
+        "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN", "MAX_FRAME_BYTES", "VERSION", "Ack", "Bye",
+        "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
+        "InvalidOffer", "Nack", "NackReason", "PeerState", "Ping", "Pong", "Presence",
+        "ProtocolError", "Reply", "Request", "Response", "Send", "ServerFrame", "Signal",
+        "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed", "Welcome",
+        "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "stun_turn": {
         "Attr", "Class", "Client", "CloseRelay", "MAGIC_COOKIE", "Message", "Method", "PeerPolicy",
@@ -121,7 +130,7 @@ EXPORTS: dict[str, set[str]] = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", [*PACKAGES, *SUBPACKAGES])
 def test_exports_are_pinned(package: str) -> None:
     module = importlib.import_module(package)
     assert set(module.__all__) == EXPORTS[package]
@@ -129,13 +138,100 @@ def test_exports_are_pinned(package: str) -> None:
         assert hasattr(module, name), name
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", [*PACKAGES, *SUBPACKAGES])
 def test_modules_are_private_and_typed(package: str) -> None:
-    folder = ROOT / package
-    assert (folder / "py.typed").exists()
+    folder = ROOT.joinpath(*package.split("."))
+    assert (ROOT / package.split(".")[0] / "py.typed").exists()
     public = {
         p.name
         for p in folder.glob("*.py")
         if not p.name.startswith("_") and p.relative_to(ROOT).as_posix() not in COMPOSITION_ROOT
     }
     assert public == set()
+
+
+# The rooms inside relay (ARCHITECTURE.md): the gateway, the device client library and the device
+# protocol both share. room -> the other rooms it may import; across rooms only public names.
+RELAY_ROOMS: dict[str, set[str]] = {
+    "relay.protocol": set(),
+    "relay.client": {"relay.protocol", "actors"},
+    "relay": {"relay.protocol", "actors", "yggdrasil"},
+}
+
+
+def room(module: str) -> str:
+    for subpackage in (name for name in RELAY_ROOMS if "." in name):
+        if module == subpackage or module.startswith(subpackage + "."):
+            return subpackage
+    return module.split(".")[0]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _exists(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imported_modules(source: str, module: str, *, is_package: bool = False) -> set[str]:
+    """The modules of ours that ``source`` (the text of ``module``) imports, relative imports
+    resolved: ``from . import _x`` names the module ``_x``, ``from .x import Name`` the module
+    ``x``."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join([*parts, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if _exists(candidate) else base)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def room_violations(module: str, source: str, *, is_package: bool = False) -> list[str]:
+    mine = room(module)
+    violations = []
+    for target in sorted(imported_modules(source, module, is_package=is_package)):
+        theirs = room(target)
+        if theirs == mine:
+            continue
+        if theirs not in RELAY_ROOMS[mine]:
+            violations.append(f"{module} imports {target}")
+        elif any(part.startswith("_") for part in target.split(".")):
+            violations.append(f"{module} imports the private {target}")
+    return violations
+
+
+def test_relay_rooms_stay_apart() -> None:
+    violations = []
+    for path in sorted((ROOT / "relay").rglob("*.py")):
+        violations += room_violations(
+            module_name(path), path.read_text(), is_package=path.name == "__init__.py"
+        )
+    assert violations == []
+
+
+def test_the_rooms_checker_sees_the_client_reach_into_the_gateway() -> None:
+    source = (
+        "import trio\nfrom ..protocol import Hello\nfrom . import _direct\n"
+        "from .._gateway import Gateway\nfrom ..protocol._frames import MAX_NESTING\n"
+    )
+    assert imported_modules(source, "relay.client._sample") == {
+        "relay.protocol",
+        "relay.client._direct",
+        "relay._gateway",
+        "relay.protocol._frames",
+    }
+    assert room_violations("relay.client._sample", source) == [
+        "relay.client._sample imports relay._gateway",
+        "relay.client._sample imports the private relay.protocol._frames",
+    ]
+    assert room_violations("relay._sample", "from .client import DeviceClient\n") == [
+        "relay._sample imports relay.client"
+    ]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import (
+from relay.protocol import (
     Ack,
     Deliver,
     Error,
@@ -34,7 +34,7 @@ from relay import (
     decode_server_frame,
     encode,
 )
-from relay._protocol import MAX_NESTING
+from relay.protocol._frames import MAX_NESTING
 
 CLIENT_FRAMES = [
     Hello(client="x"),

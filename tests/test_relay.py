@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from relay import (
+from relay.protocol import (
     Ack,
     Deliver,
     Error,

@@ -16,7 +16,7 @@ from trio_websocket import ConnectionRejected
 from wsproto.events import AcceptConnection, BytesMessage
 from wsproto.events import Request as WsRequest
 
-from relay import Ack, Deliver, Hello, Nack, Send, encode
+from relay.protocol import Ack, Deliver, Hello, Nack, Send, encode
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
 from tests.servers import running_server

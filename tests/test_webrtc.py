@@ -20,7 +20,8 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from relay import (
+from relay._webrtc import reachable_candidates
+from relay.client import (
     BUILTIN_ACTIONS,
     ClientError,
     Connected,
@@ -33,7 +34,8 @@ from relay import (
     Replaced,
     SignedOut,
 )
-from relay._webrtc import InvalidOffer, ice_server_list, max_message_bytes, reachable_candidates
+from relay.client._webrtc import ice_server_list
+from relay.protocol import InvalidOffer, max_message_bytes
 from stun_turn import TurnStats
 from tests.clients import RELAXED_LIMITS, User, device, next_event, sign_in
 from tests.servers import running_server

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from wsproto.events import AcceptConnection, BytesMessage
 from wsproto.events import Request as WsRequest
 
-from relay import Hello, Welcome, decode_server_frame, encode
 from relay._wsguard import FrameScanner, Violation
+from relay.protocol import Hello, Welcome, decode_server_frame, encode
 from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.servers import running_server
 

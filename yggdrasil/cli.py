@@ -14,7 +14,7 @@ import trio
 import trio_asyncio
 
 from actors import Escalated
-from relay import device_cli
+from relay.client import device_cli
 
 from . import server
 from ._config import Config, load_config

@@ -1,8 +1,9 @@
 """What a device session runs over: a websocket or a WebRTC data channel.
 
-A :class:`DeviceSession` needs four things of its transport, and trio-websocket's
-``WebSocketConnection`` has them as they are (no wrapper on the hot path); the data channel
-transport (``_webrtc.DataChannelTransport``) provides the same four.
+A device session (the server's ``DeviceSession``, and the device client) needs four things of its
+transport, and trio-websocket's ``WebSocketConnection`` has them as they are (no wrapper on the
+hot path); the data channel transport (``_datachannel.DataChannelTransport``) provides the same
+four.
 """
 
 from __future__ import annotations
@@ -17,14 +18,6 @@ class TransportClosed(Exception):
         super().__init__(reason or "transport closed")
         self.code = code
         self.reason = reason
-
-
-class SessionRefused(Exception):
-    """The server would not open a session (``status_code`` 401: the access token expired)."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"{status_code}: {message}")
-        self.status_code = status_code
 
 
 class Transport(Protocol):

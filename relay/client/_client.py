@@ -28,7 +28,7 @@ from trio_websocket import (
 
 from actors import Mailbox, Overflow
 
-from ._protocol import (
+from ..protocol import (
     CLOSE_REPLACED,
     MAX_FRAME_BYTES,
     Ack,
@@ -51,11 +51,12 @@ from ._protocol import (
     SignalFrom,
     ThorAction,
     ThorResult,
+    Transport,
+    TransportClosed,
     Welcome,
     decode_server_frame,
     encode,
 )
-from ._transport import SessionRefused, Transport, TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class Credentials(msgspec.Struct):
     network_id: str
     access_token: str
     refresh_token: str
+
+
+class SessionRefused(Exception):
+    """The server would not open a session (``status_code`` 401: the access token expired)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
 
 
 class ClientError(Exception):
