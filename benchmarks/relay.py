@@ -87,33 +87,23 @@ def baseline_server(port_queue: Any) -> None:
 def prepare_yggdrasil(data_dir: Path, count: int, per_network: int) -> list[str]:
     """Register ``count`` devices directly in a fresh data directory, ``per_network`` to a user
     and network, and mint their access tokens with the data directory's own signing key."""
-    from yggdrasil import SqliteDatabase, TokenService, Tx, load_or_create, migrate
-    from yggdrasil._ids import now_ms
-    from yggdrasil._store import insert_user
+    from yggdrasil import NewDevice, SqliteDatabase, TokenService, Tx, load_or_create, migrate
+    from yggdrasil.accounts import insert_user
+    from yggdrasil.devices import insert_device
 
     owners: list[tuple[str, str]] = []
 
     async def main() -> None:
         db = await SqliteDatabase.open(_ensure(data_dir) / "yggdrasil.sqlite3")
         await migrate(db)
-        at = now_ms()
 
         async def register(tx: Tx) -> None:
             for i in range(count):
                 if i % per_network == 0:
-                    user_id = await insert_user(tx, f"bench{i}@example.org")
-                    network_id = await tx.fetchval(
-                        "SELECT home_network_id FROM users WHERE user_id = $1", user_id
-                    )
+                    user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
                 owners.append((user_id, network_id))
-                await tx.execute(
-                    "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
-                    " registered_at) VALUES ($1, $2, $3, $4, 'midgard', $5)",
-                    network_id,
-                    f"d{i}",
-                    user_id,
-                    f"bench {i}",
-                    at,
+                await insert_device(
+                    tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
                 )
 
         await db.write(register)

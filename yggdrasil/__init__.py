@@ -1,22 +1,15 @@
 """Yggdrasil, the central server of the Edda device network: the domain package.
 
-Config, the store and its migrations, accounts, networks and devices. ``server`` composes the
-whole process and ``cli`` is its command line; only those two import ``relay`` and ``api``.
+Infrastructure sits at the top as private modules (config, errors, ids, tokens, hashing, rate
+limits, mail, metrics, secrets, logging, TURN credentials) beside the store core (``store``).
+Each capability is a subpackage that owns its tables and SQL: ``accounts``, ``networks``,
+``devices``. ``_domain`` composes them (``Domain``, and ``Store``, one front over the rooms'
+repositories); ``server`` composes the whole process and ``cli`` is its command line; only those
+two import ``relay`` and ``api``.
 """
 
-from ._account_data import AccountData
-from ._accounts import (
-    Accounts,
-    AccountSuspended,
-    EnrollmentKey,
-    InvalidCode,
-    InvalidGrant,
-    InvalidKey,
-    Session,
-    normalize_email,
-)
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
-from ._domain import Domain
+from ._domain import Domain, Store
 from ._errors import (
     ConfigError,
     Forbidden,
@@ -31,13 +24,29 @@ from ._errors import (
 from ._hashing import HashingBusy
 from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
-from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
-from ._operators import Operators
 from ._ratelimit import RateLimited, RateLimiter
 from ._secrets import Secrets, load_or_create
-from ._store import Device, DeviceUpdate, Network, NewDevice, Store, User
 from ._tokens import InvalidToken, Principal, TokenService
 from ._version import VERSION
+from .accounts import (
+    AccountData,
+    Accounts,
+    AccountSuspended,
+    Authorization,
+    EnrollmentKey,
+    InvalidCode,
+    InvalidGrant,
+    InvalidKey,
+    Oidc,
+    OidcFailed,
+    Operators,
+    ProviderUnavailable,
+    Session,
+    User,
+    normalize_email,
+)
+from .devices import Device, DeviceUpdate, NewDevice
+from .networks import Network
 from .store import (
     MAX_PAGE,
     AuditChainBroken,

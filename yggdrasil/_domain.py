@@ -1,18 +1,54 @@
-"""The domain services over one open database, rebuilt whenever the store (re)starts."""
+"""The domain services over one open database, rebuilt whenever the store (re)starts.
+
+:class:`Store` is a thin front over the rooms' repositories (``accounts.UserStore``,
+``networks.NetworkStore``, ``devices.DeviceStore``, ``store.AuditLog``): the API, the relay and
+the tests keep one object with the names they use, while each room keeps its own SQL. It is
+wired here, in the composition, because a device's deletion must revoke its tokens (the accounts
+room) and the devices room does not import accounts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._account_data import AccountData
-from ._accounts import Accounts
 from ._config import Config
 from ._mail import Mailer
-from ._oidc import Oidc
-from ._operators import Operators
-from ._store import Store
 from ._tokens import TokenService
-from .store import Database
+from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
+from .devices import DeviceStore
+from .networks import NetworkStore
+from .store import AuditLog, Database
+
+
+class Store:
+    """Tenant-scoped operations over a :class:`Database`, each delegated to the room that owns
+    the table. Every read of tenant data takes the principal's ``Scope``; the rooms' own
+    repositories are reachable as ``users``, ``networks``, ``devices`` and ``audit_log``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.users = UserStore(db)
+        self.networks = NetworkStore(db)
+        self.devices = DeviceStore(db, revoke=revoke_device_tokens)
+        self.audit_log = AuditLog(db)
+        # users and networks
+        self.create_user = self.users.create_user
+        self.get_me = self.users.get_me
+        self.list_networks = self.networks.list_networks
+        self.create_network = self.networks.create_network
+        self.get_network = self.networks.get_network
+        # devices
+        self.register_device = self.devices.register_device
+        self.list_devices = self.devices.list_devices
+        self.get_device = self.devices.get_device
+        self.update_device = self.devices.update_device
+        self.delete_device = self.devices.delete_device
+        self.network_devices = self.devices.network_devices
+        self.set_device_presence = self.devices.set_device_presence
+        # audit
+        self.audit = self.audit_log.append
+        self.audit_entries = self.audit_log.entries
+        self.verify_audit_chain = self.audit_log.verify_chain
 
 
 @dataclass(frozen=True)

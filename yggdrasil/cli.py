@@ -20,9 +20,9 @@ from . import server
 from ._config import Config, load_config
 from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
 from ._logging import configure
-from ._operators import Operators
 from ._secrets import rotate_signing_key
 from ._version import VERSION
+from .accounts import Operators
 from .store import Database, migrate
 
 log = logging.getLogger("yggdrasil")

@@ -39,7 +39,7 @@ from relay import Gateway, Networks
 from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
 from ._config import Config
-from ._domain import Domain
+from ._domain import Domain, Store
 from ._errors import ConfigError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
 from ._ids import now_ms
@@ -47,7 +47,6 @@ from ._logging import set_instance
 from ._mail import Mailer
 from ._metrics import Metrics
 from ._secrets import Secrets, load_or_create
-from ._store import Store
 from ._tokens import TokenService
 from ._turn import issue_credentials, key_lookup, owner_of
 from ._version import VERSION

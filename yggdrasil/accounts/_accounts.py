@@ -20,15 +20,19 @@ from typing import Any
 
 import msgspec
 
-from ._config import AuthConfig
-from ._errors import Forbidden, Invalid, NotFound, UniqueViolation, YggdrasilError
-from ._hashing import hash_secret, new_token, split_token, verify_secret
-from ._ids import new_id, now_ms
-from ._mail import Mail, Mailer
-from ._ratelimit import RateLimited
-from ._store import NewDevice, insert_user, set_revocation
-from ._tokens import Principal, TokenService, family_subject
-from .store import Database, Row, Scope, Tx, append_audit, to_json
+from .._config import AuthConfig
+from .._errors import Forbidden, Invalid, NotFound, YggdrasilError
+from .._hashing import hash_secret, new_token, split_token, verify_secret
+from .._ids import new_id, now_ms
+from .._mail import Mail, Mailer
+from .._ratelimit import RateLimited
+from .._tokens import Principal, TokenService, family_subject
+from ..devices import NewDevice
+from ..networks import member_role
+from ..store import Database, Row, Scope, Tx, append_audit
+from ._revocations import set_revocation
+from ._sessions import Grant, insert_refresh, new_refresh, open_session
+from ._users import insert_user
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +86,6 @@ def normalize_email(email: str) -> str:
     if len(address) > 254 or not _EMAIL.match(address):
         raise Invalid("that is not an e-mail address")
     return address
-
-
-class _Grant(msgspec.Struct, frozen=True):
-    """What a successful credential check hands to session creation."""
-
-    user_id: str
-    role: str
-    network_id: str | None
-    device_id: str | None
-    family_id: str
 
 
 class Accounts:
@@ -246,7 +240,7 @@ class Accounts:
                 "SELECT user_id, role, status FROM users WHERE email = $1", address
             )
             if user is None:
-                user_id = await insert_user(tx, address, display_name)
+                user_id, _ = await insert_user(tx, address, display_name)
                 user = {"user_id": user_id, "role": "user", "status": "active"}
             return user
 
@@ -269,13 +263,13 @@ class Accounts:
         ``tx_work`` returns the user's ``user_id``, ``role`` and ``status``; it is where a code is
         consumed or an identity linked, so that either everything happens or nothing does.
         """
-        secret_hash, refresh = await _new_refresh()
+        secret_hash, refresh = await new_refresh()
 
-        async def work(tx: Tx) -> _Grant:
+        async def work(tx: Tx) -> Grant:
             user = await tx_work(tx)
             if user["status"] != "active":
                 raise AccountSuspended()
-            grant = await _open_session(
+            grant = await open_session(
                 tx,
                 user["user_id"],
                 user["role"],
@@ -311,10 +305,10 @@ class Accounts:
         row = await self.db.read(lookup)
         if row is None or not await verify_secret(row["secret_hash"], secret):
             raise InvalidGrant()
-        secret_hash, refresh = await _new_refresh()
+        secret_hash, refresh = await new_refresh()
         at = now_ms()
 
-        async def rotate(tx: Tx) -> _Grant | str:
+        async def rotate(tx: Tx) -> Grant | str:
             current = await tx.fetchrow(
                 "SELECT r.*, u.role, u.status FROM refresh_tokens r"
                 " JOIN users u ON u.user_id = r.user_id WHERE r.token_id = $1",
@@ -346,7 +340,7 @@ class Accounts:
                 return f"reused:{current['family_id']}"
             if current["expires_at"] <= at or current["status"] != "active":
                 return "invalid"
-            await _insert_refresh(
+            await insert_refresh(
                 tx,
                 refresh,
                 secret_hash,
@@ -356,7 +350,7 @@ class Accounts:
                 current["device_id"],
                 self.config,
             )
-            return _Grant(
+            return Grant(
                 current["user_id"],
                 current["role"],
                 current["network_id"],
@@ -409,11 +403,7 @@ class Accounts:
         expires_at = at + ttl_s * 1000
 
         async def work(tx: Tx) -> None:
-            role = await tx.fetchval(
-                "SELECT role FROM memberships WHERE network_id = $1 AND user_id = $2",
-                network_id,
-                scope.user_id,
-            )
+            role = await member_role(tx, network_id, scope.user_id)
             if role is None:
                 raise NotFound()
             if role != "owner":
@@ -451,10 +441,10 @@ class Accounts:
         row = await self.db.read(lookup)
         if row is None or not await verify_secret(row["secret_hash"], secret):
             raise InvalidKey()
-        secret_hash, refresh = await _new_refresh()
+        secret_hash, refresh = await new_refresh()
         at = now_ms()
 
-        async def redeem(tx: Tx) -> _Grant:
+        async def redeem(tx: Tx) -> Grant:
             taken = await tx.execute(
                 "UPDATE enrollment_keys SET used_at = $2, used_by_device = $3"
                 " WHERE key_id = $1 AND used_at IS NULL AND expires_at > $2",
@@ -466,14 +456,14 @@ class Accounts:
                 raise InvalidKey()
             owner = await tx.fetchrow(
                 "SELECT k.network_id, u.user_id, u.role, u.status FROM enrollment_keys k"
-                " JOIN users u ON u.user_id = k.created_by"
-                " JOIN memberships m ON m.network_id = k.network_id AND m.user_id = u.user_id"
-                " WHERE k.key_id = $1",
+                " JOIN users u ON u.user_id = k.created_by WHERE k.key_id = $1",
                 key_id,
             )
             if owner is None or owner["status"] != "active":
                 raise InvalidKey()
-            grant = await _open_session(
+            if await member_role(tx, owner["network_id"], owner["user_id"]) is None:
+                raise InvalidKey()  # the key's creator has left the network since
+            grant = await open_session(
                 tx,
                 owner["user_id"],
                 owner["role"],
@@ -508,7 +498,7 @@ class Accounts:
             newest = max(newest, int(row["not_before"]))
         return newest
 
-    def _session(self, grant: _Grant, refresh_token: str) -> Session:
+    def _session(self, grant: Grant, refresh_token: str) -> Session:
         access, ttl = self.tokens.issue(
             user_id=grant.user_id,
             role=grant.role,
@@ -547,14 +537,6 @@ def _seconds_until(deadline_ms: int, at_ms: int) -> int:
     return max(1, math.ceil((deadline_ms - at_ms) / 1000))
 
 
-# --------------------------------------------------------------------- units of work
-
-
-async def _new_refresh() -> tuple[str, tuple[str, str, str]]:
-    token = new_token("rt")
-    return await hash_secret(token[1]), token
-
-
 def _audit_work(
     actor: str, action: str, subject: str, detail: dict[str, Any]
 ) -> Callable[[Tx], Any]:
@@ -562,99 +544,3 @@ def _audit_work(
         await append_audit(tx, actor, action, subject, detail)
 
     return work
-
-
-async def _insert_refresh(
-    tx: Tx,
-    refresh: tuple[str, str, str],
-    secret_hash: str,
-    family_id: str,
-    user_id: str,
-    network_id: str | None,
-    device_id: str | None,
-    config: AuthConfig,
-) -> None:
-    at = now_ms()
-    await tx.execute(
-        "INSERT INTO refresh_tokens (token_id, family_id, user_id, network_id, device_id,"
-        " secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        refresh[0],
-        family_id,
-        user_id,
-        network_id,
-        device_id,
-        secret_hash,
-        at,
-        at + config.refresh_ttl_s * 1000,
-    )
-
-
-async def _open_session(
-    tx: Tx,
-    user_id: str,
-    role: str,
-    device: NewDevice | None,
-    network_id: str | None,
-    secret_hash: str,
-    refresh: tuple[str, str, str],
-    config: AuthConfig,
-    *,
-    fresh_device: bool = False,
-) -> _Grant:
-    """Inside the sign-in transaction: join the device to the network and store the refresh token.
-
-    Network ID synchronisation: a signing-in device joins the network the user picked among
-    theirs, or their home network. A device id that another member uses there is a conflict.
-    """
-    chosen: str | None = None
-    if device is not None:
-        if network_id is not None:
-            member = await tx.fetchval(
-                "SELECT 1 FROM memberships WHERE network_id = $1 AND user_id = $2",
-                network_id,
-                user_id,
-            )
-            if not member:
-                raise NotFound()
-            chosen = network_id
-        else:
-            chosen = await tx.fetchval(
-                "SELECT home_network_id FROM users WHERE user_id = $1", user_id
-            )
-            if chosen is None:
-                raise NotFound()
-        owner = await tx.fetchval(
-            "SELECT user_id FROM devices WHERE network_id = $1 AND device_id = $2",
-            chosen,
-            device.device_id,
-        )
-        if owner is None:
-            await tx.execute(
-                "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
-                " capabilities, hardware_specs, metadata, registered_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                chosen,
-                device.device_id,
-                user_id,
-                device.name,
-                device.world_type,
-                to_json(device.capabilities),
-                to_json(device.hardware_specs),
-                to_json(device.metadata),
-                now_ms(),
-            )
-            await append_audit(tx, user_id, "device.register", f"{chosen}/{device.device_id}")
-        elif owner != user_id or fresh_device:
-            raise UniqueViolation("a device with that id exists in this network")
-    family_id = new_id("f")
-    await _insert_refresh(
-        tx,
-        refresh,
-        secret_hash,
-        family_id,
-        user_id,
-        chosen,
-        device.device_id if device else None,
-        config,
-    )
-    return _Grant(user_id, role, chosen, device.device_id if device else None, family_id)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._errors import Forbidden, NotFound
-from ._ids import now_ms
-from ._store import Device, User, _device, _user, revoke_user_tokens
-from .store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
+from .._errors import Forbidden, NotFound
+from .._ids import now_ms
+from ..devices import Device, devices_of_user
+from ..store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
+from ._revocations import revoke_user_tokens
+from ._users import User, _user
 
 
 def _require_operator(scope: Scope) -> None:
@@ -58,19 +60,15 @@ class Operators:
     async def user_devices(self, scope: Scope, user_id: str) -> list[Device]:
         _require_operator(scope)
 
-        async def work(tx: Tx) -> list[Row]:
+        async def work(tx: Tx) -> list[Device]:
             exists = await tx.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id)
             if not exists:
                 raise NotFound()
-            rows = await tx.fetch(
-                "SELECT * FROM devices WHERE user_id = $1 ORDER BY network_id, device_id LIMIT $2",
-                user_id,
-                MAX_PAGE,
-            )
+            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE)
             await append_audit(tx, scope.user_id, "admin.list_devices", user_id)
-            return rows
+            return devices
 
-        return [_device(row) for row in await self.db.write(work)]
+        return await self.db.write(work)
 
     async def grant_role(self, email: str, role: Literal["user", "operator"]) -> User:
         """For the command line (``yggdrasil admin grant``): there is no API to become operator."""

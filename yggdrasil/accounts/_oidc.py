@@ -23,12 +23,13 @@ import msgspec
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 
+from .._config import OidcConfig, OidcProviderConfig
+from .._errors import Invalid, NotFound, YggdrasilError
+from .._ids import now_ms
+from ..devices import NewDevice
+from ..store import Row, Tx, append_audit
 from ._accounts import Accounts, Session
-from ._config import OidcConfig, OidcProviderConfig
-from ._errors import Invalid, NotFound, YggdrasilError
-from ._ids import now_ms
-from ._store import NewDevice, insert_user
-from .store import Row, Tx, append_audit
+from ._users import insert_user
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class Oidc:
                     "SELECT user_id, role, status FROM users WHERE email = $1", email
                 )
             if user is None:
-                user_id = await insert_user(tx, email, display_name)
+                user_id, _ = await insert_user(tx, email, display_name)
                 user = {"user_id": user_id, "role": "user", "status": "active"}
             else:
                 await append_audit(

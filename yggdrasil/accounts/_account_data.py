@@ -6,10 +6,13 @@ from typing import Any
 
 import msgspec
 
-from ._errors import NotFound
-from ._ids import now_ms
-from ._store import User, _user, revoke_user_tokens
-from .store import Database, Row, Scope, Tx, append_audit
+from .._errors import NotFound
+from .._ids import now_ms
+from ..devices import delete_devices_of_user, devices_of_user
+from ..networks import networks_of_user, remove_user_from_networks
+from ..store import Database, Row, Scope, Tx, append_audit, audit_entries_about
+from ._revocations import revoke_user_tokens
+from ._users import User, _user
 
 
 class AccountData:
@@ -52,15 +55,8 @@ class AccountData:
             )
             if user is None:
                 raise NotFound()
-            networks = await tx.fetch(
-                "SELECT n.network_id, n.name, m.role, n.created_at, m.created_at AS joined_at"
-                " FROM networks n JOIN memberships m ON m.network_id = n.network_id"
-                " WHERE m.user_id = $1 ORDER BY n.created_at",
-                user_id,
-            )
-            devices = await tx.fetch(
-                "SELECT * FROM devices WHERE user_id = $1 ORDER BY network_id, device_id", user_id
-            )
+            networks = await networks_of_user(tx, user_id)
+            devices = await devices_of_user(tx, user_id)
             identities = await tx.fetch(
                 "SELECT issuer, subject, email, created_at FROM identities WHERE user_id = $1",
                 user_id,
@@ -80,21 +76,11 @@ class AccountData:
                 " WHERE email = $1 ORDER BY created_at",
                 user["email"],
             )
-            audit = await tx.fetch(
-                "SELECT seq, at, actor, action, subject, detail FROM audit_log"
-                " WHERE actor = $1 OR subject = $1 OR subject = $2 ORDER BY seq",
-                user_id,
-                f"user:{user_id}",
-            )
-            for device in devices:
-                for field in ("capabilities", "hardware_specs", "metadata"):
-                    device[field] = msgspec.json.decode(device[field])
-            for entry in audit:
-                entry["detail"] = msgspec.json.decode(entry["detail"])
+            audit = await audit_entries_about(tx, user_id)
             return {
                 "user": user,
                 "networks": networks,
-                "devices": devices,
+                "devices": [msgspec.to_builtins(device) for device in devices],
                 "identities": identities,
                 "sessions": sessions,
                 "enrollment_keys": keys,
@@ -128,9 +114,8 @@ class AccountData:
             if email is not None:
                 await tx.execute("DELETE FROM login_codes WHERE email = $1", email)
             await tx.execute("DELETE FROM enrollment_keys WHERE created_by = $1", user_id)
-            await tx.execute("DELETE FROM devices WHERE user_id = $1", user_id)
-            await tx.execute("DELETE FROM networks WHERE owner_id = $1", user_id)
-            await tx.execute("DELETE FROM memberships WHERE user_id = $1", user_id)
+            await delete_devices_of_user(tx, user_id)
+            await remove_user_from_networks(tx, user_id)
             await tx.execute(
                 "UPDATE users SET email = NULL, display_name = '', status = 'deleted',"
                 " home_network_id = NULL, updated_at = $2 WHERE user_id = $1",

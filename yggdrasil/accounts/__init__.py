@@ -1,0 +1,46 @@
+"""Accounts: users, sign-in (e-mail codes, OpenID Connect, enrolment keys), sessions and
+their revocation, a user's own data (export, deletion), and what operators may do.
+
+Owns the ``users``, ``login_codes``, ``refresh_tokens``, ``token_revocations``,
+``enrollment_keys``, ``identities`` and ``oauth_states`` tables. A device that signs in is
+registered through the devices room; memberships are checked through the networks room.
+"""
+
+from ._account_data import AccountData
+from ._accounts import (
+    Accounts,
+    AccountSuspended,
+    EnrollmentKey,
+    InvalidCode,
+    InvalidGrant,
+    InvalidKey,
+    Session,
+    normalize_email,
+)
+from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
+from ._operators import Operators
+from ._revocations import revoke_device_tokens, revoke_user_tokens, set_revocation
+from ._users import User, UserStore, insert_user
+
+__all__ = [
+    "AccountData",
+    "AccountSuspended",
+    "Accounts",
+    "Authorization",
+    "EnrollmentKey",
+    "InvalidCode",
+    "InvalidGrant",
+    "InvalidKey",
+    "Oidc",
+    "OidcFailed",
+    "Operators",
+    "ProviderUnavailable",
+    "Session",
+    "User",
+    "UserStore",
+    "insert_user",
+    "normalize_email",
+    "revoke_device_tokens",
+    "revoke_user_tokens",
+    "set_revocation",
+]

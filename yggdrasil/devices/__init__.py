@@ -1,0 +1,33 @@
+"""The device registry: registration, listing, update, deletion and presence of devices.
+
+Owns the ``devices`` table. Tenant scoping goes through the networks room's membership check;
+other rooms register a device only through :func:`insert_device` / :func:`claim_device`.
+"""
+
+from ._devices import (
+    Device,
+    DeviceStore,
+    DeviceUpdate,
+    NewDevice,
+    RevokeDevice,
+    WorldType,
+    claim_device,
+    delete_devices_of_user,
+    devices_of_user,
+    insert_device,
+    scoped_device,
+)
+
+__all__ = [
+    "Device",
+    "DeviceStore",
+    "DeviceUpdate",
+    "NewDevice",
+    "RevokeDevice",
+    "WorldType",
+    "claim_device",
+    "delete_devices_of_user",
+    "devices_of_user",
+    "insert_device",
+    "scoped_device",
+]
