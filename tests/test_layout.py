@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,14 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
 
 
 # Subpackages with a public surface of their own (STYLE.md rule 1 holds for them too).
-SUBPACKAGES = ("relay.client", "relay.protocol")
+SUBPACKAGES = (
+    "relay.client",
+    "relay.protocol",
+    "yggdrasil.accounts",
+    "yggdrasil.devices",
+    "yggdrasil.networks",
+    "yggdrasil.store",
+)
 
 # The public surface of each package; a change here is a deliberate API change.
 EXPORTS: dict[str, set[str]] = {
@@ -118,6 +127,27 @@ EXPORTS: dict[str, set[str]] = {
         "ProtocolError", "Reply", "Request", "Response", "Send", "ServerFrame", "Signal",
         "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed", "Welcome",
         "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+    },
+    "yggdrasil.accounts": {
+        "AccountData", "AccountSuspended", "Accounts", "Authorization", "EnrollmentKey",
+        "InvalidCode", "InvalidGrant", "InvalidKey", "Oidc", "OidcFailed", "Operators",
+        "ProviderUnavailable", "Session", "User", "UserStore", "insert_user", "normalize_email",
+        "revoke_device_tokens",
+    },
+    "yggdrasil.devices": {
+        "Device", "DeviceStore", "DeviceUpdate", "NewDevice", "RevokeDevice", "WorldType",
+        "claim_device", "delete_devices_of_user", "devices_of_user", "insert_device",
+        "scoped_device",
+    },
+    "yggdrasil.networks": {
+        "Network", "NetworkStore", "insert_network", "member_role", "networks_of_user",
+        "remove_user_from_networks", "require_member",
+    },
+    "yggdrasil.store": {
+        "MAX_PAGE", "AuditChainBroken", "AuditEntry", "AuditLog", "Database", "Page",
+        "PostgresDatabase", "Row", "Scope", "SqliteDatabase", "Tx", "append_audit",
+        "audit_entries_about", "current_version", "decode_cursor", "encode_cursor", "from_json",
+        "migrate", "to_json",
     },
     "stun_turn": {
         "Attr", "Class", "Client", "CloseRelay", "MAGIC_COOKIE", "Message", "Method", "PeerPolicy",
@@ -235,3 +265,162 @@ def test_the_rooms_checker_sees_the_client_reach_into_the_gateway() -> None:
     assert room_violations("relay._sample", "from .client import DeviceClient\n") == [
         "relay._sample imports relay.client"
     ]
+
+
+# The rooms inside yggdrasil (ARCHITECTURE.md): infrastructure at the top (its private modules and
+# the store core), one subpackage per capability, and the composition that wires them together.
+# capability -> the capabilities it may import, through their public names only. Every room may
+# use the infrastructure (the top's modules privately: yggdrasil/__init__.py imports the rooms, so
+# they cannot import through it; the store core through its public names); the infrastructure
+# imports no capability, and nothing imports the composition.
+CAPABILITIES: dict[str, set[str]] = {
+    "yggdrasil.networks": set(),
+    "yggdrasil.devices": {"yggdrasil.networks"},
+    "yggdrasil.accounts": {"yggdrasil.networks", "yggdrasil.devices"},
+}
+COMPOSITION = {
+    "yggdrasil",
+    "yggdrasil.__main__",
+    "yggdrasil._domain",
+    "yggdrasil.cli",
+    "yggdrasil.server",
+}
+
+
+def yggdrasil_room(module: str) -> str:
+    if module in COMPOSITION:
+        return "composition"
+    for capability in CAPABILITIES:
+        if module == capability or module.startswith(capability + "."):
+            return capability
+    return "infrastructure"
+
+
+def _private(module: str) -> bool:
+    return any(part.startswith("_") for part in module.split("."))
+
+
+def yggdrasil_violations(module: str, source: str, *, is_package: bool = False) -> list[str]:
+    mine = yggdrasil_room(module)
+    in_store = module == "yggdrasil.store" or module.startswith("yggdrasil.store.")
+    violations = []
+    for target in sorted(imported_modules(source, module, is_package=is_package)):
+        if target.split(".")[0] != "yggdrasil":
+            continue
+        theirs = yggdrasil_room(target)
+        if target.startswith("yggdrasil.store.") and _private(target) and not in_store:
+            violations.append(f"{module} imports the private {target}")
+        if theirs == mine:
+            continue
+        if theirs == "composition":
+            violations.append(f"{module} imports {target}")
+        elif theirs in CAPABILITIES:
+            if mine != "composition" and theirs not in CAPABILITIES.get(mine, set()):
+                violations.append(f"{module} imports {target}")
+            elif _private(target):
+                violations.append(f"{module} imports the private {target}")
+    return violations
+
+
+def test_yggdrasil_rooms_stay_apart() -> None:
+    violations = []
+    for path in sorted((ROOT / "yggdrasil").rglob("*.py")):
+        violations += yggdrasil_violations(
+            module_name(path), path.read_text(), is_package=path.name == "__init__.py"
+        )
+    assert violations == []
+
+
+def test_the_rooms_checker_sees_a_capability_reach_into_another() -> None:
+    devices = "from ..accounts import User\nfrom ..networks._networks import member_role\n"
+    assert yggdrasil_violations("yggdrasil.devices._sample", devices) == [
+        "yggdrasil.devices._sample imports yggdrasil.accounts",
+        "yggdrasil.devices._sample imports the private yggdrasil.networks._networks",
+    ]
+    top = "from .devices import Device\nfrom .store._db import Tx\nfrom . import _domain\n"
+    assert yggdrasil_violations("yggdrasil._sample", top) == [
+        "yggdrasil._sample imports yggdrasil._domain",
+        "yggdrasil._sample imports yggdrasil.devices",
+        "yggdrasil._sample imports the private yggdrasil.store._db",
+    ]
+    fine = "from .._errors import NotFound\nfrom ..store import Tx\nfrom ..devices import Device\n"
+    assert yggdrasil_violations("yggdrasil.accounts._sample", fine) == []
+
+
+# Each table and the room that owns its SQL (STYLE.md rule C): no other module names it in SQL.
+TABLE_OWNERS: dict[str, str] = {
+    "schema_migrations": "yggdrasil.store",
+    "audit_log": "yggdrasil.store",
+    "audit_head": "yggdrasil.store",
+    "networks": "yggdrasil.networks",
+    "memberships": "yggdrasil.networks",
+    "devices": "yggdrasil.devices",
+    "users": "yggdrasil.accounts",
+    "identities": "yggdrasil.accounts",
+    "login_codes": "yggdrasil.accounts",
+    "refresh_tokens": "yggdrasil.accounts",
+    "enrollment_keys": "yggdrasil.accounts",
+    "oauth_states": "yggdrasil.accounts",
+    "token_revocations": "yggdrasil.accounts",
+}
+_SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
+
+
+def sql_tables(source: str) -> list[tuple[str, str]]:
+    """``(keyword, table)`` for every table that the string constants of ``source`` name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found += [(m[1], m[2]) for m in _SQL_TABLE.finditer(node.value)]
+    return found
+
+
+def test_each_table_belongs_to_one_room() -> None:
+    created = set()
+    for path in (ROOT / "yggdrasil" / "migrations").glob("*.sql"):
+        created |= {m[2] for m in _SQL_TABLE.finditer(path.read_text()) if m[1] == "TABLE"}
+    assert created, "the migrations create tables"
+    assert created <= set(TABLE_OWNERS), "a new table needs its owner in TABLE_OWNERS"
+    strangers, device_inserts = [], []
+    for path in sorted((ROOT / "yggdrasil").rglob("*.py")):
+        module = module_name(path)
+        for keyword, table in sql_tables(path.read_text()):
+            owner = TABLE_OWNERS.get(table)
+            if owner is not None and not (module == owner or module.startswith(owner + ".")):
+                strangers.append(f"{module}: {keyword} {table}")
+            if (keyword, table) == ("INTO", "devices"):
+                device_inserts.append(module)
+    assert strangers == []
+    assert device_inserts == ["yggdrasil.devices._devices"], "one insert of a device row"
+
+
+def test_the_table_checker_reads_sql() -> None:
+    source = (
+        'q = ("SELECT d.* FROM devices d JOIN memberships m"\n'
+        '     " ON m.network_id = d.network_id")\n'
+        'tx.execute("INSERT INTO users (user_id) VALUES ($1)")\n'
+        'log.info("from the networks")\n'
+    )
+    assert sorted(sql_tables(source)) == [
+        ("FROM", "devices"),
+        ("INTO", "users"),
+        ("JOIN", "memberships"),
+    ]
+
+
+def test_benchmarks_use_public_entry_points() -> None:
+    private = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for target in imported_modules(path.read_text(), module_name(path)):
+            if _private(target):
+                private.append(f"{module_name(path)} imports {target}")
+    assert private == []
+
+
+def test_every_package_is_shipped() -> None:
+    """``pip install .`` (the container image) installs every package and subpackage."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        module_name(init) for package in PACKAGES for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found - set(setuptools["packages"]) == set()

@@ -19,7 +19,7 @@ from ._accounts import (
 )
 from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
 from ._operators import Operators
-from ._revocations import revoke_device_tokens, revoke_user_tokens, set_revocation
+from ._revocations import revoke_device_tokens
 from ._users import User, UserStore, insert_user
 
 __all__ = [
@@ -41,6 +41,4 @@ __all__ = [
     "insert_user",
     "normalize_email",
     "revoke_device_tokens",
-    "revoke_user_tokens",
-    "set_revocation",
 ]

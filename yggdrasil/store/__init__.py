@@ -12,7 +12,7 @@ them share, like the transaction itself, and it has no tenant of its own.
 """
 
 from ._audit import AuditChainBroken, AuditEntry, AuditLog, append_audit, audit_entries_about
-from ._db import Database, Row, Tx, Work
+from ._db import Database, Row, Tx
 from ._json import from_json, to_json
 from ._migrations import current_version, migrate
 from ._postgres import PostgresDatabase
@@ -31,7 +31,6 @@ __all__ = [
     "Scope",
     "SqliteDatabase",
     "Tx",
-    "Work",
     "append_audit",
     "audit_entries_about",
     "current_version",
