@@ -85,6 +85,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
+from benchmarks._harness import hello, yggdrasil_command
 from benchmarks.relay import prepare_yggdrasil, rss_kib
 
 MIB = 1024 * 1024
@@ -140,8 +141,7 @@ def _raise_fd_limit() -> None:
 
 
 def start_server(data_dir: Path, log_path: Path, env: dict[str, str]) -> Server:
-    script = Path(sys.executable).with_name("yggdrasil")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "yggdrasil"]
+    command = yggdrasil_command()
     clean = {key: value for key, value in os.environ.items() if not key.startswith("YGG_")}
     log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
@@ -244,8 +244,6 @@ class Monitor:
 
 async def _session(nursery: trio.Nursery, url: str, token: str, client: str) -> WebSocketConnection:
     """A device session over trio-websocket: handshake with the token, ``hello``, ``welcome``."""
-    from relay.protocol import Hello, Welcome, decode_server_frame, encode
-
     ws = await connect_websocket_url(
         nursery,
         url,
@@ -253,10 +251,7 @@ async def _session(nursery: trio.Nursery, url: str, token: str, client: str) -> 
         max_message_size=2**21,
         receive_buffer_size=65536,
     )
-    await ws.send_message(encode(Hello(client=client)))
-    welcome = decode_server_frame(await ws.get_message())
-    if not isinstance(welcome, Welcome):
-        raise RuntimeError(f"expected welcome, got {welcome!r}")
+    await hello(ws, client)
     return ws
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import trio
 
+from benchmarks._harness import yggdrasil_command
+
 
 def hello_world(port_queue: multiprocessing.Queue[int]) -> None:
     """The baseline: the smallest quart-trio app on the same hypercorn worker."""
@@ -108,8 +110,7 @@ def measure(port: int, path: str, seconds: float, connections: int) -> dict[str,
 
 
 def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    script = Path(sys.executable).with_name("yggdrasil")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "yggdrasil"]
+    command = yggdrasil_command()
     log_path = data_dir.with_suffix(".log")
     log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     process = subprocess.Popen(

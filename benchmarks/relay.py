@@ -35,6 +35,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, serve_websocket
 
+from benchmarks._harness import hello, yggdrasil_command
+
 _STAMP = struct.Struct("!Q")
 _DEST = struct.Struct("!I")
 
@@ -131,8 +133,7 @@ def _ensure(path: Path) -> Path:
 
 
 def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    script = Path(sys.executable).with_name("yggdrasil")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "yggdrasil"]
+    command = yggdrasil_command()
     relaxed = {
         "YGG_GATEWAY_MESSAGES_PER_S": "1000000",
         "YGG_GATEWAY_TENANT_MESSAGES_PER_S": "100000000",
@@ -191,13 +192,9 @@ class Target:
     async def connect(self, index: int) -> WebSocketConnection:
         if self.kind == "baseline":
             return await _open(f"{self.url}/{index}", [])
-        from relay.protocol import Hello, Welcome, decode_server_frame, encode
-
         headers = [(b"authorization", f"Bearer {self.tokens[index]}".encode())]
         ws = await _open(self.url, headers)
-        await ws.send_message(encode(Hello(client="bench")))
-        welcome = decode_server_frame(await ws.get_message())
-        assert isinstance(welcome, Welcome), welcome
+        await hello(ws, "bench")
         return ws
 
     def frame(self, dest: int, payload: bytes, seq: int) -> bytes:

@@ -20,12 +20,13 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks._harness import free_port, yggdrasil_command
 
 USER, PASSWORD, REALM = "bench", "benchpass", "bench.local"
 
@@ -39,21 +40,6 @@ def tools() -> Path:
     if not (found / "bench_turn.sh").exists():
         raise SystemExit(f"no bench_turn.sh in {found}; set TURN_BENCH_DIR")
     return found
-
-
-def free_port() -> int:
-    """A port number free for both UDP and TCP (TURN listens on both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP")
 
 
 class Coturn:
@@ -94,8 +80,7 @@ class Yggdrasil:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> int:
-        script = Path(sys.executable).with_name("yggdrasil")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "yggdrasil"]
+        command = yggdrasil_command()
         log_path = self.data_dir.with_suffix(".log")
         log_file = open(log_path, "wb")
         self.process = subprocess.Popen(

@@ -9,7 +9,8 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from relay.protocol import Hello, ServerFrame, Welcome, decode_server_frame, encode
+from benchmarks._harness import hello as say_hello
+from relay.protocol import ServerFrame, Welcome, decode_server_frame, encode
 
 
 class RawDevice:
@@ -43,11 +44,7 @@ async def raw_device(
     async with open_websocket_url(
         gateway_url, extra_headers=headers, max_message_size=4 * 1024 * 1024
     ) as ws:
-        welcome: Any = None
-        if hello:
-            await ws.send_message(encode(Hello(client="test")))
-            welcome = decode_server_frame(await ws.get_message())
-            assert isinstance(welcome, Welcome), welcome
+        welcome: Any = await say_hello(ws, "test") if hello else None
         yield RawDevice(ws, welcome)
 
 

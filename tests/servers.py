@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -17,6 +14,7 @@ from typing import Any
 
 import trio
 
+from benchmarks._harness import yggdrasil_command
 from yggdrasil import load_config
 from yggdrasil.server import Running, serve
 
@@ -40,30 +38,6 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
             yield running
         finally:
             stop.set()
-
-
-def free_port() -> int:
-    """A loopback port number free for both UDP and TCP (TURN listens on both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP")
-
-
-def yggdrasil_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m yggdrasil``."""
-    script = Path(sys.executable).with_name("yggdrasil")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("yggdrasil")
-    return [found] if found else [sys.executable, "-m", "yggdrasil"]
 
 
 class ServerProcess:

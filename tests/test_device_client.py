@@ -9,6 +9,7 @@ import httpx
 import msgspec
 import trio
 
+from benchmarks._harness import free_port
 from relay.client import (
     BUILTIN_ACTIONS,
     Connected,
@@ -20,7 +21,7 @@ from relay.client import (
     RequestAnswered,
 )
 from tests.clients import RELAXED_LIMITS, device, next_event, sign_in
-from tests.servers import free_port, running_server
+from tests.servers import running_server
 
 
 async def credentials(

@@ -8,8 +8,9 @@ import httpx
 import pytest
 import trio
 
+from benchmarks._harness import yggdrasil_command
 from tests.clients import User, device, read_code, sign_in
-from tests.servers import server_process, yggdrasil_command
+from tests.servers import server_process
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from benchmarks._harness import free_port, yggdrasil_command
 from tests.clients import count_mail, read_code
-from tests.servers import free_port, server_process, yggdrasil_command
+from tests.servers import server_process
 
 pytestmark = pytest.mark.slow
 

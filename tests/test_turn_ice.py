@@ -9,7 +9,8 @@ from pathlib import Path
 import aioice
 import pytest
 
-from tests.servers import free_port, server_process
+from benchmarks._harness import free_port
+from tests.servers import server_process
 
 pytestmark = pytest.mark.slow
 

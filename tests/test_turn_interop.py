@@ -14,8 +14,9 @@ import httpx
 import pytest
 import trio
 
+from benchmarks._harness import free_port
 from tests.clients import device, sign_in
-from tests.servers import ServerProcess, free_port, server_process
+from tests.servers import ServerProcess, server_process
 
 pytestmark = pytest.mark.slow
 
