@@ -3,10 +3,10 @@
 Knows nothing of devices or money.
 """
 
-from ._actor import Actor, actor_spec
+from ._actor import Actor, actor_spec, is_urgent
 from ._address import Address, Rule, anyone
 from ._bus import Bus, InProcessBus, InProcessHub
-from ._envelope import Codec, Envelope
+from ._envelope import Codec, Envelope, Urgent
 from ._errors import (
     ActorError,
     AddressInUse,
@@ -47,6 +47,8 @@ __all__ = [
     "Strategy",
     "Supervisor",
     "Unreachable",
+    "Urgent",
     "actor_spec",
     "anyone",
+    "is_urgent",
 ]

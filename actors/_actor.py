@@ -14,7 +14,7 @@ import msgspec
 import trio
 
 from ._address import Address
-from ._envelope import Envelope
+from ._envelope import Envelope, Urgent
 from ._mailbox import Mailbox, Overflow
 from ._router import Router
 from ._supervisor import ChildSpec, Restart
@@ -52,12 +52,25 @@ class Actor(abc.ABC):
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._stop_requested = False
+        self._running = False
 
     # ----------------------------------------------------------------- for subclasses
 
     def make_mailbox(self) -> Mailbox[Envelope]:
-        """The actor's mailbox; override to bound it differently (bytes, a shared budget)."""
-        return Mailbox(self.mailbox_capacity, self.overflow)
+        """The actor's mailbox; override to bound it differently (bytes, a shared budget), and
+        keep ``urgent=is_urgent, on_urgent=self.interrupt`` if it should take urgent messages."""
+        return Mailbox(
+            self.mailbox_capacity, self.overflow, urgent=is_urgent, on_urgent=self.interrupt
+        )
+
+    def interrupt(self, envelope: Envelope) -> None:  # noqa: B027 - an optional hook
+        """An :class:`Urgent` message, seen at once (synchronously, from the sender's task):
+        note it, or :meth:`stop`; never await here. By default it is ignored."""
+
+    async def claim(self, router: Router) -> None:
+        """Take the address (:meth:`run` calls this first); override to negotiate with a
+        current holder, e.g. ask it to step down and try again."""
+        await router.register(self.address, self.mailbox)
 
     async def on_start(self) -> None:  # noqa: B027 - an optional hook
         """Runs after registration, before the actor reports ready; side tasks started here
@@ -113,10 +126,15 @@ class Actor(abc.ABC):
     ) -> None:
         """Serve at ``self.address`` through ``router`` until stopped; see the class docstring.
         Reports the address (never the actor object) as ready."""
-        if self._router is not None:
+        if self._running:
             raise RuntimeError(f"actor {self.address} runs already")
+        self._running = True
+        try:
+            await self.claim(router)
+        except BaseException:
+            self._running = False
+            raise
         self._router = router
-        await router.register(self.address, self.mailbox)
         try:
             with trio.CancelScope() as self._scope:
                 if self._stop_requested:
@@ -154,6 +172,10 @@ class Actor(abc.ABC):
                 self.expired += 1
                 continue
             await self.handle(envelope)
+
+
+def is_urgent(envelope: Envelope) -> bool:
+    return isinstance(envelope.body, Urgent)
 
 
 def actor_spec(

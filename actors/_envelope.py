@@ -27,6 +27,11 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     deadline: float | None = None
 
 
+class Urgent(msgspec.Struct, frozen=True):
+    """Base of message types an actor must see at once, ahead of its queue (stop, replace,
+    revoke): the actor's :meth:`~actors.Actor.interrupt` gets them, never its mailbox's line."""
+
+
 class Codec:
     """Envelopes as MessagePack, for the bus between instances.
 

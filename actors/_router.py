@@ -156,12 +156,13 @@ class Router:
 
     # ----------------------------------------------------------------- sending
 
-    async def send(self, envelope: Envelope) -> None:
+    async def send(self, envelope: Envelope, *, activate: bool = True) -> None:
         """Deliver one envelope, fire and forget.
 
         Raises :class:`Unreachable` or, from a full mailbox that rejects, :class:`Overloaded`.
         Under the ``WAIT`` policy this waits for room: that is the backpressure. An envelope to
-        a virtual actor nobody holds starts it here first.
+        a virtual actor nobody holds starts it here first, unless ``activate`` is false (a
+        goodbye to an actor that is gone need not wake it).
         """
         if not self._rule(envelope.src, envelope.dst):
             self._unreachable += 1
@@ -170,7 +171,7 @@ class Router:
             if self._owns(envelope.corr):
                 self._resolve(envelope)
                 return
-        elif await self._deliver_here(envelope, wait=True):
+        elif await self._deliver_here(envelope, wait=True, activate=activate):
             return
         try:
             await self.bus.forward(envelope)
@@ -244,7 +245,7 @@ class Router:
 
     # ----------------------------------------------------------------- internals
 
-    async def _deliver_here(self, envelope: Envelope, *, wait: bool) -> bool:
+    async def _deliver_here(self, envelope: Envelope, *, wait: bool, activate: bool = True) -> bool:
         """Put the envelope into a local mailbox, starting a virtual actor for it if this
         instance should; ``False`` when the address lives elsewhere (or nowhere)."""
         dst = envelope.dst
@@ -252,7 +253,7 @@ class Router:
             box = self._boxes.get(dst)
             if box is None:
                 kind = self._kinds.get(dst.kind)
-                if kind is None or kind.factory is None:
+                if kind is None or kind.factory is None or not activate:
                     return False
                 holder = self.bus.holder(dst)
                 if holder is not None and holder != self.instance_id:

@@ -43,6 +43,9 @@ class ApiContext:
     domain: Callable[[], Domain | None]
     version: str
     tokens: Callable[[], TokenService | None] = lambda: None
+    revoke: Callable[[str, int], None] | None = None
+    """``revoke(subject, not_before_ms)``: a revocation the API just committed, applied here at
+    once and carried to every instance; by default only to this process's token check."""
     ice: Callable[[str, str, str], dict[str, Any]] | None = None
     """``ice(user_id, network_id, device_id)``: STUN/TURN URLs with fresh credentials for that
     device of that account."""
@@ -92,6 +95,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             limits.auth_per_client_rate, limits.auth_per_client_burst, max_keys=limits.tracked_keys
         ),
         trusted_proxies=ctx.trusted_proxies,
+        revoke=ctx.revoke,
     )
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice, ctx.webrtc)

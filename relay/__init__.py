@@ -25,7 +25,8 @@ from ._client import (
 )
 from ._direct import DirectChannel, accept_direct, connect_direct
 from ._gateway import Gateway
-from ._network import NetworkActor, Networks, TenantQuota
+from ._messages import MESSAGE_TYPES
+from ._network import NetworkActor, TenantQuota, network_factory
 from ._protocol import (
     VERSION,
     Ack,
@@ -60,6 +61,7 @@ from ._transport import SessionRefused, Transport, TransportClosed
 
 __all__ = [
     "BUILTIN_ACTIONS",
+    "MESSAGE_TYPES",
     "VERSION",
     "Ack",
     "Bye",
@@ -81,7 +83,6 @@ __all__ = [
     "Message",
     "Nack",
     "NetworkActor",
-    "Networks",
     "NotConnected",
     "PeerState",
     "Ping",
@@ -113,6 +114,7 @@ __all__ = [
     "decode_server_frame",
     "device_cli",
     "encode",
+    "network_factory",
     "open_webrtc",
 ]
 

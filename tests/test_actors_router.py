@@ -26,6 +26,7 @@ from actors import (
     Router,
     Supervisor,
     Unreachable,
+    Urgent,
 )
 
 # ----------------------------------------------------------------------------- a small domain
@@ -466,3 +467,44 @@ def test_the_router_delivers_exactly_what_the_rule_allows(
                 assert same_tenant(envelope.src, envelope.dst)
 
     trio.run(main)
+
+
+class Stop(Urgent, frozen=True, tag="test.stop"):
+    reason: str
+
+
+class Busy(Actor):
+    """Takes a while per envelope: a queue builds up behind it."""
+
+    mailbox_capacity = 100
+
+    def __init__(self, address: Address) -> None:
+        super().__init__(address)
+        self.handled = 0
+        self.interrupted: list[str] = []
+
+    async def handle(self, envelope: Envelope) -> None:
+        await trio.sleep(1)
+        self.handled += 1
+
+    def interrupt(self, envelope: Envelope) -> None:
+        assert isinstance(envelope.body, Stop)
+        self.interrupted.append(envelope.body.reason)
+        self.stop()
+
+
+async def test_an_urgent_message_overtakes_the_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    r = router()
+    busy = Busy(A1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(busy.run, r)
+        for n in range(50):
+            await r.send(Envelope(A2, A1, Text(str(n))))
+        started = trio.current_time()
+        await r.send(Envelope(A2, A1, Stop("replaced")))
+    assert busy.interrupted == ["replaced"]
+    assert busy.handled == 0  # it stopped within the first envelope, not after fifty
+    assert trio.current_time() - started < 1
+    assert not r.is_local(A1)

@@ -15,6 +15,14 @@ from ._accounts import (
     Session,
     normalize_email,
 )
+from ._addresses import (
+    device_address,
+    network_address,
+    provider_address,
+    service_address,
+    tenant_of,
+    tenant_rule,
+)
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
 from ._db import Database, Tx
 from ._domain import Domain
@@ -110,8 +118,14 @@ __all__ = [
     "User",
     "YggdrasilError",
     "current_version",
+    "device_address",
     "load_config",
     "load_or_create",
     "migrate",
+    "network_address",
     "normalize_email",
+    "provider_address",
+    "service_address",
+    "tenant_of",
+    "tenant_rule",
 ]
