@@ -148,6 +148,14 @@ class Router:
         if self.kind(address.kind).placement is Placement.CLUSTER:
             await self.bus.release(address)
 
+    def fence(self) -> None:
+        """The cluster has given this instance up (it lost the bus for too long): every actor
+        of a cluster-wide kind here ends, its mailbox closed, since another instance may take
+        its address now. Per-instance actors go on."""
+        for address, box in list(self._boxes.items()):
+            if self.kind(address.kind).placement is Placement.CLUSTER:
+                box.close()
+
     def is_local(self, address: Address) -> bool:
         return address in self._boxes
 

@@ -21,6 +21,7 @@ from yggdrasil import (
     RateLimiter,
     StoreUnavailable,
     TokenService,
+    Unavailable,
 )
 
 from . import _admin, _errors, _resources, _users
@@ -44,6 +45,8 @@ class ApiContext:
     version: str
     tokens: Callable[[], TokenService | None] = lambda: None
     revoke: Callable[[str, int], None] | None = None
+    bus_ready: Callable[[], bool] = lambda: True
+    """Whether the bus to the other instances is up (readiness)."""
     """``revoke(subject, not_before_ms)``: a revocation the API just committed, applied here at
     once and carried to every instance; by default only to this process's token check."""
     ice: Callable[[str, str, str], dict[str, Any]] | None = None
@@ -148,10 +151,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @validate_response(Ready)
     @document_response(ErrorBody, 503)
     async def readyz() -> Ready:
-        """Readiness: the data store answers. 503 while it does not."""
+        """Readiness: the data store answers and the bus is up. 503 while not."""
         domain = ctx.domain()
         if domain is None:
             raise StoreUnavailable("the data store is starting")
+        if not ctx.bus_ready():
+            raise Unavailable("the bus to the other instances is down")
         with trio.move_on_after(ctx.ready_timeout_s):
             await domain.store.db.ping()
             return Ready("ready", domain.store.db.dialect)

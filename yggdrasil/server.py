@@ -5,7 +5,7 @@
     root (rest_for_one)
     ├── mail         delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
     ├── store        opens SQLite or PostgreSQL, applies migrations, builds the domain services
-    ├── bus          the router's link to other instances (in-process for a single instance)
+    ├── bus          the router's link to other instances: NATS, or in-process for a single one
     ├── revocations  service/revocations: revocations to and from every instance, pushed to sessions
     ├── revocation-sync  keeps the token check current with the store (the backstop)
     ├── api          quart-trio on hypercorn
@@ -34,12 +34,14 @@ import aioice.ice
 import trio
 import trio_asyncio
 
-from actors import ChildSpec, InProcessHub, Placement, Router, Strategy, Supervisor
+from actors import Bus, ChildSpec, Codec, InProcessHub, Placement, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
+from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, network_factory
 from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
 from ._addresses import NETWORK, SERVICE, tenant_rule
+from ._cluster import NatsBus
 from ._config import Config
 from ._db import Database
 from ._domain import Domain
@@ -51,6 +53,7 @@ from ._mail import Mailer
 from ._metrics import Metrics
 from ._migrations import migrate
 from ._postgres import PostgresDatabase
+from ._revocations import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocations import Revocations
 from ._secrets import Secrets, load_or_create
 from ._sqlite import SqliteDatabase
@@ -160,9 +163,12 @@ def check(config: Config) -> None:
     if url and not _is_postgres(url):
         raise ConfigError("database.url must be empty (SQLite) or a postgresql:// URL")
     if config.bus.url:
-        raise ConfigError(
-            "bus.url: only the in-process bus is available in this version; leave it empty"
-        )
+        if not config.bus.url.startswith(("nats://", "tls://")):
+            raise ConfigError("bus.url must be empty (in-process) or a nats:// or tls:// URL")
+        if not url:
+            raise ConfigError(
+                "bus.url needs database.url: the instances of a cluster share one PostgreSQL"
+            )
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min must not exceed database.pool_max")
     _check_ip("turn.relay_ip", config.turn.relay_ip, 4)
@@ -216,7 +222,9 @@ def _instance_id(config: Config) -> str:
 def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
     # One hashing pool per process, whatever runs in it: hashing is bounded process-wide.
     configure_hashing(config.auth.hash_workers, config.auth.hash_queue)
-    router = Router(instance_id, InProcessHub().bus(), rule=tenant_rule)
+    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
+    bus: Bus = NatsBus(config.bus, codec) if config.bus.url else InProcessHub().bus()
+    router = Router(instance_id, bus, rule=tenant_rule)
     metrics = Metrics()
     metrics.router = router
     tokens = TokenService(
@@ -308,6 +316,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 domain=lambda: services.domain,
                 tokens=lambda: tokens,
                 revoke=revocations.revoke,
+                bus_ready=lambda: router.bus.ready,
                 ice=ice_servers,
                 webrtc=gateway.accept_webrtc,
                 version=VERSION,
