@@ -3,10 +3,10 @@
 Knows nothing of devices or money.
 """
 
-from ._actor import Actor, actor_spec
-from ._address import Address, may_deliver
+from ._actor import Actor, actor_spec, is_urgent
+from ._address import Address, Rule, anyone
 from ._bus import Bus, InProcessBus, InProcessHub
-from ._envelope import Envelope
+from ._envelope import Codec, Envelope, Urgent
 from ._errors import (
     ActorError,
     AddressInUse,
@@ -16,7 +16,7 @@ from ._errors import (
     Unreachable,
 )
 from ._mailbox import ByteBudget, Mailbox, MailboxStatistics, Overflow
-from ._router import Router, RouterStatistics
+from ._router import Kind, Placement, Router, RouterStatistics
 from ._supervisor import ChildSpec, ChildStatistics, Restart, Strategy, Supervisor
 
 __all__ = [
@@ -28,21 +28,27 @@ __all__ = [
     "ByteBudget",
     "ChildSpec",
     "ChildStatistics",
+    "Codec",
     "Envelope",
     "Escalated",
     "InProcessBus",
     "InProcessHub",
+    "Kind",
     "Mailbox",
     "MailboxStatistics",
     "Overflow",
     "Overloaded",
+    "Placement",
     "RequestTimeout",
     "Restart",
     "Router",
     "RouterStatistics",
+    "Rule",
     "Strategy",
     "Supervisor",
     "Unreachable",
+    "Urgent",
     "actor_spec",
-    "may_deliver",
+    "anyone",
+    "is_urgent",
 ]

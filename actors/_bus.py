@@ -2,7 +2,8 @@
 
 A router delivers to its own mailboxes; for any other address it asks its bus, which knows which
 instance holds the address and forwards the envelope there. Nothing above the router knows where
-an actor lives.
+an actor lives. A bus is also the cluster's directory: an address of a cluster-wide kind has at
+most one holder, and a second claim is refused (:class:`AddressInUse`), never a silent overwrite.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from ._address import Address
-from ._envelope import Envelope
-from ._errors import Unreachable
+from ._envelope import Codec, Envelope
+from ._errors import AddressInUse, Unreachable
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -25,30 +26,46 @@ class Bus(Protocol):
     def attach(self, router: Router) -> None:
         """Called once by the router that owns this bus."""
 
-    def announce(self, address: Address) -> None:
-        """This instance now holds ``address``."""
+    async def claim(self, address: Address) -> None:
+        """Make this instance the holder of ``address``; :class:`AddressInUse` if another live
+        instance holds it."""
 
-    def withdraw(self, address: Address) -> None:
-        """This instance no longer holds ``address``."""
+    async def release(self, address: Address) -> None:
+        """Give ``address`` up, if this instance holds it."""
+
+    def holder(self, address: Address) -> str | None:
+        """The instance that holds ``address`` (this one's id included), or ``None``: from what
+        the bus knows locally, without a round trip."""
+
+    def alive(self, instance: str) -> bool:
+        """Whether ``instance`` is a live member of the cluster, as far as this bus knows."""
 
     async def forward(self, envelope: Envelope) -> None:
-        """Deliver to whichever instance holds ``envelope.dst`` (or, for a reply, waits for it).
+        """Deliver to whichever instance holds ``envelope.dst`` (for a reply: the instance its
+        ``corr`` names). Raises :class:`Unreachable` when none does."""
 
-        Raises :class:`Unreachable` when none does.
-        """
+    async def broadcast(self, envelope: Envelope) -> None:
+        """Deliver to ``envelope.dst`` on every other instance that holds it locally."""
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the receiving side until cancelled."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the bus is connected (readiness)."""
 
 
 class InProcessHub:
     """Connects the routers of one process, each with its own :class:`InProcessBus`.
 
     The embedded single-instance server uses one hub with one router; tests use several routers
-    on one hub to exercise the same forwarding path that NATS serves between processes.
+    on one hub to exercise the same paths a bus between processes serves. With a ``codec``, every
+    envelope that crosses from one router to another is encoded and decoded on the way, as it
+    would be on the wire.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec | None = None) -> None:
+        self.codec = codec
         self._routers: dict[str, Router] = {}
         self._holders: dict[Address, str] = {}
 
@@ -61,20 +78,32 @@ class InProcessBus:
         self._hub = hub
         self._router: Router | None = None
 
+    @property
+    def ready(self) -> bool:
+        return True
+
     def attach(self, router: Router) -> None:
         if router.instance_id in self._hub._routers:
             raise ValueError(f"instance {router.instance_id!r} is already on this hub")
         self._router = router
         self._hub._routers[router.instance_id] = router
 
-    def announce(self, address: Address) -> None:
-        assert self._router is not None
-        self._hub._holders[address] = self._router.instance_id
+    async def claim(self, address: Address) -> None:
+        me = self._me()
+        holder = self._hub._holders.get(address)
+        if holder is not None and holder != me:
+            raise AddressInUse(str(address))
+        self._hub._holders[address] = me
 
-    def withdraw(self, address: Address) -> None:
-        assert self._router is not None
-        if self._hub._holders.get(address) == self._router.instance_id:
+    async def release(self, address: Address) -> None:
+        if self._hub._holders.get(address) == self._me():
             del self._hub._holders[address]
+
+    def holder(self, address: Address) -> str | None:
+        return self._hub._holders.get(address)
+
+    def alive(self, instance: str) -> bool:
+        return instance in self._hub._routers
 
     async def forward(self, envelope: Envelope) -> None:
         if envelope.is_reply:
@@ -84,7 +113,15 @@ class InProcessBus:
         target = self._hub._routers.get(instance)
         if target is None or target is self._router:
             raise Unreachable()
-        await target.deliver_local(envelope)
+        await target.deliver_local(self._carried(envelope))
+
+    async def broadcast(self, envelope: Envelope) -> None:
+        for router in list(self._hub._routers.values()):
+            if router is not self._router:
+                try:
+                    await router.deliver_local(self._carried(envelope))
+                except Unreachable:
+                    continue
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -92,4 +129,15 @@ class InProcessBus:
             await trio.sleep_forever()
         finally:
             if self._router is not None:
-                self._hub._routers.pop(self._router.instance_id, None)
+                me = self._router.instance_id
+                self._hub._routers.pop(me, None)
+                for address in [a for a, held in self._hub._holders.items() if held == me]:
+                    del self._hub._holders[address]
+
+    def _me(self) -> str:
+        assert self._router is not None, "attach the bus to a router first"
+        return self._router.instance_id
+
+    def _carried(self, envelope: Envelope) -> Envelope:
+        codec = self._hub.codec
+        return envelope if codec is None else codec.decode(codec.encode(envelope))

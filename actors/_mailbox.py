@@ -83,6 +83,9 @@ class Mailbox(Generic[T]):
     item out before queueing a new one. Closing it wakes the reader (its iteration ends) and makes
     every later ``put`` raise :class:`Unreachable`, as if the actor were gone.
 
+    An item that ``urgent(item)`` calls urgent is not queued: ``on_urgent(item)`` sees it at
+    once, ahead of everything waiting (a "stop now" must not wait behind a full queue).
+
     Besides ``capacity`` items, a mailbox can be bounded in bytes: ``sizer(item)`` says what an
     item costs, at most ``max_bytes`` are queued (an empty mailbox always takes one item, however
     large), and a shared :class:`ByteBudget` bounds a group of mailboxes together. A full mailbox
@@ -98,6 +101,8 @@ class Mailbox(Generic[T]):
         sizer: Callable[[T], int] | None = None,
         budget: ByteBudget | None = None,
         on_shed: Callable[[], None] | None = None,
+        urgent: Callable[[T], bool] | None = None,
+        on_urgent: Callable[[T], None] | None = None,
     ) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError("mailbox capacity must be a positive integer")
@@ -111,6 +116,8 @@ class Mailbox(Generic[T]):
         self._sizer = sizer
         self._budget = budget
         self._on_shed = on_shed
+        self._urgent = urgent if on_urgent is not None else None
+        self._on_urgent = on_urgent
         self._send, self._receive = trio.open_memory_channel[T](capacity)
         self._room = trio.lowlevel.ParkingLot()
         self.queued_bytes = 0
@@ -127,9 +134,12 @@ class Mailbox(Generic[T]):
         A full mailbox drops its oldest item under ``DROP_OLDEST`` and raises
         :class:`Overloaded` under both other policies.
         """
-        size = self._sizer(item) if self._sizer is not None else 0
         if self.closed:
             raise Unreachable()
+        if self._urgent is not None and self._urgent(item):
+            self._take_urgent(item)
+            return
+        size = self._sizer(item) if self._sizer is not None else 0
         if self.max_bytes is not None and self.queued_bytes:
             while self.queued_bytes + size > self.max_bytes:
                 if self.overflow is not Overflow.DROP_OLDEST or not self._drop_oldest():
@@ -156,7 +166,9 @@ class Mailbox(Generic[T]):
         ``overflow`` overrides the mailbox's policy for this one item: an actor that queues its own
         work (a session queueing its acknowledgements) waits, while others are refused.
         """
-        if (overflow or self.overflow) is not Overflow.WAIT:
+        if (overflow or self.overflow) is not Overflow.WAIT or (
+            self._urgent is not None and self._urgent(item)
+        ):
             self.put_nowait(item)
             return
         size = self._sizer(item) if self._sizer is not None else 0
@@ -253,6 +265,11 @@ class Mailbox(Generic[T]):
         if self._sizer is not None:
             self._unreserve(self._sizer(item))
         return item
+
+    def _take_urgent(self, item: T) -> None:
+        assert self._on_urgent is not None
+        self._delivered += 1
+        self._on_urgent(item)
 
     def _drop_oldest(self) -> bool:
         try:

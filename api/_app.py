@@ -21,6 +21,7 @@ from yggdrasil import (
     RateLimiter,
     StoreUnavailable,
     TokenService,
+    Unavailable,
 )
 
 from . import _admin, _errors, _resources, _users
@@ -43,6 +44,11 @@ class ApiContext:
     domain: Callable[[], Domain | None]
     version: str
     tokens: Callable[[], TokenService | None] = lambda: None
+    revoke: Callable[[str, int], None] | None = None
+    bus_ready: Callable[[], bool] = lambda: True
+    """Whether the bus to the other instances is up (readiness)."""
+    """``revoke(subject, not_before_ms)``: a revocation the API just committed, applied here at
+    once and carried to every instance; by default only to this process's token check."""
     ice: Callable[[str, str, str], dict[str, Any]] | None = None
     """``ice(user_id, network_id, device_id)``: STUN/TURN URLs with fresh credentials for that
     device of that account."""
@@ -92,6 +98,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             limits.auth_per_client_rate, limits.auth_per_client_burst, max_keys=limits.tracked_keys
         ),
         trusted_proxies=ctx.trusted_proxies,
+        revoke=ctx.revoke,
     )
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice, ctx.webrtc)
@@ -144,10 +151,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @validate_response(Ready)
     @document_response(ErrorBody, 503)
     async def readyz() -> Ready:
-        """Readiness: the data store answers. 503 while it does not."""
+        """Readiness: the data store answers and the bus is up. 503 while not."""
         domain = ctx.domain()
         if domain is None:
             raise StoreUnavailable("the data store is starting")
+        if not ctx.bus_ready():
+            raise Unavailable("the bus to the other instances is down")
         with trio.move_on_after(ctx.ready_timeout_s):
             await domain.store.db.ping()
             return Ready("ready", domain.store.db.dialect)

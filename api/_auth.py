@@ -60,8 +60,10 @@ class Guard:
         per_principal: RateLimiter,
         auth_per_client: RateLimiter,
         trusted_proxies: list[str] | None = None,
+        revoke: Callable[[str, int], None] | None = None,
     ) -> None:
         self._tokens = tokens
+        self._revoke = revoke
         self._domain = domain
         self.per_client = per_client
         self.per_principal = per_principal
@@ -141,8 +143,11 @@ class Guard:
         return tokens
 
     def revoke(self, subject: str, not_before_ms: int) -> None:
-        """Apply a revocation that was just committed to this process's token check at once."""
-        self.tokens().revoke(subject, not_before_ms)
+        """Apply a revocation that was just committed: here at once, and on every instance."""
+        if self._revoke is not None:
+            self._revoke(subject, not_before_ms)
+        else:
+            self.tokens().revoke(subject, not_before_ms)
 
     def domain(self) -> Domain:
         found = self._domain()

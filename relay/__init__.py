@@ -6,13 +6,15 @@ imports the protocol and never the client; the client imports the protocol and n
 """
 
 from ._gateway import Gateway
-from ._network import NetworkActor, Networks, TenantQuota
+from ._messages import MESSAGE_TYPES
+from ._network import NetworkActor, TenantQuota, network_factory
 from ._session import DeviceSession
 
 __all__ = [
+    "MESSAGE_TYPES",
     "DeviceSession",
     "Gateway",
     "NetworkActor",
-    "Networks",
     "TenantQuota",
+    "network_factory",
 ]

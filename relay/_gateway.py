@@ -1,13 +1,15 @@
 """The device gateway: a trio-websocket listener that authenticates before the upgrade, and the
 WebRTC ingress (sessions over a data channel, offered through the HTTP API).
 
-Each accepted connection runs one :class:`DeviceSession`; its task is its error boundary (a crash
-closes that one connection and is logged once with the session id). One live session per device,
-whatever its transport: a new one replaces the old, which closes with 4000 ``replaced``.
+Each accepted connection runs one :class:`DeviceSession` actor; its task is its error boundary (a
+crash closes that one connection and is logged once with the session id). One live session per
+device in the cluster, whatever its transport: a new one replaces the old (on any instance), which
+closes with 4000 ``replaced``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +20,7 @@ import msgspec
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from actors import Address, ByteBudget, Router
+from actors import ByteBudget, Envelope, Overloaded, Router, Unreachable
 from yggdrasil import (
     Forbidden,
     GatewayConfig,
@@ -28,18 +30,23 @@ from yggdrasil import (
     RateLimited,
     TokenService,
     Unavailable,
+    network_address,
+    service_address,
 )
 
-from ._network import Networks
+from ._messages import Rejoin, Revoke
+from ._network import TenantQuota
 from ._session import DeviceSession
 from ._wsguard import GuardedListener
-from .protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, MAX_FRAME_BYTES, Transport, TransportClosed
+from .protocol import CLOSE_GOING_AWAY, MAX_FRAME_BYTES, Transport, TransportClosed
 
 if TYPE_CHECKING:
     from ._webrtc import Offer
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
+_GATEWAY = service_address("gateway")
+"""The sender of what the gateway pushes to its sessions (services may reach any network)."""
 
 
 def _error_body(code: str, message: str) -> bytes:
@@ -54,11 +61,22 @@ class ServiceRegistry(Protocol):
     def discard_service(self, address: str, port: int, /) -> None: ...
 
 
+NETWORK_CHECK_S = 1.0
+"""How often the gateway looks for networks whose actor is gone while sessions of it run here."""
+
+
 class Gateway:
+    """Accepts device connections and runs one :class:`DeviceSession` actor on each.
+
+    It keeps the book of the sessions it runs (their principals, for revocation; their
+    networks, for the per-instance quota and to notice a network actor that is gone) and owns
+    their lifecycle at shutdown, like a supervisor; everything else reaches a session through
+    the router.
+    """
+
     def __init__(
         self,
         router: Router,
-        networks: Networks,
         tokens: TokenService,
         config: GatewayConfig,
         *,
@@ -76,10 +94,12 @@ class Gateway:
         self.peer_allowed = peer_allowed
         self.services = services
         self.relay_aliases = dict(relay_aliases or {})
-        self.networks = networks
         self.tokens = tokens
         self.config = config
-        self.sessions: dict[Address, DeviceSession] = {}
+        self.sessions: dict[str, DeviceSession] = {}
+        """The sessions running here, by session id."""
+        self._quotas: dict[str, tuple[TenantQuota, int]] = {}
+        """Each network with sessions here: its quota on this instance, and how many."""
         self.queued = ByteBudget(config.queue_bytes_total)
         """The bytes waiting for all devices of this gateway together."""
         self._guards: list[GuardedListener] = []
@@ -123,10 +143,11 @@ class Gateway:
             self.url = url
             log.info("gateway listening on %s", url, extra={"listener": "gateway", "url": url})
             task_status.started(url)
+            nursery.start_soon(self._watch_networks)
             await stopping.wait()
             self._nursery = None  # no new WebRTC sessions
             for session in list(self.sessions.values()):
-                session.close(CLOSE_GOING_AWAY, "server shutting down")
+                session.close(CLOSE_GOING_AWAY, "server shutting down")  # as their owner
             with trio.move_on_after(5):
                 for session in list(self.sessions.values()):
                     await session.closed.wait()
@@ -199,23 +220,71 @@ class Gateway:
             self._release(principal)
 
     async def _run(self, transport: Transport, principal: Principal, max_frame_bytes: int) -> None:
+        assert principal.network_id is not None
+        network_id = principal.network_id
+        quota, count = self._quotas.get(network_id) or (
+            TenantQuota(self.config.tenant_messages_per_s, self.config.tenant_bytes_per_s),
+            0,
+        )
+        self._quotas[network_id] = (quota, count + 1)
         session = DeviceSession(
             transport,
             principal,
-            self.router,
-            self.networks,
-            self.tokens,
             self.config,
-            max_frame_bytes=max_frame_bytes,
+            instance=self.router.instance_id,
+            quota=quota,
             budget=self.queued,
+            max_frame_bytes=max_frame_bytes,
         )
+        self.sessions[session.session_id] = session
         try:
-            await session.run(self._register)
+            await session.serve(self.router)
         except Exception:
             log.exception("session=%s crashed", session.session_id)
         finally:
-            if self.sessions.get(session.address) is session:
-                del self.sessions[session.address]
+            del self.sessions[session.session_id]
+            quota, count = self._quotas[network_id]
+            if count <= 1:
+                del self._quotas[network_id]
+            else:
+                self._quotas[network_id] = (quota, count - 1)
+
+    # ----------------------------------------------------------------- pushed to sessions
+
+    async def revoked(self) -> None:
+        """Tokens were revoked (here or on another instance): every session here whose
+        principal is now refused ends at once (4001), through the router like any message."""
+        for session in list(self.sessions.values()):
+            if self.tokens.is_revoked(session.principal):
+                with contextlib.suppress(Unreachable, Overloaded):
+                    await self.router.send(
+                        Envelope(_GATEWAY, session.address, Revoke()), activate=False
+                    )
+
+    async def _watch_networks(self) -> None:
+        """A network whose actor is gone (it crashed, or its instance died) while its sessions
+        run here: they end (1001) so that their devices reconnect and a new actor starts and
+        resyncs them. Seen twice in a row before acting: the directory may lag a fresh join."""
+        suspects: set[str] = set()
+        while True:
+            await trio.sleep(NETWORK_CHECK_S)
+            gone: set[str] = set()
+            bus = self.router.bus
+            for network_id in list(self._quotas):
+                address = network_address(network_id)
+                holder = None if self.router.is_local(address) else bus.holder(address)
+                if self.router.is_local(address) or (holder is not None and bus.alive(holder)):
+                    continue
+                gone.add(network_id)
+            for network_id in gone & suspects:
+                log.info("network=%s lost its actor; its sessions here resync", network_id)
+                for session in list(self.sessions.values()):
+                    if session.network_id == network_id:
+                        with contextlib.suppress(Unreachable, Overloaded):
+                            await self.router.send(
+                                Envelope(_GATEWAY, session.address, Rejoin()), activate=False
+                            )
+            suspects = gone
 
     def _release(self, principal: Principal) -> None:
         self._per_user[principal.user_id] -= 1
@@ -281,13 +350,3 @@ class Gateway:
                 for host, port in endpoints:
                     services.discard_service(host, port)
             self._release(principal)
-
-    def _register(self, session: DeviceSession) -> None:
-        """Make ``session`` the device's one live session, replacing an older one."""
-        old = self.sessions.get(session.address)
-        if old is not None:
-            old.close(CLOSE_REPLACED, "replaced by a new session")
-            # The old session's address must be free before the new one registers it.
-            old.mailbox.close()
-            self.router.unregister(old.address, old.mailbox)
-        self.sessions[session.address] = session

@@ -1,28 +1,38 @@
-"""Bodies of the envelopes that travel between sessions and network actors through the router.
+"""The protocols between the relay's actors, each a set of tagged msgspec Structs, so that the bus
+carries them between instances unchanged (:data:`MESSAGE_TYPES` builds its codec).
 
-They are msgspec Structs so that the bus can carry them between instances unchanged.
+- To a device session (``device/<network>/<device>``): data, signals and requests from other
+  devices, frames already encoded for the device (presence), and the urgent ones - step down for
+  a newer session, tokens revoked, the network restarted.
+- To a network actor (``network/<network>``): join (a request, answered ``Joined`` or
+  ``Refused``) and leave.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from .protocol import PeerState, ThorAction
+from actors import Urgent
+
+from .protocol import PeerState, ThorAction, ThorResult
+
+# ----------------------------------------------------------------------------- to a session
 
 
-class DataFrom(msgspec.Struct, frozen=True):
+class DataFrom(msgspec.Struct, frozen=True, tag="session.data"):
     device_id: str
     data: bytes
 
 
-class SignalFromDevice(msgspec.Struct, frozen=True):
+class SignalFromDevice(msgspec.Struct, frozen=True, tag="session.signal"):
     device_id: str
     kind: str
     payload: bytes
 
 
-class ActionFrom(msgspec.Struct, frozen=True):
-    """A request (the envelope carries its correlation id and deadline)."""
+class ActionFrom(msgspec.Struct, frozen=True, tag="session.action"):
+    """A request (the envelope carries its correlation id and deadline); answered with
+    :class:`ActionResult`."""
 
     device_id: str
     action: ThorAction
@@ -31,28 +41,74 @@ class ActionFrom(msgspec.Struct, frozen=True):
     """The request frame's size, for the receiving session's byte-bounded queue."""
 
 
-class Encoded(msgspec.Struct, frozen=True):
+class ActionResult(msgspec.Struct, frozen=True, tag="session.result"):
+    """The answer to an :class:`ActionFrom`: what the executing device replied."""
+
+    result: ThorResult
+
+
+class Encoded(msgspec.Struct, frozen=True, tag="session.frame"):
     """A frame already encoded for the device: fan-out sends the same bytes to every session."""
 
     frame: bytes
 
 
-class Join(msgspec.Struct, frozen=True):
-    device_id: str
+class Replace(Urgent, frozen=True, tag="session.replace"):
+    """A newer session of the same device wants the address: step down (4000)."""
+
     session_id: str
 
 
-class Joined(msgspec.Struct, frozen=True):
+class Revoke(Urgent, frozen=True, tag="session.revoke"):
+    """The device's tokens were revoked (signed out, deleted, suspended): end at once (4001)."""
+
+
+class Rejoin(Urgent, frozen=True, tag="session.rejoin"):
+    """The network's actor is a new incarnation (it restarted, or moved after an instance died):
+    a session joined to an older one ends (1001) so that its device reconnects and resyncs.
+    ``incarnation`` empty: whatever the session joined is gone."""
+
+    incarnation: str = ""
+
+
+# ----------------------------------------------------------------------------- to a network
+
+
+class Join(msgspec.Struct, frozen=True, tag="network.join"):
+    device_id: str
+    session_id: str
+    instance: str
+    """The instance the session runs on: when it dies, its members leave with it."""
+
+
+class Joined(msgspec.Struct, frozen=True, tag="network.joined"):
     serial: int
     devices: list[PeerState]
+    incarnation: str
 
 
-class Refused(msgspec.Struct, frozen=True):
+class Refused(msgspec.Struct, frozen=True, tag="network.refused"):
     """The network does not know this device (it was deleted)."""
 
     reason: str
 
 
-class Leave(msgspec.Struct, frozen=True):
+class Leave(msgspec.Struct, frozen=True, tag="network.leave"):
     device_id: str
     session_id: str
+
+
+MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    DataFrom,
+    SignalFromDevice,
+    ActionFrom,
+    ActionResult,
+    Encoded,
+    Replace,
+    Revoke,
+    Rejoin,
+    Join,
+    Joined,
+    Refused,
+    Leave,
+)

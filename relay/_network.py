@@ -1,42 +1,41 @@
-"""One actor per active tenant network: presence, the network map, and the tenant's quotas.
+"""One actor per active network: presence and the network map (a virtual actor: the router starts
+it on the first envelope to ``network/<id>``, wherever that lands in the cluster, and it stops
+after ``gateway.network_idle_s`` without members).
 
-Started by :class:`Networks` when the network's first session joins, stopped after
-``network_idle_s`` without sessions. Presence changes are numbered by a serial that grows by one
-per change; each change is encoded once and the same bytes go to every member's session.
+Presence changes are numbered by a serial that grows by one per change; each change is encoded
+once and the same bytes go to every member's session. Members are sessions, on any instance:
+a session that leaves, or whose instance dies, goes offline. A new incarnation (after a crash, or
+on another instance after its holder died) tells the sessions of the old one to come back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import trio
 
-from actors import (
-    Actor,
-    Address,
-    ChildSpec,
-    Envelope,
-    Overloaded,
-    Restart,
-    Router,
-    Supervisor,
-    Unreachable,
-)
-from yggdrasil import RateLimiter, Store
+from actors import Actor, Address, Envelope, Overloaded, Unreachable
+from yggdrasil import RateLimiter, Store, device_address
 
-from ._messages import Encoded, Join, Joined, Leave, Refused
+from ._messages import Encoded, Join, Joined, Leave, Refused, Rejoin
 from .protocol import PeerState, Presence, encode
 
 log = logging.getLogger(__name__)
 
+INSTANCE_CHECK_S = 1.0
+"""How often a network looks for members whose instance has died."""
+
 
 class TenantQuota:
-    """Messages and bytes per second for a whole network, shared by its sessions."""
+    """Messages and bytes per second for a whole network, shared by its sessions on one
+    instance (each instance keeps its own: a network spread over N instances gets up to N
+    times the quota)."""
 
     def __init__(self, messages_per_s: float, bytes_per_s: float) -> None:
         self._messages = RateLimiter(messages_per_s, max(1, int(messages_per_s)))
@@ -58,51 +57,89 @@ class TenantQuota:
         return max(self._messages.wait_time("network"), self._bytes.wait_time("network", size))
 
 
+@dataclass
+class _Member:
+    session_id: str
+    instance: str
+
+
 class NetworkActor(Actor):
-    capacity = 1024
+    mailbox_capacity = 1024
 
     def __init__(
         self,
-        network_id: str,
-        router: Router,
+        address: Address,
         store: Callable[[], Store | None],
-        quota: TenantQuota,
+        *,
         idle_s: float,
     ) -> None:
-        super().__init__(Address.of_network(network_id), router)
-        self.network_id = network_id
-        self._store = store
-        self.quota = quota
-        self._idle_s = idle_s
+        super().__init__(address)
+        self.network_id = address.key
+        self.idle_timeout_s = idle_s
+        self.incarnation = secrets.token_urlsafe(6)
         self.serial = 0
         self.devices: dict[str, PeerState] = {}
-        self.sessions: dict[str, str] = {}  # device id -> session id of its live session
-        self.alive = False
+        self.members: dict[str, _Member] = {}
+        self._store = store
         self._unsaved: dict[str, tuple[Literal["online", "offline"], int]] = {}
         self._wake_saver = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[Actor] = trio.TASK_STATUS_IGNORED) -> None:
+    def idle(self) -> bool:
+        return not self.members
+
+    async def on_start(self) -> None:
         await self._load()
-        self.router.register(self.address, self.mailbox)
-        self.alive = True
-        task_status.started(self)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._save_presence)
-                while True:
-                    with trio.move_on_after(self._idle_s if not self.sessions else float("inf")):
-                        envelope = await self.mailbox.get()
-                        await self.handle(envelope)
-                        continue
-                    log.debug("network=%s idle, stopping", self.network_id)
-                    nursery.cancel_scope.cancel()
-                    break
-        finally:
-            self.alive = False
-            self.mailbox.close()
-            self.router.unregister(self.address, self.mailbox)
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._flush()
+        self.nursery.start_soon(self._save_presence)
+        self.nursery.start_soon(self._watch_instances)
+        # Sessions that joined an earlier incarnation resync (they ignore this one's own).
+        for device_id in self.devices:
+            with contextlib.suppress(Unreachable, Overloaded):
+                await self.router.send(
+                    Envelope(
+                        self.address,
+                        device_address(self.network_id, device_id),
+                        Rejoin(self.incarnation),
+                    ),
+                    activate=False,
+                )
+
+    async def on_stop(self) -> None:
+        await self._flush()
+
+    async def handle(self, envelope: Envelope) -> None:
+        match envelope.body:
+            case Join(device_id=device_id, session_id=session_id, instance=instance):
+                if device_id not in self.devices:
+                    await self._load()
+                if device_id not in self.devices:
+                    await self.reply(envelope, Refused("unknown device"))
+                    return
+                self.members[device_id] = _Member(session_id, instance)
+                # The change first: the joining device's map shows itself online, at the serial
+                # the others see in their delta.
+                await self._change(device_id, online=True)
+                await self.reply(
+                    envelope,
+                    Joined(self.serial, list(self.devices.values()), self.incarnation),
+                )
+            case Leave(device_id=device_id, session_id=session_id):
+                member = self.members.get(device_id)
+                if member is not None and member.session_id == session_id:
+                    del self.members[device_id]
+                    await self._change(device_id, online=False)
+            case _:
+                log.warning("network=%s ignored %s", self.network_id, type(envelope.body).__name__)
+
+    async def _watch_instances(self) -> None:
+        """Members on an instance that died left with it: nobody else will say so."""
+        bus = self.router.bus
+        while True:
+            await trio.sleep(INSTANCE_CHECK_S)
+            gone = [d for d, m in self.members.items() if not bus.alive(m.instance)]
+            for device_id in gone:
+                log.info("network=%s member %s lost with its instance", self.network_id, device_id)
+                del self.members[device_id]
+                await self._change(device_id, online=False)
 
     async def _save_presence(self) -> None:
         """Write presence changes to the device registry in batches, off the actor's path."""
@@ -122,31 +159,6 @@ class NetworkActor(Actor):
         except Exception:  # presence must not die with the database; the map stays right
             log.warning("network=%s could not record presence", self.network_id, exc_info=True)
 
-    async def handle(self, envelope: Envelope) -> None:
-        match envelope.body:
-            case Join(device_id=device_id, session_id=session_id):
-                if device_id not in self.devices:
-                    await self._load()
-                if device_id not in self.devices:
-                    await self._answer(envelope, Refused("unknown device"))
-                    return
-                self.sessions[device_id] = session_id
-                # The change first: the joining device's map shows itself online, at the serial
-                # the others see in their delta.
-                await self._change(device_id, online=True)
-                await self._answer(envelope, Joined(self.serial, list(self.devices.values())))
-            case Leave(device_id=device_id, session_id=session_id):
-                if self.sessions.get(device_id) == session_id:
-                    del self.sessions[device_id]
-                    await self._change(device_id, online=False)
-            case _:
-                log.warning("network=%s ignored %s", self.network_id, type(envelope.body).__name__)
-
-    async def _answer(self, envelope: Envelope, body: object) -> None:
-        if envelope.corr is not None:
-            with contextlib.suppress(Unreachable):  # the session is gone already
-                await self.router.reply(envelope, body)
-
     async def _change(self, device_id: str, *, online: bool) -> None:
         now = int(time.time() * 1000)
         # The registry learns of it in the next batch: a burst of joins costs one transaction.
@@ -159,12 +171,13 @@ class NetworkActor(Actor):
         self.devices[device_id] = state
         self.serial += 1
         frame = Encoded(encode(Presence(serial=self.serial, device=state)))
-        for member in list(self.sessions):
+        for member in list(self.members):
             if member == device_id:
                 continue
             try:
                 await self.router.send(
-                    Envelope(self.address, Address.device(self.network_id, member), frame)
+                    Envelope(self.address, device_address(self.network_id, member), frame),
+                    activate=False,
                 )
             except (Unreachable, Overloaded):
                 # A full queue or a session on its way out: the device resyncs from the
@@ -176,7 +189,7 @@ class NetworkActor(Actor):
         if store is None:
             return
         for device in await store.network_devices(self.network_id):
-            online = device.device_id in self.sessions
+            online = device.device_id in self.members
             self.devices.setdefault(
                 device.device_id,
                 PeerState(
@@ -185,58 +198,12 @@ class NetworkActor(Actor):
             )
 
 
-class Networks:
-    """Starts network actors on first use under its own supervisor."""
+def network_factory(
+    store: Callable[[], Store | None], *, idle_s: float
+) -> Callable[[Address], NetworkActor]:
+    """The router's factory for the ``network`` kind."""
 
-    def __init__(
-        self,
-        router: Router,
-        store: Callable[[], Store | None],
-        *,
-        idle_s: float,
-        messages_per_s: float,
-        bytes_per_s: float,
-    ) -> None:
-        self.router = router
-        self._store = store
-        self._idle_s = idle_s
-        self._messages_per_s = messages_per_s
-        self._bytes_per_s = bytes_per_s
-        self.supervisor = Supervisor("networks", max_restarts=20, period_s=10.0)
-        self._starting: dict[str, trio.Event] = {}
-        self.actors: dict[str, NetworkActor] = {}
+    def make(address: Address) -> NetworkActor:
+        return NetworkActor(address, store, idle_s=idle_s)
 
-    async def ensure(self, network_id: str) -> NetworkActor:
-        """The running actor of ``network_id``, started if needed."""
-        while True:
-            actor = self.actors.get(network_id)
-            if actor is not None and self.router.is_local(actor.address):
-                return actor
-            starting = self._starting.get(network_id)
-            if starting is not None:
-                await starting.wait()
-                continue
-            self._starting[network_id] = trio.Event()
-            try:
-                quota = TenantQuota(self._messages_per_s, self._bytes_per_s)
-                actor = NetworkActor(network_id, self.router, self._store, quota, self._idle_s)
-                spec = ChildSpec(
-                    f"network/{network_id}/{id(actor)}",
-                    functools.partial(self._run, actor),
-                    restart=Restart.TEMPORARY,
-                    shutdown_s=1.0,
-                )
-                await self.supervisor.start_child(spec)
-                return actor
-            finally:
-                self._starting.pop(network_id).set()
-
-    async def _run(
-        self, actor: NetworkActor, *, task_status: trio.TaskStatus[Actor] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        self.actors[actor.network_id] = actor
-        try:
-            await actor.run(task_status=task_status)
-        finally:
-            if self.actors.get(actor.network_id) is actor:
-                del self.actors[actor.network_id]
+    return make

@@ -1,9 +1,15 @@
-"""One actor per connected device: it owns the transport, its mailbox and its network membership.
+"""One actor per connected device (``device/<network>/<device>``): it owns the transport, its
+mailbox and its network membership, and is reached by other actors only through the router.
 
 The transport is a websocket or a WebRTC data channel (:class:`relay.protocol.Transport`); the
-session is the same behind either. Tasks: one reader (decodes frames, routes them), one writer (the
-only task that writes to the transport, draining the mailbox), a pinger and a revocation watcher.
-The first of them to finish ends the session; the transport is closed with a code that says why.
+session is the same behind either. Its actor loop is the writer (the only task that writes to
+the transport, draining the mailbox); side tasks read frames and ping. The first of them to fail
+ends the session; the transport is closed with a code that says why. Urgent messages (a newer
+session of the same device, revoked tokens, a restarted network) end it at once, ahead of its
+queue.
+
+One session per device in the whole cluster: a new session asks the current holder of the
+address to step down (4000) and takes the address once it is free.
 
 Backpressure: the mailbox is bounded in frames and in bytes and refuses (``overloaded``) what other
 devices send once it is full; the session's own frames (acknowledgements, answers) wait for room
@@ -21,14 +27,14 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 from trio_websocket import ConnectionClosed
 
 from actors import (
-    Address,
+    Actor,
+    AddressInUse,
     ByteBudget,
     Envelope,
     Mailbox,
@@ -37,24 +43,30 @@ from actors import (
     RequestTimeout,
     Router,
     Unreachable,
+    is_urgent,
 )
-from yggdrasil import GatewayConfig, Principal, RateLimiter, TokenService
+from yggdrasil import GatewayConfig, Principal, RateLimiter, device_address, network_address
 
 from ._messages import (
     ActionFrom,
+    ActionResult,
     DataFrom,
     Encoded,
     Join,
     Joined,
     Leave,
     Refused,
+    Rejoin,
+    Replace,
+    Revoke,
     SignalFromDevice,
 )
-from ._network import NetworkActor, Networks
+from ._network import TenantQuota
 from .protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_PING_TIMEOUT,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_REPLACED,
     CLOSE_REVOKED,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN,
@@ -119,110 +131,126 @@ _MAX_PAUSE_S = 1.0
 def queued_bytes(envelope: Envelope) -> int:
     """What an envelope waiting for a device costs (its payload and a little for the rest)."""
     body = envelope.body
-    kind = type(body)
-    if kind is DataFrom:
+    if isinstance(body, DataFrom):
         return len(body.data) + _ENVELOPE_OVERHEAD
-    if kind is Encoded:
+    if isinstance(body, Encoded):
         return len(body.frame) + _ENVELOPE_OVERHEAD
-    if kind is SignalFromDevice:
+    if isinstance(body, SignalFromDevice):
         return len(body.payload) + len(body.kind) + _ENVELOPE_OVERHEAD
-    if kind is ActionFrom:
-        return int(body.size) + _ENVELOPE_OVERHEAD
+    if isinstance(body, ActionFrom):
+        return body.size + _ENVELOPE_OVERHEAD
     return _ENVELOPE_OVERHEAD
 
 
-class DeviceSession:
+REPLACE_TIMEOUT_S = 5.0
+"""How long a new session waits for an older one of the same device to step down."""
+REPLACE_POLL_S = 0.02
+
+
+class DeviceSession(Actor):
     def __init__(
         self,
         transport: Transport,
         principal: Principal,
-        router: Router,
-        networks: Networks,
-        tokens: TokenService,
         config: GatewayConfig,
         *,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
+        instance: str,
+        quota: TenantQuota,
         budget: ByteBudget | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
-        """``budget``: the bytes queued for every session of the gateway, bounded together."""
+        """``instance``: the id of the instance this session runs on (its network learns it,
+        to notice when the instance dies). ``quota``: the network's quota on this instance.
+        ``budget``: the bytes queued for every session of the gateway, bounded together."""
         assert principal.network_id is not None
         assert principal.device_id is not None
         self.transport = transport
+        self.config = config
+        self.budget = budget
         self.max_frame_bytes = max_frame_bytes
         """The largest message the transport carries to the device."""
         self.max_data_bytes = max(0, min(config.max_data_bytes, max_frame_bytes - _FRAME_OVERHEAD))
         self.principal = principal
         self.network_id = principal.network_id
         self.device_id = principal.device_id
-        self.address = Address.device(self.network_id, self.device_id)
-        self.network_address = Address.of_network(self.network_id)
+        self.network_address = network_address(self.network_id)
         self.session_id = secrets.token_urlsafe(9)
-        self.router = router
-        self.networks = networks
-        self.tokens = tokens
-        self.config = config
-        self.mailbox: Mailbox[Envelope] = Mailbox(
-            config.queue_size,
-            Overflow.REJECT,
-            max_bytes=config.queue_bytes,
-            sizer=queued_bytes,
-            budget=budget,
-            on_shed=self._shed,
-        )
+        self.instance = instance
+        self.quota = quota
+        super().__init__(device_address(self.network_id, self.device_id))
         self.rate = RateLimiter(config.messages_per_s, max(1, int(2 * config.messages_per_s)))
         self.closed = trio.Event()
         self.close_code = CLOSE_GOING_AWAY
         self.close_reason = ""
         self.stats = SessionStats()
-        self._network: NetworkActor | None = None
+        self._closing = False
+        self._incarnation: str | None = None
+        self._joined = False
         self._incoming: dict[int, Envelope] = {}
         self._incoming_ids = itertools.count(1)
         self._outstanding = 0
-        self._cancel: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
         self._last: Error | None = None
         self._resume_at = 0.0
-        self._overloaded = 0
         """When the reader may read again after a refusal for rate or quota (trio time)."""
+        self._overloaded = 0
+
+    def make_mailbox(self) -> Mailbox[Envelope]:
+        return Mailbox(
+            self.config.queue_size,
+            Overflow.REJECT,
+            max_bytes=self.config.queue_bytes,
+            sizer=queued_bytes,
+            budget=self.budget,
+            on_shed=self._shed,
+            urgent=is_urgent,
+            on_urgent=self.interrupt,
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the session to end (from outside its tasks): replaced, shutdown, revoked."""
-        self.close_code, self.close_reason = code, reason
-        if self._cancel is not None:
-            self._cancel.cancel()
+        """End the session with ``code`` (the first reason given wins)."""
+        if not self._closing:
+            self._closing = True
+            self.close_code, self.close_reason = code, reason
+        self.stop()
 
     def _shed(self) -> None:
         """The gateway's byte budget dropped this session's queue: it is the furthest behind."""
         self.close(CLOSE_SLOW_CONSUMER, "slow consumer: its queue was dropped")
 
-    async def run(self, register: Callable[[DeviceSession], None]) -> None:
-        """Serve the device until either side ends the session; closes the transport."""
+    def interrupt(self, envelope: Envelope) -> None:
+        match envelope.body:
+            case Replace(session_id=session_id) if session_id != self.session_id:
+                self.close(CLOSE_REPLACED, "replaced by a new session")
+            case Revoke():
+                self.close(CLOSE_REVOKED, "revoked")
+            case Rejoin(incarnation=incarnation):
+                if self._joined and incarnation != self._incarnation:
+                    self.close(CLOSE_GOING_AWAY, "network restarted")
+
+    async def serve(self, router: Router) -> None:
+        """The whole session: the device's ``hello``, the address, the network, then frames both
+        ways until either side ends it. Always closes the transport; never raises for what a
+        device or the network does."""
         try:
-            with trio.CancelScope() as self._cancel:
-                try:
-                    await self._open(register)
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._reader)
-                        nursery.start_soon(self._writer)
-                        nursery.start_soon(self._pinger)
-                        nursery.start_soon(self._watch)
-                except* _Closing as group:
-                    first = group.exceptions[0]
-                    assert isinstance(first, _Closing)
-                    self.close_code, self.close_reason = first.code, first.reason
-                    self._last = first.last
-                except* (ConnectionClosed, TransportClosed) as gone:
-                    self.close_code, self.close_reason = CLOSE_GOING_AWAY, "device closed"
-                    cause = gone.exceptions[0]
-                    if isinstance(cause, TransportClosed) and cause.code is not None:
-                        self.close_code, self.close_reason = cause.code, cause.reason
+            try:
+                await self._hello()
+                await self.run(router)
+            except* _Closing as group:
+                first = group.exceptions[0]
+                assert isinstance(first, _Closing)
+                self.close_code, self.close_reason = first.code, first.reason
+                self._last = first.last
+            except* (ConnectionClosed, TransportClosed) as gone:
+                self.close_code, self.close_reason = CLOSE_GOING_AWAY, "device closed"
+                cause = gone.exceptions[0]
+                if isinstance(cause, TransportClosed) and cause.code is not None:
+                    self.close_code, self.close_reason = cause.code, cause.reason
+            except* AddressInUse:
+                self.close_code = CLOSE_TRY_AGAIN
+                self.close_reason = "another session of this device is still ending"
         finally:
-            self.mailbox.close()
-            self.router.unregister(self.address, self.mailbox)
-            await self._leave()
             with trio.move_on_after(2) as cleanup:
                 cleanup.shield = True
                 if self._last is not None:  # the writer has stopped: this is the only writer now
@@ -237,7 +265,7 @@ class DeviceSession:
                 self.close_reason,
             )
 
-    async def _open(self, register: Callable[[DeviceSession], None]) -> None:
+    async def _hello(self) -> None:
         raw: bytes | str | None = None
         with trio.move_on_after(self.config.hello_timeout_s):
             raw = await self.transport.get_message()
@@ -253,30 +281,60 @@ class DeviceSession:
         if hello.v != VERSION:
             error = Error(code="version", message=f"this server speaks version {VERSION}")
             raise _Closing(CLOSE_PROTOCOL_ERROR, "unsupported version", error)
-        register(self)
-        self.router.register(self.address, self.mailbox)
+
+    async def claim(self, router: Router) -> None:
+        """Take the device's address: a live older session of the device (on any instance)
+        is asked to step down first."""
+        deadline = trio.current_time() + REPLACE_TIMEOUT_S
+        while True:
+            try:
+                await router.register(self.address, self.mailbox)
+                return
+            except AddressInUse:
+                if trio.current_time() > deadline:
+                    raise
+            with contextlib.suppress(Unreachable, Overloaded):
+                step_down = Envelope(self.address, self.address, Replace(self.session_id))
+                await router.send(step_down, activate=False)
+            await trio.sleep(REPLACE_POLL_S)
+
+    async def on_start(self) -> None:
         joined = await self._join()
-        await self._send_now(
-            Welcome(
-                v=VERSION,
-                session_id=self.session_id,
-                device_id=self.device_id,
-                network_id=self.network_id,
-                serial=joined.serial,
-                devices=joined.devices,
-                max_data_bytes=self.max_data_bytes,
-                ping_interval_ms=int(self.config.ping_interval_s * 1000),
+        await self._write(
+            encode(
+                Welcome(
+                    v=VERSION,
+                    session_id=self.session_id,
+                    device_id=self.device_id,
+                    network_id=self.network_id,
+                    serial=joined.serial,
+                    devices=joined.devices,
+                    max_data_bytes=self.max_data_bytes,
+                    ping_interval_ms=int(self.config.ping_interval_s * 1000),
+                )
             )
         )
+        self.nursery.start_soon(self._reader)
+        self.nursery.start_soon(self._pinger)
+
+    async def on_stop(self) -> None:
+        if not self._joined:
+            return
+        # A goodbye need not wake a network actor that is gone: the next one starts without us.
+        with contextlib.suppress(Unreachable, Overloaded):
+            await self.router.send(
+                Envelope(
+                    self.address, self.network_address, Leave(self.device_id, self.session_id)
+                ),
+                activate=False,
+            )
 
     async def _join(self) -> Joined:
         for _ in range(3):  # the network actor may be stopping for idleness right now
-            self._network = await self.networks.ensure(self.network_id)
             try:
-                answer = await self.router.request(
-                    self.address,
+                answer = await self.request(
                     self.network_address,
-                    Join(self.device_id, self.session_id),
+                    Join(self.device_id, self.session_id, self.instance),
                     timeout_s=10,
                 )
             except Unreachable:
@@ -286,17 +344,10 @@ class DeviceSession:
             if isinstance(answer, Refused):
                 raise _Closing(CLOSE_REVOKED, "device unknown")
             assert isinstance(answer, Joined)
+            self._incarnation = answer.incarnation
+            self._joined = True
             return answer
-        raise _Closing(CLOSE_GOING_AWAY, "network unavailable")
-
-    async def _leave(self) -> None:
-        if self._network is None:
-            return
-        # If the network actor is gone or jammed, presence resyncs when it restarts.
-        with contextlib.suppress(Unreachable, Overloaded):
-            self._network.mailbox.put_nowait(
-                Envelope(self.address, self.network_address, Leave(self.device_id, self.session_id))
-            )
+        raise _Closing(CLOSE_TRY_AGAIN, "network unavailable, try again")
 
     # ----------------------------------------------------------------- reading
 
@@ -344,13 +395,11 @@ class DeviceSession:
         if wait:
             self._pause(wait)
             return "rate_limited"
-        network = self._network
-        if network is not None:
-            wait = network.quota.take(size)
-            if wait:
-                self._pause(wait)
-                return "quota"
-            self._pause(network.quota.wait_time(size))
+        wait = self.quota.take(size)
+        if wait:
+            self._pause(wait)
+            return "quota"
+        self._pause(self.quota.wait_time(size))
         self._pause(self.rate.wait_time("session"))
         return None
 
@@ -385,9 +434,9 @@ class DeviceSession:
             Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
         )
 
-    async def _route(self, to: str, body: object) -> NackReason | None:
+    async def _route(self, to: str, body: DataFrom | SignalFromDevice) -> NackReason | None:
         try:
-            destination = Address.device(self.network_id, to)
+            destination = device_address(self.network_id, to)
         except ValueError:
             return "unreachable"
         try:
@@ -407,22 +456,19 @@ class DeviceSession:
         if refused is not None:
             await self._queue(Response(id=frame.id, result=ThorResult(ok=False, error=refused)))
             return
-        assert self._nursery is not None
         self._outstanding += 1
-        self._nursery.start_soon(self._await_answer, frame, size)
+        self.nursery.start_soon(self._await_answer, frame, size)
 
     async def _await_answer(self, frame: Request, size: int) -> None:
         try:
             timeout_s = max(0.001, min(frame.timeout_ms, 60_000) / 1000)
             try:
-                destination = Address.device(self.network_id, frame.to)
+                destination = device_address(self.network_id, frame.to)
                 body = ActionFrom(self.device_id, frame.action, int(timeout_s * 1000), size)
-                answer = await self.router.request(
-                    self.address, destination, body, timeout_s=timeout_s
-                )
+                answer = await self.request(destination, body, timeout_s=timeout_s)
                 result = (
-                    answer
-                    if isinstance(answer, ThorResult)
+                    answer.result
+                    if isinstance(answer, ActionResult)
                     else ThorResult(ok=False, error="bad_answer")
                 )
             except (Unreachable, ValueError):
@@ -440,7 +486,7 @@ class DeviceSession:
         if envelope is None:
             return  # late (timed out) or made up: nothing waits for it
         with contextlib.suppress(Unreachable, Overloaded):
-            await self.router.reply(envelope, frame.result)
+            await self.reply(envelope, ActionResult(frame.result))
 
     # ----------------------------------------------------------------- writing
 
@@ -450,9 +496,6 @@ class DeviceSession:
             Envelope(self.address, self.address, Encoded(encode(frame))),  # type: ignore[arg-type]
             overflow=Overflow.WAIT,
         )
-
-    async def _send_now(self, frame: object) -> None:
-        await self._write(encode(frame))  # type: ignore[arg-type]
 
     async def _write(self, data: bytes) -> None:
         if len(data) > self.max_frame_bytes:
@@ -467,19 +510,19 @@ class DeviceSession:
             return
         raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
 
-    async def _writer(self) -> None:
-        async for envelope in self.mailbox:
-            match envelope.body:
-                case Encoded(frame=data):
-                    await self._write(data)
-                case DataFrom(device_id=sender, data=data):
-                    await self._write(encode(Deliver(from_=sender, data=data)))
-                case SignalFromDevice(device_id=sender, kind=kind, payload=payload):
-                    await self._write(encode(SignalFrom(from_=sender, kind=kind, payload=payload)))
-                case ActionFrom(device_id=sender, action=action, timeout_ms=timeout_ms):
-                    await self._deliver_request(envelope, sender, action, timeout_ms)
-                case _:
-                    log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
+    async def handle(self, envelope: Envelope) -> None:
+        """The writer: one envelope from the mailbox, written to the device."""
+        match envelope.body:
+            case Encoded(frame=data):
+                await self._write(data)
+            case DataFrom(device_id=sender, data=data):
+                await self._write(encode(Deliver(from_=sender, data=data)))
+            case SignalFromDevice(device_id=sender, kind=kind, payload=payload):
+                await self._write(encode(SignalFrom(from_=sender, kind=kind, payload=payload)))
+            case ActionFrom(device_id=sender, action=action, timeout_ms=timeout_ms):
+                await self._deliver_request(envelope, sender, action, timeout_ms)
+            case _:
+                log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
 
     async def _deliver_request(
         self, envelope: Envelope, sender: str, action: object, timeout_ms: int
@@ -488,7 +531,7 @@ class DeviceSession:
             return  # expired while queued
         if len(self._incoming) >= self.config.max_pending_requests:
             with contextlib.suppress(Unreachable, Overloaded):
-                await self.router.reply(envelope, ThorResult(ok=False, error="overloaded"))
+                await self.reply(envelope, ActionResult(ThorResult(ok=False, error="overloaded")))
             return
         self._purge_expired()
         incoming_id = next(self._incoming_ids)
@@ -512,12 +555,3 @@ class DeviceSession:
                 await self.transport.ping()
                 continue
             raise _Closing(CLOSE_PING_TIMEOUT, "ping timeout")
-
-    async def _watch(self) -> None:
-        """Revoked tokens and deleted devices end the session within ``revocation_check_s``."""
-        while True:
-            await trio.sleep(self.config.revocation_check_s)
-            if self.tokens.is_revoked(self.principal):
-                raise _Closing(CLOSE_REVOKED, "revoked")
-            if self._network is not None and not self._network.alive:
-                raise _Closing(CLOSE_GOING_AWAY, "network restarted")

@@ -32,6 +32,7 @@ from relay.protocol import (
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
 from tests.servers import running_server
+from yggdrasil import network_address
 from yggdrasil.server import Running
 
 
@@ -270,12 +271,14 @@ async def test_network_actors_start_on_first_use_and_stop_when_idle(data_dir: Pa
         httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
     ):
         dev = await sign_in(http, data_dir / "outbox", "idle@example.org", device_body=device("i"))
-        networks = running.services.gateway.networks  # type: ignore[union-attr]
-        assert networks.actors == {}
+        router = running.services.router
+        network = network_address(dev.session["network_id"])
+        assert not router.is_local(network)
         async with raw_device(running.gateway_url, dev.session["access_token"]):
-            assert list(networks.actors) == [dev.session["network_id"]]
+            assert router.is_local(network)  # started by the session's join
         with trio.fail_after(5):
-            while networks.actors:  # noqa: ASYNC110 - the actor stops on its own timer
+            while router.is_local(network):  # noqa: ASYNC110 - the actor stops on its own timer
                 await trio.sleep(0.05)
+        assert router.statistics().activated == 1
         metrics = (await http.get("/metrics")).text
         assert "yggdrasil_gateway_sessions_accepted_total 1.0" in metrics

@@ -197,8 +197,8 @@ class Home:
     def session(self, device_id: str) -> Any:
         gateway = self.running.services.gateway
         assert gateway is not None
-        for address, session in gateway.sessions.items():
-            if address.name.endswith(device_id) or session.device_id == device_id:
+        for session in gateway.sessions.values():
+            if session.device_id == device_id:
                 return session
         return None
 

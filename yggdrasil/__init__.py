@@ -8,6 +8,14 @@ repositories); ``server`` composes the whole process and ``cli`` is its command 
 two import ``relay`` and ``api``.
 """
 
+from ._addresses import (
+    device_address,
+    network_address,
+    provider_address,
+    service_address,
+    tenant_of,
+    tenant_rule,
+)
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
 from ._domain import Domain, Store
 from ._errors import (
@@ -116,8 +124,14 @@ __all__ = [
     "User",
     "YggdrasilError",
     "current_version",
+    "device_address",
     "load_config",
     "load_or_create",
     "migrate",
+    "network_address",
     "normalize_email",
+    "provider_address",
+    "service_address",
+    "tenant_of",
+    "tenant_rule",
 ]

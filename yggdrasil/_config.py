@@ -131,7 +131,31 @@ class DatabaseConfig(_Section, frozen=True):
 
 class BusConfig(_Section, frozen=True):
     url: str = ""
-    """Empty: the in-process bus (a single instance)."""
+    """Empty: the in-process bus (a single instance). ``nats://host:4222`` (or ``tls://``):
+    instances sharing one NATS server (with JetStream) and one database form a cluster."""
+    prefix: str = "ygg"
+    """Subjects and key-value buckets of this cluster start with it (several clusters may
+    share one NATS server)."""
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    nkey_seed_file: str = ""
+    tls_ca_file: str = ""
+    """CA bundle that signs the NATS server's certificate (TLS also with a ``tls://`` URL)."""
+    tls_cert_file: str = ""
+    """Client certificate, where the NATS server asks for one."""
+    tls_key_file: str = ""
+    heartbeat_s: Seconds = 1.0
+    """How often this instance says it is alive."""
+    instance_timeout_s: Seconds = 3.0
+    """An instance not heard from for this long is dead: its addresses are given up."""
+    connect_timeout_s: Seconds = 10.0
+    reconnect_wait_s: Seconds = 2.0
+    """Between reconnection attempts (shorter ones lose messages in flight across a restart)."""
+    outbox_size: Positive = 10_000
+    """Envelopes waiting to be published; past it senders get ``overloaded``."""
+    inbox_size: Positive = 50_000
+    """Envelopes received and waiting for delivery; past it they are dropped and counted."""
 
 
 class AuthConfig(_Section, frozen=True):

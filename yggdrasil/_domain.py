@@ -9,6 +9,7 @@ room) and the devices room does not import accounts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._config import Config
@@ -60,8 +61,18 @@ class Domain:
     operators: Operators
 
     @classmethod
-    def build(cls, db: Database, tokens: TokenService, mailer: Mailer, config: Config) -> Domain:
-        accounts = Accounts(db, tokens, mailer, config.auth)
+    def build(
+        cls,
+        db: Database,
+        tokens: TokenService,
+        mailer: Mailer,
+        config: Config,
+        *,
+        on_revoke: Callable[[str, int], None] | None = None,
+    ) -> Domain:
+        """``on_revoke(subject, not_before_ms)``: how a revocation the accounts make reaches every
+        instance (by default only this process's token check)."""
+        accounts = Accounts(db, tokens, mailer, config.auth, on_revoke=on_revoke)
         return cls(
             store=Store(db),
             accounts=accounts,

@@ -80,6 +80,8 @@ class TokenService:
         }
         self._verifying[self._kid] = _import_public(secrets_.signing_key.public_key())
         self._not_before: dict[str, int] = {}
+        self.revision = 0
+        """Grows with every revocation that changed what this process refuses."""
 
     # ----------------------------------------------------------------- issuing
 
@@ -171,10 +173,14 @@ class TokenService:
 
     # ----------------------------------------------------------------- revocation
 
-    def revoke(self, subject: str, not_before_ms: int) -> None:
-        """Refuse tokens of ``subject`` issued before ``not_before_ms`` (in this process)."""
+    def revoke(self, subject: str, not_before_ms: int) -> bool:
+        """Refuse tokens of ``subject`` issued before ``not_before_ms`` (in this process);
+        whether that changed anything."""
         if not_before_ms > self._not_before.get(subject, 0):
             self._not_before[subject] = not_before_ms
+            self.revision += 1
+            return True
+        return False
 
     def is_revoked(self, principal: Principal) -> bool:
         """Whether a principal verified earlier has been revoked since (long-lived sessions)."""

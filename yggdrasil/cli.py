@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (8080)")
     serve.add_argument("--gateway-port", type=int, metavar="PORT", help="device gateway (8081)")
     serve.add_argument("--turn-port", type=int, metavar="PORT", help="STUN/TURN port (3478)")
-    serve.add_argument("--bus-url", metavar="URL", help="bus between instances (in-process)")
+    serve.add_argument("--bus-url", metavar="URL", help="NATS of a cluster (in-process)")
     serve.add_argument(
         "--smtp-url", metavar="URL", help="send e-mail through SMTP (default: <data-dir>/outbox)"
     )

@@ -5,10 +5,11 @@
     root (rest_for_one)
     ├── mail         delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
     ├── store        opens SQLite or PostgreSQL, applies migrations, builds the domain services
-    ├── bus          the router's link to other instances (in-process for a single instance)
-    ├── revocations  keeps the in-memory token check current with revocations in the store
+    ├── bus          the router's link to other instances: NATS, or in-process for a single one
+    ├── revocations  service/revocations: revocations to and from every instance, pushed to sessions
+    ├── revocation-sync  keeps the token check current with the store (the backstop)
     ├── api          quart-trio on hypercorn
-    ├── networks     a supervisor of one actor per active tenant network (presence, quotas)
+    ├── networks     virtual actors, one per active tenant network (presence), started by the router
     ├── gateway      the device websocket listener; one DeviceSession per connected device
     └── turn         STUN and TURN over UDP and TCP
 
@@ -33,11 +34,14 @@ import aioice.ice
 import trio
 import trio_asyncio
 
-from actors import ChildSpec, InProcessHub, Router, Strategy, Supervisor
+from actors import Bus, ChildSpec, Codec, InProcessHub, Placement, Router, Strategy, Supervisor
 from api import ApiContext, create_app, serve_api
-from relay import Gateway, Networks
+from relay import MESSAGE_TYPES as RELAY_MESSAGES
+from relay import Gateway, network_factory
 from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
+from ._addresses import NETWORK, SERVICE, tenant_rule
+from ._cluster import NatsBus
 from ._config import Config
 from ._domain import Domain, Store
 from ._errors import ConfigError, StoreUnavailable, sole_exception
@@ -46,6 +50,8 @@ from ._ids import now_ms
 from ._logging import set_instance
 from ._mail import Mailer
 from ._metrics import Metrics
+from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
+from ._revocation_service import Revocations
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._turn import issue_credentials, key_lookup, owner_of
@@ -153,9 +159,12 @@ def check(config: Config) -> None:
     if url and not _is_postgres(url):
         raise ConfigError("database.url must be empty (SQLite) or a postgresql:// URL")
     if config.bus.url:
-        raise ConfigError(
-            "bus.url: only the in-process bus is available in this version; leave it empty"
-        )
+        if not config.bus.url.startswith(("nats://", "tls://")):
+            raise ConfigError("bus.url must be empty (in-process) or a nats:// or tls:// URL")
+        if not url:
+            raise ConfigError(
+                "bus.url needs database.url: the instances of a cluster share one PostgreSQL"
+            )
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min must not exceed database.pool_max")
     _check_ip("turn.relay_ip", config.turn.relay_ip, 4)
@@ -209,7 +218,9 @@ def _instance_id(config: Config) -> str:
 def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
     # One hashing pool per process, whatever runs in it: hashing is bounded process-wide.
     configure_hashing(config.auth.hash_workers, config.auth.hash_queue)
-    router = Router(instance_id, InProcessHub().bus())
+    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
+    bus: Bus = NatsBus(config.bus, codec) if config.bus.url else InProcessHub().bus()
+    router = Router(instance_id, bus, rule=tenant_rule)
     metrics = Metrics()
     metrics.router = router
     tokens = TokenService(
@@ -226,6 +237,15 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         queue_size=config.mail.queue_size,
     )
     services = Services(config, secrets, metrics, router, tokens, mailer)
+    revocations = Revocations(tokens)
+    networks = Supervisor("networks", max_restarts=20, period_s=10.0)
+    router.define(
+        NETWORK,
+        factory=network_factory(lambda: services.store, idle_s=config.gateway.network_idle_s),
+        supervisor=networks,
+        shutdown_s=1.0,
+    )
+    router.define(SERVICE, placement=Placement.INSTANCE)
 
     async def mail_child(*, task_status: trio.TaskStatus[None]) -> None:
         await mailer.run(task_status=task_status)
@@ -234,7 +254,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         db = await open_database_retrying(config)
         try:
             applied = await migrate(db)
-            services.domain = Domain.build(db, tokens, mailer, config)
+            services.domain = Domain.build(db, tokens, mailer, config, on_revoke=revocations.revoke)
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             task_status.started()
             await stopping.wait()
@@ -246,8 +266,9 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     async def bus_child(*, task_status: trio.TaskStatus[None]) -> None:
         await router.bus.serve(task_status=task_status)
 
-    async def revocations_child(*, task_status: trio.TaskStatus[None]) -> None:
-        """Keep this process's token check current with revocations made anywhere."""
+    async def revocation_sync_child(*, task_status: trio.TaskStatus[None]) -> None:
+        """Keep this process's token check current with the store's record of revocations:
+        the backstop for broadcasts this instance missed."""
         domain = services.domain
         assert domain is not None
         # Older revocations cannot matter: every token they refuse has expired.
@@ -256,8 +277,10 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         task_status.started()
         while True:
             await trio.sleep(config.auth.revocation_sync_s)
+            revision = tokens.revision
             # Look back a little: another instance's clock may run behind ours.
             since = await domain.accounts.load_revocations(since - 60_000)
+            revocations.applied(tokens.revision != revision)
 
     relay_ip, external_ip, public_host = turn_addresses(config)
 
@@ -288,6 +311,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 metrics=metrics,
                 domain=lambda: services.domain,
                 tokens=lambda: tokens,
+                revoke=revocations.revoke,
+                bus_ready=lambda: router.bus.ready,
                 ice=ice_servers,
                 webrtc=gateway.accept_webrtc,
                 version=VERSION,
@@ -313,13 +338,6 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             services.urls["api"] = url
             task_status.started(url)
 
-    networks = Networks(
-        router,
-        lambda: services.store,
-        idle_s=config.gateway.network_idle_s,
-        messages_per_s=config.gateway.tenant_messages_per_s,
-        bytes_per_s=config.gateway.tenant_bytes_per_s,
-    )
     peers = PeerPolicy(
         own=own_addresses(config, relay_ip, external_ip, public_host),
         allow=config.turn.allow_peers,
@@ -336,7 +354,6 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
 
     gateway = Gateway(
         router,
-        networks,
         tokens,
         config.gateway,
         peer_allowed=ice_peer_allowed,
@@ -344,6 +361,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         relay_aliases={external_ip: relay_ip} if external_ip != relay_ip else {},
     )
     services.gateway = gateway
+    revocations.add_listener(gateway.revoked)
     metrics.gateway = gateway.statistics
 
     async def gateway_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
@@ -410,9 +428,10 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             ChildSpec("mail", mail_child, shutdown_s=1.0),
             ChildSpec("store", store_child, shutdown_s=grace, graceful=True),
             ChildSpec("bus", bus_child, shutdown_s=1.0),
-            ChildSpec("revocations", revocations_child, shutdown_s=1.0),
+            ChildSpec("revocations", functools.partial(revocations.serve, router), shutdown_s=1.0),
+            ChildSpec("revocation-sync", revocation_sync_child, shutdown_s=1.0),
             ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
-            networks.supervisor.as_child(shutdown_s=2.0),
+            networks.as_child(shutdown_s=2.0),
             ChildSpec("gateway", gateway_child, shutdown_s=grace, graceful=True),
             ChildSpec("turn", turn_child, shutdown_s=1.0),
         ],
@@ -422,7 +441,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         backoff_base_s=0.2,
         backoff_max_s=5.0,
     )
-    metrics.supervisors.extend([root, networks.supervisor])
+    metrics.supervisors.extend([root, networks])
     return root, services
 
 

@@ -1,0 +1,52 @@
+"""The domain's actor addresses and the tenant rule the router applies to every envelope
+(ARCHITECTURE.md, "Messages"): ``device/<network>/<device>``, ``network/<network>``,
+``provider/<provider>`` and ``service/<name>``.
+
+An envelope passes when its two ends are in the same network, or when one end is a service
+(services - the marketplace, locks, revocations - are tenant-aware themselves and answer only what
+the sender may know). Everything else, including a device writing to a provider address, is
+refused, and a refused envelope is indistinguishable from one to an address nobody holds.
+"""
+
+from __future__ import annotations
+
+from actors import Address
+
+DEVICE = "device"
+NETWORK = "network"
+PROVIDER = "provider"
+SERVICE = "service"
+
+
+def device_address(network_id: str, device_id: str) -> Address:
+    return Address.of(DEVICE, network_id, device_id)
+
+
+def network_address(network_id: str) -> Address:
+    return Address.of(NETWORK, network_id)
+
+
+def provider_address(provider_id: str) -> Address:
+    return Address.of(PROVIDER, provider_id)
+
+
+def service_address(name: str) -> Address:
+    return Address.of(SERVICE, name)
+
+
+def tenant_of(address: Address) -> str | None:
+    """The network an address belongs to, or ``None`` (providers, services, unknown kinds)."""
+    if address.kind == DEVICE:
+        segments = address.segments
+        return segments[0] if len(segments) == 2 else None
+    if address.kind == NETWORK:
+        return address.key if "/" not in address.key else None
+    return None
+
+
+def tenant_rule(src: Address, dst: Address) -> bool:
+    """Whether an envelope from ``src`` may reach ``dst`` (see the module docstring)."""
+    if src.kind == SERVICE or dst.kind == SERVICE:
+        return True
+    tenant = tenant_of(src)
+    return tenant is not None and tenant == tenant_of(dst)

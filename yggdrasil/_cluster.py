@@ -1,0 +1,483 @@
+"""The bus between instances over NATS (``bus.url``), for the router of each instance.
+
+Shape (``../shared/CLUSTER.md`` has the measurements behind it):
+
+- Subjects, under ``bus.prefix`` (``ygg``): ``<prefix>.inbox.<instance>`` - envelopes and replies
+  for one instance, which alone subscribes to it; ``<prefix>.broadcast`` - envelopes for the
+  per-instance services of every instance (revocations); ``<prefix>.work.<name>`` - reserved
+  for work that exactly one instance must do (queue group ``<prefix>-workers``).
+- The directory (JetStream key-value bucket ``<prefix>_directory``): address -> the instance that
+  holds it, for every cluster-wide address (device sessions, network actors). Claiming is a
+  ``create`` (it fails if the key exists), giving up a ``delete`` of exactly our revision. Every
+  instance watches the bucket into a local cache, so forwarding needs no round trip and an
+  address nobody holds is :class:`Unreachable` at once.
+- Liveness (bucket ``<prefix>_instances``): each instance puts its heartbeat every
+  ``bus.heartbeat_s``. An instance not heard from for ``bus.instance_timeout_s`` is dead: its
+  directory entries are deleted by whoever notices first, and its members leave their networks.
+  (NATS 2.9's key-value buckets raise no event when a key's TTL expires, so liveness is ours.)
+- Between trio and nats-py (asyncio, on the trio-asyncio loop): one pump task publishes what
+  ``forward`` queued, up to 256 envelopes per hop; received messages go into a trio channel from
+  nats-py's callback without waiting (a full channel drops and counts).
+- Core NATS is at most once. An envelope lost on the way is like one lost with a crashed
+  instance: requests time out, presence resyncs, and sessions' acknowledgements stay honest.
+- An instance that loses NATS for longer than ``instance_timeout_s`` has been declared dead by
+  the others: it fences itself (its cluster-wide actors end, its devices reconnect elsewhere)
+  and is not ready until NATS is back.
+
+Devices never reach NATS: it carries every tenant's traffic and takes credentials and TLS.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+import trio_asyncio
+
+from actors import Address, AddressInUse, Codec, Envelope, Overloaded, Unreachable
+
+from ._config import BusConfig
+from ._errors import ConfigError, YggdrasilError
+
+if TYPE_CHECKING:
+    from actors import Router
+
+log = logging.getLogger(__name__)
+
+_BATCH = 256
+_CLAIM_ATTEMPTS = 3
+
+
+class BusUnavailable(YggdrasilError):
+    status = 503
+    code = "bus_unavailable"
+    default_message = "the bus between instances is unavailable"
+
+
+def _key(address: Address) -> str:
+    """A directory key: KV keys allow only ``[-/_=.a-zA-Z0-9]``, so the address is encoded."""
+    return base64.urlsafe_b64encode(str(address).encode()).decode().rstrip("=")
+
+
+def _address(key: str) -> Address | None:
+    try:
+        return Address.parse(base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def nats_options(config: BusConfig) -> dict[str, Any]:
+    """nats-py's connection options from ``[bus]``: credentials and TLS."""
+    options: dict[str, Any] = {}
+    if config.user:
+        options["user"] = config.user
+        options["password"] = config.password
+    if config.token:
+        options["token"] = config.token
+    if config.nkey_seed_file:
+        options["nkeys_seed"] = config.nkey_seed_file
+    if config.tls_ca_file or config.tls_cert_file or config.url.startswith("tls://"):
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=config.tls_ca_file or None
+        )
+        if config.tls_cert_file:
+            context.load_cert_chain(config.tls_cert_file, config.tls_key_file or None)
+        options["tls"] = context
+    return options
+
+
+class NatsBus:
+    """The :class:`actors.Bus` of one instance over NATS; see the module docstring.
+
+    Needs a running trio-asyncio loop. :meth:`serve` connects, subscribes, syncs the directory
+    and reports ready; it runs until cancelled and closes the connection on the way out.
+    """
+
+    def __init__(self, config: BusConfig, codec: Codec) -> None:
+        self.config = config
+        self.codec = codec
+        self.prefix = config.prefix
+        self._router: Router | None = None
+        self._me = ""
+        self._nc: Any = None
+        self._directory: Any = None
+        self._instances: Any = None
+        self._holders: dict[Address, tuple[str, int]] = {}
+        self._seen: dict[str, tuple[float, int]] = {}
+        """Instance -> when its heartbeat last changed (monotonic) and that entry's revision."""
+        self._ours: dict[Address, int] = {}
+        self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes]](
+            config.outbox_size
+        )
+        self._in_send, self._in_recv = trio.open_memory_channel[bytes](config.inbox_size)
+        self._connected = False
+        self._synced = False
+        self._lost_at: float | None = None
+        self._resync = trio.Event()
+        self._first_sync = trio.Event()
+        self.fenced = False
+        self.stats = {"published": 0, "received": 0, "dropped": 0, "undecodable": 0}
+
+    # ----------------------------------------------------------------- Bus
+
+    def attach(self, router: Router) -> None:
+        self._router = router
+        self._me = router.instance_id
+
+    @property
+    def ready(self) -> bool:
+        return self._connected and self._synced and not self.fenced
+
+    def holder(self, address: Address) -> str | None:
+        found = self._holders.get(address)
+        return None if found is None else found[0]
+
+    def alive(self, instance: str) -> bool:
+        if instance == self._me:
+            return not self.fenced
+        seen = self._seen.get(instance)
+        return seen is not None and time.monotonic() - seen[0] < self.config.instance_timeout_s
+
+    async def claim(self, address: Address) -> None:
+        if not self.ready:
+            raise AddressInUse(f"{address} (the bus is not ready)")
+        key = _key(address)
+        for _ in range(_CLAIM_ATTEMPTS):
+            current = self._holders.get(address)
+            if current is not None and current[0] != self._me and self.alive(current[0]):
+                raise AddressInUse(str(address))
+            revision = await self._aio(self._create, key)
+            if revision is not None:
+                self._ours[address] = revision
+                self._holders[address] = (self._me, revision)
+                return
+            entry = await self._aio(self._get, key)
+            if entry is None:
+                continue  # deleted meanwhile: try again
+            holder, revision = entry
+            if holder == self._me:
+                self._ours[address] = revision
+                self._holders[address] = (holder, revision)
+                return
+            if self.alive(holder):
+                self._holders[address] = (holder, revision)
+                raise AddressInUse(str(address))
+            # Held by an instance that died: take it over (only if nobody did meanwhile).
+            await self._aio(self._delete, key, revision)
+        raise AddressInUse(str(address))
+
+    async def release(self, address: Address) -> None:
+        revision = self._ours.pop(address, None)
+        if revision is None:
+            return
+        if self._holders.get(address, ("", 0))[1] == revision:
+            del self._holders[address]
+        with contextlib.suppress(Exception):  # a lost release expires with our liveness
+            await self._aio(self._delete, _key(address), revision)
+
+    async def forward(self, envelope: Envelope) -> None:
+        if envelope.is_reply:
+            instance = (envelope.corr or "").partition(":")[0]
+        else:
+            instance = self.holder(envelope.dst) or ""
+        if not instance or instance == self._me or not self.alive(instance):
+            raise Unreachable()
+        self._publish(f"{self.prefix}.inbox.{instance}", envelope)
+
+    async def broadcast(self, envelope: Envelope) -> None:
+        self._publish(f"{self.prefix}.broadcast", envelope)
+
+    def _publish(self, subject: str, envelope: Envelope) -> None:
+        if not self._connected:
+            raise Unreachable()
+        try:
+            data = self.codec.encode(envelope)
+        except TypeError:
+            log.error("envelope body %s cannot cross instances", type(envelope.body).__name__)
+            raise Unreachable() from None
+        try:
+            self._out_send.send_nowait((subject, data))
+        except trio.WouldBlock:
+            self.stats["dropped"] += 1
+            raise Overloaded() from None
+
+    # ----------------------------------------------------------------- running
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self._router is not None, "attach the bus to a router first"
+        try:
+            await self._aio(self._open)
+        except Exception as exc:
+            raise ConfigError(f"cannot use the bus at {self.config.url}: {exc}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump)
+                nursery.start_soon(self._deliver, nursery)
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._watch_loop)
+                nursery.start_soon(self._police)
+                with trio.fail_after(self.config.connect_timeout_s):
+                    await self._first_sync.wait()
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self._aio(self._close)
+
+    # asyncio side (runs on the trio-asyncio loop; nats-py's callbacks run on the same thread)
+
+    async def _open(self) -> None:
+        import nats
+        from nats.js.errors import BucketNotFoundError
+
+        connect = nats.connect
+
+        async def disconnected() -> None:
+            self._connected = False
+            self._lost_at = time.monotonic()
+            log.warning("bus: disconnected from %s", self.config.url)
+
+        async def reconnected() -> None:
+            self._connected = True
+            self._lost_at = None
+            log.info("bus: reconnected to %s", self.config.url)
+            self._resync.set()  # watchers restart, the directory cache is rebuilt
+
+        async def error(exc: Exception) -> None:
+            log.warning("bus: %s", exc)
+
+        self._nc = await connect(
+            self.config.url,
+            name=f"yggdrasil {self._me}",
+            no_echo=True,
+            connect_timeout=self.config.connect_timeout_s,
+            reconnect_time_wait=self.config.reconnect_wait_s,
+            max_reconnect_attempts=-1,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            **nats_options(self.config),
+        )
+        js = self._nc.jetstream()
+        buckets = []
+        for name in ("directory", "instances"):
+            bucket = f"{self.prefix}_{name}"
+            try:
+                buckets.append(await js.key_value(bucket))
+            except BucketNotFoundError:
+                buckets.append(await js.create_key_value(bucket=bucket, history=1))
+        self._directory, self._instances = buckets
+        await self._nc.subscribe(f"{self.prefix}.inbox.{self._me}", cb=self._received)
+        await self._nc.subscribe(f"{self.prefix}.broadcast", cb=self._received)
+        await self._instances.put(self._me, str(int(time.time() * 1000)).encode())
+        self._connected = True
+
+    async def _close(self) -> None:
+        if self._nc is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._instances is not None:
+                await self._instances.delete(self._me)
+            for address, revision in list(self._ours.items()):
+                await self._directory.delete(_key(address), last=revision)
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+
+    async def _received(self, msg: Any) -> None:
+        try:
+            self._in_send.send_nowait(msg.data)
+        except trio.WouldBlock:
+            self.stats["dropped"] += 1
+
+    async def _create(self, key: str) -> int | None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            revision: int = await self._directory.create(key, self._me.encode())
+        except KeyWrongLastSequenceError:
+            return None
+        return revision
+
+    async def _get(self, key: str) -> tuple[str, int] | None:
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        try:
+            entry = await self._directory.get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return entry.value.decode(), entry.revision
+
+    async def _delete(self, key: str, revision: int) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._directory.delete(key, last=revision)
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for subject, data in batch:
+            await self._nc.publish(subject, data)
+
+    async def _watch(self, synced: Callable[[], None]) -> None:
+        """Mirror both buckets into the local caches until cancelled."""
+        directory = await self._directory.watchall()
+        instances = await self._instances.watchall()
+        holders: dict[Address, tuple[str, int]] = {}
+        initial = 2
+        try:
+            import asyncio
+
+            async def follow(watcher: Any, apply: Callable[[Any], None]) -> None:
+                nonlocal initial
+                async for entry in watcher:
+                    if entry is None:
+                        initial -= 1
+                        if initial == 0:
+                            self._holders = holders
+                            synced()
+                        continue
+                    apply(entry)
+
+            def directory_entry(entry: Any) -> None:
+                address = _address(entry.key)
+                if address is None:
+                    return
+                target = holders if initial else self._holders
+                if entry.operation in ("DEL", "PURGE"):
+                    target.pop(address, None)
+                else:
+                    target[address] = (entry.value.decode(), entry.revision)
+
+            def instance_entry(entry: Any) -> None:
+                if entry.operation in ("DEL", "PURGE"):
+                    self._seen.pop(entry.key, None)
+                else:
+                    self._seen[entry.key] = (time.monotonic(), entry.revision)
+
+            await asyncio.gather(
+                follow(directory, directory_entry), follow(instances, instance_entry)
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await directory.stop()
+            with contextlib.suppress(Exception):
+                await instances.stop()
+
+    # trio side
+
+    async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """One trio-to-asyncio hop (about 120 us: batch what you can)."""
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    async def _watch_loop(self) -> None:
+        """Keep the caches mirrored; start over after every reconnect (CLUSTER.md, pitfall 2)."""
+        while True:
+            self._resync = trio.Event()
+
+            def synced() -> None:
+                self._synced = True
+                self._first_sync.set()
+
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    try:
+                        await self._aio(self._watch, synced)
+                    except Exception as exc:  # a watcher broken by a disconnect: start over
+                        log.info("bus: directory watch ended (%s); resyncing", exc)
+                        self._resync.set()
+
+                nursery.start_soon(watch)
+                await self._resync.wait()
+                nursery.cancel_scope.cancel()
+            self._synced = False
+            await trio.sleep(self.config.reconnect_wait_s / 2)
+
+    async def _pump(self) -> None:
+        while True:
+            batch = [await self._out_recv.receive()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._out_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._aio(self._publish_batch, batch)
+                self.stats["published"] += len(batch)
+            except Exception as exc:
+                self.stats["dropped"] += len(batch)
+                log.debug("bus: a batch of %d was not published: %s", len(batch), exc)
+
+    async def _deliver(self, nursery: trio.Nursery) -> None:
+        router = self._router
+        assert router is not None
+        starting = trio.CapacityLimiter(64)
+        async for data in self._in_recv:
+            self.stats["received"] += 1
+            try:
+                envelope = self.codec.decode(data)
+            except msgspec.DecodeError:
+                self.stats["undecodable"] += 1
+                continue
+            if envelope.is_reply or router.is_local(envelope.dst):
+                await self._deliver_one(envelope)
+            else:  # may start a virtual actor: never make the others wait for that
+                nursery.start_soon(self._deliver_started, envelope, starting)
+
+    async def _deliver_started(self, envelope: Envelope, starting: trio.CapacityLimiter) -> None:
+        async with starting:
+            await self._deliver_one(envelope)
+
+    async def _deliver_one(self, envelope: Envelope) -> None:
+        assert self._router is not None
+        try:
+            await self._router.deliver_local(envelope, wait=False)
+        except (Unreachable, Overloaded):
+            self.stats["dropped"] += 1
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat_s)
+            if not self._connected:
+                continue
+            with contextlib.suppress(Exception):
+                stamp = str(int(time.time() * 1000)).encode()
+                await self._aio(self._instances.put, self._me, stamp)
+
+    async def _police(self) -> None:
+        """Dead instances' directory entries go; and if this one lost NATS for too long, the
+        others have declared it dead: it fences itself."""
+        while True:
+            await trio.sleep(min(1.0, self.config.instance_timeout_s / 3))
+            lost = self._lost_at
+            if lost is not None and time.monotonic() - lost > self.config.instance_timeout_s:
+                if not self.fenced:
+                    self.fenced = True
+                    log.warning("bus: lost for too long; this instance fences itself")
+                    assert self._router is not None
+                    self._router.fence()
+                continue
+            if self.fenced and self._connected and self._synced:
+                log.info("bus: back; this instance takes new work again")
+                self.fenced = False
+            if not self._connected:
+                continue
+            for address, (holder, revision) in list(self._holders.items()):
+                if holder != self._me and not self.alive(holder):
+                    with contextlib.suppress(Exception):
+                        await self._aio(self._delete, _key(address), revision)
+            for instance, (_, revision) in list(self._seen.items()):
+                if instance != self._me and not self.alive(instance):
+                    with contextlib.suppress(Exception):
+                        await self._aio(self._forget, instance, revision)
+
+    async def _forget(self, instance: str, revision: int) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._instances.delete(instance, last=revision)
