@@ -52,7 +52,7 @@ class World:
 
 @pytest.fixture
 async def world(data_dir: Path) -> AsyncIterator[World]:
-    gateway = {"port": 0, "revocation_check_s": 0.2, "ping_interval_s": 60.0}
+    gateway = {"port": 0, "ping_interval_s": 60.0}
     async with (
         running_server(data_dir, limits=RELAXED_LIMITS, gateway=gateway) as running,
         httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,

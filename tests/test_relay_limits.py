@@ -24,7 +24,7 @@ from tests.servers import running_server
 
 @asynccontextmanager
 async def server(data_dir: Path, **gateway: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    settings = {"revocation_check_s": 0.2, **gateway}
+    settings = {**gateway}
     async with (
         running_server(data_dir, limits=RELAXED_LIMITS, gateway=settings) as running,
         httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
@@ -167,7 +167,6 @@ async def test_slow_readers_are_bounded_in_bytes_and_the_furthest_behind_is_shed
     # Each stalled queue holds three 64 KiB messages at most; four of them do not fit in total.
     per_session, total = 256 * 1024, 700 * 1024
     gateway_settings = {
-        "revocation_check_s": 0.2,
         "queue_size": 100_000,  # only bytes bound the queues here
         "queue_bytes": per_session,
         "queue_bytes_total": total,

@@ -72,7 +72,6 @@ class GatewayConfig(_Section, frozen=True):
     tenant_bytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 64.0 * 1024 * 1024
     network_idle_s: Seconds = 60.0
     """A network actor with no sessions stops after this long."""
-    revocation_check_s: Seconds = 1.0
     allowed_origins: list[str] = []
     """Browser origins allowed to connect; connections with another ``Origin`` are refused."""
     webrtc: bool = True
