@@ -43,12 +43,12 @@ def yggdrasil_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "yggdrasil"]
 
 
-async def hello(ws: WebSocketConnection, client: str) -> Welcome:
+async def hello(ws: WebSocketConnection, client: str, *, receipts: bool = False) -> Welcome:
     """Open the device session on a websocket the gateway has just upgraded: send ``hello``, and
     return the ``welcome`` (``RuntimeError`` if the gateway answers anything else)."""
     from relay.protocol import Hello, Welcome, decode_server_frame, encode
 
-    await ws.send_message(encode(Hello(client=client)))
+    await ws.send_message(encode(Hello(client=client, receipts=receipts)))
     welcome = decode_server_frame(await ws.get_message())
     if not isinstance(welcome, Welcome):
         raise RuntimeError(f"expected welcome, got {welcome!r}")

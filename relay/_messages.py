@@ -14,7 +14,7 @@ import msgspec
 
 from actors import Urgent
 
-from .protocol import PeerState, ThorAction, ThorResult
+from .protocol import NackReason, PeerState, ThorAction, ThorResult
 
 # ----------------------------------------------------------------------------- to a session
 
@@ -22,6 +22,25 @@ from .protocol import PeerState, ThorAction, ThorResult
 class DataFrom(msgspec.Struct, frozen=True, tag="session.data"):
     device_id: str
     data: bytes
+    frame_id: int = 0
+    """The sender's ``send`` id, for the confirmation it waits for (``confirm``)."""
+    confirm: bool = False
+    """The sender acknowledges only once the recipient confirms: answer with
+    :class:`Delivered` (or :class:`Undelivered`)."""
+
+
+class Delivered(msgspec.Struct, frozen=True, tag="session.delivered"):
+    """To a sender's session: the recipient confirmed these ``send`` ids."""
+
+    ids: list[int]
+
+
+class Undelivered(msgspec.Struct, frozen=True, tag="session.undelivered"):
+    """To a sender's session: these did not reach the recipient device (its session ended
+    before confirming them, or its transport cannot carry them: ``too_large``)."""
+
+    ids: list[int]
+    reason: NackReason = "unreachable"
 
 
 class SignalFromDevice(msgspec.Struct, frozen=True, tag="session.signal"):
@@ -100,6 +119,8 @@ class Leave(msgspec.Struct, frozen=True, tag="network.leave"):
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     DataFrom,
+    Delivered,
+    Undelivered,
     SignalFromDevice,
     ActionFrom,
     ActionResult,

@@ -27,6 +27,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import trio
@@ -34,6 +35,7 @@ from trio_websocket import ConnectionClosed
 
 from actors import (
     Actor,
+    Address,
     AddressInUse,
     ByteBudget,
     Envelope,
@@ -51,6 +53,7 @@ from ._messages import (
     ActionFrom,
     ActionResult,
     DataFrom,
+    Delivered,
     Encoded,
     Join,
     Joined,
@@ -60,6 +63,7 @@ from ._messages import (
     Replace,
     Revoke,
     SignalFromDevice,
+    Undelivered,
 )
 from ._network import TenantQuota
 from .protocol import (
@@ -82,6 +86,7 @@ from .protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Received,
     Reply,
     Request,
     Response,
@@ -142,6 +147,13 @@ def queued_bytes(envelope: Envelope) -> int:
     return _ENVELOPE_OVERHEAD
 
 
+def _by_sender(entries: Iterable[tuple[Address, int]]) -> dict[Address, list[int]]:
+    grouped: dict[Address, list[int]] = {}
+    for sender, frame_id in entries:
+        grouped.setdefault(sender, []).append(frame_id)
+    return grouped
+
+
 REPLACE_TIMEOUT_S = 5.0
 """How long a new session waits for an older one of the same device to step down."""
 REPLACE_POLL_S = 0.02
@@ -193,6 +205,13 @@ class DeviceSession(Actor):
         self._resume_at = 0.0
         """When the reader may read again after a refusal for rate or quota (trio time)."""
         self._overloaded = 0
+        self.receipts = False
+        """The device confirms what it receives, and wants its own sends confirmed."""
+        self._awaiting: dict[int, float] = {}
+        """As a sender: send id -> when to give up waiting for the recipient's confirmation."""
+        self._unconfirmed: dict[int, tuple[Address, int]] = {}
+        """As a recipient: deliver seq -> (sender's address, its send id), until confirmed."""
+        self._seq = 0
 
     def make_mailbox(self) -> Mailbox[Envelope]:
         return Mailbox(
@@ -281,6 +300,7 @@ class DeviceSession(Actor):
         if hello.v != VERSION:
             error = Error(code="version", message=f"this server speaks version {VERSION}")
             raise _Closing(CLOSE_PROTOCOL_ERROR, "unsupported version", error)
+        self.receipts = hello.receipts
 
     async def claim(self, router: Router) -> None:
         """Take the device's address: a live older session of the device (on any instance)
@@ -316,8 +336,15 @@ class DeviceSession(Actor):
         )
         self.nursery.start_soon(self._reader)
         self.nursery.start_soon(self._pinger)
+        if self.receipts:
+            self.nursery.start_soon(self._expire_unconfirmed)
 
     async def on_stop(self) -> None:
+        # What this device received but never confirmed: its senders hear it did not arrive.
+        senders = _by_sender(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        for sender, ids in senders.items():
+            await self._tell(sender, Undelivered(ids))
         if not self._joined:
             return
         # A goodbye need not wake a network actor that is gone: the next one starts without us.
@@ -371,6 +398,8 @@ class DeviceSession(Actor):
                     await self._on_reply(frame)
                 case Signal():
                     await self._on_signal(frame)
+                case Received(upto=upto):
+                    await self._confirmed(upto)
                 case Ping(nonce=nonce):
                     await self._queue(Pong(nonce=nonce))
                 case Pong():
@@ -419,11 +448,49 @@ class DeviceSession(Actor):
 
     async def _on_send(self, frame: Send) -> None:
         refused = self._admit(len(frame.data))
+        if refused is None and self.receipts and len(self._awaiting) >= self.config.queue_size:
+            refused = "overloaded"  # too many of its sends wait for confirmation already
         if refused is None:
-            refused = await self._route(frame.to, DataFrom(self.device_id, frame.data))
+            body = DataFrom(self.device_id, frame.data, frame.id, confirm=self.receipts)
+            refused = await self._route(frame.to, body)
+            if refused is None and self.receipts:
+                # The ack waits for the recipient's confirmation (Delivered).
+                self._awaiting[frame.id] = trio.current_time() + self.config.confirm_timeout_s
+                return
         await self._queue(
             Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
         )
+
+    async def _confirmed(self, upto: int) -> None:
+        """The device has every delivery up to ``upto``: their senders hear of it."""
+        done = []
+        for seq in self._unconfirmed:
+            if seq > upto:
+                break
+            done.append(seq)
+        senders = _by_sender(self._unconfirmed.pop(seq) for seq in done)
+        for sender, ids in senders.items():
+            await self._tell(sender, Delivered(ids))
+
+    async def _tell(self, sender: Address, body: Delivered | Undelivered) -> None:
+        """A confirmation for a sender's session; lost, it times out there (``timeout``)."""
+        with contextlib.suppress(Unreachable, Overloaded):
+            await self.router.send(Envelope(self.address, sender, body), activate=False)
+
+    async def _expire_unconfirmed(self) -> None:
+        """Sends whose confirmation never came (the recipient's instance died, a message was
+        lost on the bus) are refused ``timeout``: the device decides whether to send again."""
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            expired = []
+            for frame_id, deadline in self._awaiting.items():
+                if deadline > now:
+                    break
+                expired.append(frame_id)
+            for frame_id in expired:
+                del self._awaiting[frame_id]
+                await self._queue(Nack(id=frame_id, reason="timeout"))
 
     async def _on_signal(self, frame: Signal) -> None:
         refused = self._admit(len(frame.payload))
@@ -515,14 +582,44 @@ class DeviceSession(Actor):
         match envelope.body:
             case Encoded(frame=data):
                 await self._write(data)
-            case DataFrom(device_id=sender, data=data):
-                await self._write(encode(Deliver(from_=sender, data=data)))
+            case DataFrom(device_id=sender, data=data, frame_id=frame_id, confirm=confirm):
+                await self._deliver(envelope.src, sender, data, frame_id, confirm)
+            case Delivered(ids=ids):
+                for frame_id in ids:
+                    if self._awaiting.pop(frame_id, None) is not None:
+                        await self._write(encode(Ack(id=frame_id)))
+            case Undelivered(ids=ids, reason=reason):
+                for frame_id in ids:
+                    if self._awaiting.pop(frame_id, None) is not None:
+                        await self._write(encode(Nack(id=frame_id, reason=reason)))
             case SignalFromDevice(device_id=sender, kind=kind, payload=payload):
                 await self._write(encode(SignalFrom(from_=sender, kind=kind, payload=payload)))
             case ActionFrom(device_id=sender, action=action, timeout_ms=timeout_ms):
                 await self._deliver_request(envelope, sender, action, timeout_ms)
             case _:
                 log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
+
+    async def _deliver(
+        self, src: Address, sender: str, data: bytes, frame_id: int, confirm: bool
+    ) -> None:
+        if not confirm:
+            await self._write(encode(Deliver(from_=sender, data=data)))
+            return
+        if not self.receipts:
+            # This device does not confirm: written to it is as far as the server can tell.
+            await self._write(encode(Deliver(from_=sender, data=data)))
+            await self._tell(src, Delivered([frame_id]))
+            return
+        if len(self._unconfirmed) >= 4 * self.config.queue_size:
+            raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer: deliveries left unconfirmed")
+        frame = encode(Deliver(from_=sender, data=data, seq=self._seq + 1))
+        if len(frame) > self.max_frame_bytes:
+            await self._write(frame)  # replaced by an error frame: this transport is smaller
+            await self._tell(src, Undelivered([frame_id], "too_large"))
+            return
+        self._seq += 1
+        self._unconfirmed[self._seq] = (src, frame_id)
+        await self._write(frame)
 
     async def _deliver_request(
         self, envelope: Envelope, sender: str, action: object, timeout_ms: int

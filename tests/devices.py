@@ -38,13 +38,13 @@ class RawDevice:
 
 @asynccontextmanager
 async def raw_device(
-    gateway_url: str, access_token: str, *, hello: bool = True
+    gateway_url: str, access_token: str, *, hello: bool = True, receipts: bool = False
 ) -> AsyncIterator[RawDevice]:
     headers = [(b"authorization", f"Bearer {access_token}".encode())]
     async with open_websocket_url(
         gateway_url, extra_headers=headers, max_message_size=4 * 1024 * 1024
     ) as ws:
-        welcome: Any = await say_hello(ws, "test") if hello else None
+        welcome: Any = await say_hello(ws, "test", receipts=receipts) if hello else None
         yield RawDevice(ws, welcome)
 
 

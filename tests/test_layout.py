@@ -128,8 +128,8 @@ EXPORTS: dict[str, set[str]] = {
         "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN", "MAX_FRAME_BYTES", "VERSION", "Ack", "Bye",
         "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
         "InvalidOffer", "Nack", "NackReason", "PeerState", "Ping", "Pong", "Presence",
-        "ProtocolError", "Reply", "Request", "Response", "Send", "ServerFrame", "Signal",
-        "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed", "Welcome",
+        "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
+        "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed", "Welcome",
         "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "yggdrasil.accounts": {

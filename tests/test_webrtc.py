@@ -268,8 +268,10 @@ async def test_frames_respect_the_smaller_limit_of_a_data_channel(home: Home) ->
     assert len(message.data) == 262144 - 4096
 
     # The laptop's websocket takes 1 MiB; what the phone's channel cannot carry is replaced by
-    # an error frame (and counted), and the session goes on.
-    await home.laptop.send("phone", b"y" * 300_000)
+    # an error frame (and counted), the sender learns it did not arrive (it asked for receipts),
+    # and the session goes on.
+    with pytest.raises(DeliveryFailed, match="too_large"):
+        await home.laptop.send("phone", b"y" * 300_000)
     session = home.session("phone")
     await wait_for(lambda: session.stats.too_large == 1)
     await home.laptop.send("phone", b"small")

@@ -59,6 +59,9 @@ class GatewayConfig(_Section, frozen=True):
     longest backlogs are disconnected as slow consumers (4002) and their queues dropped."""
     send_timeout_s: Seconds = 10.0
     """A device that takes longer to accept one frame is disconnected as a slow consumer."""
+    confirm_timeout_s: Seconds = 15.0
+    """With receipts: a ``send`` its recipient has not confirmed by then is refused ``timeout``
+    (it may still have arrived: a sender that sends again may deliver twice)."""
     handshake_timeout_s: Seconds = 10.0
     hello_timeout_s: Seconds = 10.0
     ping_interval_s: Seconds = 20.0

@@ -43,6 +43,7 @@ from ..protocol import (
     Pong,
     Presence,
     ProtocolError,
+    Received,
     Reply,
     Request,
     Response,
@@ -71,6 +72,12 @@ class Credentials(msgspec.Struct):
     network_id: str
     access_token: str
     refresh_token: str
+    more_gateways: list[str] = []
+    """Other instances' gateways of the same cluster: after a failure the client tries the
+    next one in turn (behind a load balancer, one address is enough)."""
+
+    def gateways(self) -> list[str]:
+        return [self.gateway_url, *self.more_gateways]
 
 
 class SessionRefused(Exception):
@@ -188,6 +195,9 @@ class DeviceClient:
         """Incoming ``signal`` frames by kind; the rest are reported as events."""
         self._signal_waiters: dict[tuple[str, str], _Slot] = {}
         self._inboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._attempts = 0
+        self._received_upto = 0
+        self._receipt_due = trio.Event()
 
     # ----------------------------------------------------------------- public
 
@@ -338,8 +348,11 @@ class DeviceClient:
                 yield channel
             return
         headers = [(b"authorization", f"Bearer {self.credentials.access_token}".encode())]
+        gateways = self.credentials.gateways()
+        url = gateways[self._attempts % len(gateways)]
+        self._attempts += 1
         async with open_websocket_url(
-            self.credentials.gateway_url,
+            url,
             extra_headers=headers,
             max_message_size=MAX_FRAME_BYTES,
             connect_timeout=10,
@@ -349,7 +362,9 @@ class DeviceClient:
 
     async def _session(self) -> None:
         async with self._connect() as ws:
-            await ws.send_message(encode(Hello(client="yggdrasil-device")))
+            # Receipts: this client confirms what it receives, and its sends are acknowledged
+            # once their recipient confirmed them.
+            await ws.send_message(encode(Hello(client="yggdrasil-device", receipts=True)))
             with trio.fail_after(10):
                 welcome = decode_server_frame(await ws.get_message())
             if not isinstance(welcome, Welcome):
@@ -361,8 +376,11 @@ class DeviceClient:
             self.peers = {p.device_id: p for p in welcome.devices}
             self._ready.set()
             self._emit(Connected(welcome))
+            self._received_upto = 0
+            self._attempts -= 1  # the same gateway first again, should this session end
             try:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._confirm_receipts)
                     while True:
                         frame = decode_server_frame(await ws.get_message())
                         await self._dispatch(frame, nursery)
@@ -384,13 +402,16 @@ class DeviceClient:
                 self._resolve(frame_id, frame)
             case Response(id=frame_id, result=result):
                 self._resolve(frame_id, result)
-            case Deliver(from_=sender, data=data):
+            case Deliver(from_=sender, data=data, seq=seq):
                 inbox = self._inboxes.get(sender)
                 if inbox is None:
                     self._emit(Message(sender, data))
                 else:
                     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                         inbox.send_nowait(data)
+                if seq:
+                    self._received_upto = seq
+                    self._receipt_due.set()
             case Presence(serial=serial, device=device):
                 self.peers[device.device_id] = device
                 self.serial = max(self.serial, serial)
@@ -415,6 +436,15 @@ class DeviceClient:
                 raise TransportClosed(code, reason)
             case _:
                 pass
+
+    async def _confirm_receipts(self) -> None:
+        """Tell the server what arrived: one cumulative ``received`` for what came in within a
+        couple of milliseconds, not one per message."""
+        while True:
+            await self._receipt_due.wait()
+            self._receipt_due = trio.Event()
+            await trio.sleep(0.002)
+            await self._send(Received(upto=self._received_upto))
 
     async def _execute(self, frame: Incoming) -> None:
         action = self.actions.get(frame.action.action)

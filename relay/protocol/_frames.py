@@ -55,17 +55,25 @@ class ThorResult(msgspec.Struct, frozen=True, omit_defaults=True):
     """For ``ok=False``: ``unreachable``, ``timeout``, ``overloaded``, or the executor's code."""
 
 
-NackReason = Literal["unreachable", "overloaded", "too_large", "rate_limited", "quota"]
+NackReason = Literal["unreachable", "overloaded", "too_large", "rate_limited", "quota", "timeout"]
 
 
 # ----------------------------------------------------------------------------- device -> server
 
 
 class Hello(_Frame, tag="hello", frozen=True):
-    """The first frame of a session. ``serial`` is the last presence serial the device saw."""
+    """The first frame of a session.
+
+    ``receipts``: this device confirms what it receives (``received``), and its own sends
+    are acknowledged only once their recipient confirmed them: an ``ack`` then means the
+    recipient device has the message, wherever it and the sender are connected, whatever
+    instance dies meanwhile. Without receipts an ``ack`` means the message is in the recipient's
+    queue on the server.
+    """
 
     v: int = VERSION
     client: str = ""
+    receipts: bool = False
 
 
 class Send(_Frame, tag="send", frozen=True):
@@ -110,7 +118,13 @@ class Pong(_Frame, tag="pong", frozen=True):
     nonce: int = 0
 
 
-ClientFrame = Hello | Send | Request | Reply | Signal | Ping | Pong
+class Received(_Frame, tag="received", frozen=True):
+    """A device with receipts has every ``deliver`` up to ``seq`` ``upto`` (cumulative)."""
+
+    upto: int
+
+
+ClientFrame = Hello | Send | Request | Reply | Signal | Ping | Pong | Received
 
 
 # ----------------------------------------------------------------------------- server -> device
@@ -130,14 +144,17 @@ class Welcome(_Frame, tag="welcome", frozen=True):
 
 
 class Deliver(_Frame, tag="deliver", frozen=True):
-    """``data`` from device ``from_``, stamped by the server."""
+    """``data`` from device ``from_``, stamped by the server. ``seq`` (a device with receipts,
+    for a sender with receipts) numbers what the device confirms with ``received``."""
 
     from_: str = msgspec.field(name="from")
     data: bytes
+    seq: int = 0
 
 
 class Ack(_Frame, tag="ack", frozen=True):
-    """The ``send`` with this ``id`` is queued for its recipient's session."""
+    """The ``send`` with this ``id`` reached its recipient: with receipts, its device confirmed
+    it; without, it is queued for the recipient's session."""
 
     id: int
 
