@@ -129,8 +129,8 @@ EXPORTS: dict[str, set[str]] = {
         "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
         "InvalidOffer", "Nack", "NackReason", "PeerState", "Ping", "Pong", "Presence",
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
-        "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed", "Welcome",
-        "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
+        "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "yggdrasil.accounts": {
         "AccountData", "AccountSuspended", "Accounts", "Authorization", "EnrollmentKey",
