@@ -10,13 +10,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
 from benchmarks._harness import free_port
 from tests.conftest import IN_CI
+from tests.servers import ServerProcess, server_process
 
 NATS_HOST = os.environ.get("YGG_TEST_NATS_HOST", "127.0.0.1")
 NATS_PORT = int(os.environ.get("YGG_TEST_NATS_PORT", "4222"))
@@ -87,3 +88,45 @@ def private_nats(store: Path) -> Iterator[PrivateNats]:
         yield server
     finally:
         server.stop()
+
+
+def cluster_env(prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of one cluster's instances in tests: fast liveness, relaxed limits."""
+    from tests.clients import RELAXED_LIMITS
+
+    env = {
+        "YGG_BUS_PREFIX": prefix,
+        "YGG_BUS_HEARTBEAT_S": "0.3",
+        "YGG_BUS_INSTANCE_TIMEOUT_S": "1.5",
+        "YGG_BUS_RECONNECT_WAIT_S": "0.5",
+        "YGG_AUTH_CODES_PER_ADDRESS": "50",
+        "YGG_AUTH_CODES_PER_ADDRESS_TOTAL": "500",
+        "YGG_GATEWAY_CONFIRM_TIMEOUT_S": "5",
+    }
+    for key, value in RELAXED_LIMITS.items():
+        env[f"YGG_LIMITS_{key.upper()}"] = str(value)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def cluster_processes(
+    data_dir: Path, count: int, *, database_url: str, bus_url: str, env: dict[str, str]
+) -> Iterator[list[ServerProcess]]:
+    """``count`` instances of one cluster: one PostgreSQL, one NATS, one data directory (the
+    instances of a cluster share its secrets), started one after the other."""
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                server_process(
+                    data_dir,
+                    "--database-url",
+                    database_url,
+                    "--bus-url",
+                    bus_url,
+                    env={**env, "YGG_SERVER_INSTANCE_ID": f"i{n}"},
+                )
+            )
+            for n in range(count)
+        ]
+        yield servers

@@ -41,10 +41,18 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
 
 
 class ServerProcess:
-    def __init__(self, process: subprocess.Popen[str], log_path: Path, api_url: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], log_path: Path, urls: dict[str, str]
+    ) -> None:
         self.process = process
         self.log_path = log_path
-        self.api_url = api_url
+        self.urls = urls
+        """Each listener's URL, from the server's "listening" log lines (``api``, ``gateway``)."""
+        self.api_url = urls["api"]
+
+    @property
+    def gateway_url(self) -> str:
+        return self.urls["gateway"]
 
     def log(self) -> list[dict[str, Any]]:
         entries = []
@@ -64,7 +72,8 @@ class ServerProcess:
 def server_process(
     data_dir: Path, *extra: str, env: Mapping[str, str] | None = None, start_timeout_s: float = 30
 ) -> Iterator[ServerProcess]:
-    """``yggdrasil serve --api-port 0`` as a subprocess; waits for its "listening" log line."""
+    """``yggdrasil serve --api-port 0`` as a subprocess; waits for its API and gateway to
+    listen."""
     log_path = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
     command = [
         *yggdrasil_command(),
@@ -89,8 +98,8 @@ def server_process(
         )
     try:
         deadline = time.monotonic() + start_timeout_s
-        url = None
-        while url is None:
+        urls: dict[str, str] = {}
+        while not {"api", "gateway"} <= urls.keys():
             if process.poll() is not None:
                 raise RuntimeError(
                     f"server exited with {process.returncode}: {log_path.read_text()}"
@@ -98,10 +107,11 @@ def server_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {log_path.read_text()}")
             for line in log_path.read_text().splitlines():
-                if '"listener":"api"' in line:
-                    url = json.loads(line)["url"]
+                if '"listener":' in line:
+                    entry = json.loads(line)
+                    urls[entry["listener"]] = entry["url"]
             time.sleep(0.05)
-        yield ServerProcess(process, log_path, url)
+        yield ServerProcess(process, log_path, urls)
     finally:
         if process.poll() is None:
             process.kill()
