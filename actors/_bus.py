@@ -47,6 +47,13 @@ class Bus(Protocol):
     async def broadcast(self, envelope: Envelope) -> None:
         """Deliver to ``envelope.dst`` on every other instance that holds it locally."""
 
+    async def serve_work(self, address: Address) -> None:
+        """From now on this instance takes its share of the work sent to ``address``."""
+
+    async def dispatch(self, envelope: Envelope) -> None:
+        """Deliver to exactly one of the instances that serve ``envelope.dst`` (this one
+        included); :class:`Unreachable` when none does."""
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the receiving side until cancelled."""
 
@@ -68,6 +75,8 @@ class InProcessHub:
         self.codec = codec
         self._routers: dict[str, Router] = {}
         self._holders: dict[Address, str] = {}
+        self._workers: dict[Address, list[str]] = {}
+        self._turn = 0
 
     def bus(self) -> InProcessBus:
         return InProcessBus(self)
@@ -123,6 +132,20 @@ class InProcessBus:
                 except Unreachable:
                     continue
 
+    async def serve_work(self, address: Address) -> None:
+        workers = self._hub._workers.setdefault(address, [])
+        if self._me() not in workers:
+            workers.append(self._me())
+
+    async def dispatch(self, envelope: Envelope) -> None:
+        workers = [w for w in self._hub._workers.get(envelope.dst, []) if w in self._hub._routers]
+        if not workers:
+            raise Unreachable()
+        self._hub._turn += 1
+        target = self._hub._routers[workers[self._hub._turn % len(workers)]]
+        envelope = envelope if target is self._router else self._carried(envelope)
+        await target.deliver_local(envelope)
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
@@ -131,6 +154,9 @@ class InProcessBus:
             if self._router is not None:
                 me = self._router.instance_id
                 self._hub._routers.pop(me, None)
+                for workers in self._hub._workers.values():
+                    if me in workers:
+                        workers.remove(me)
                 for address in [a for a, held in self._hub._holders.items() if held == me]:
                     del self._hub._holders[address]
 

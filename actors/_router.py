@@ -226,6 +226,22 @@ class Router:
             await self._put(box, envelope, wait=False)
         await self.bus.broadcast(envelope)
 
+    async def serve_work(self, address: Address, mailbox: Mailbox[Envelope]) -> None:
+        """Take a share of the work sent to ``address`` with :meth:`dispatch` (a kind placed
+        per instance): the mailbox is this instance's, and the bus tells the others."""
+        if self.kind(address.kind).placement is not Placement.INSTANCE:
+            raise ValueError("work is served by kinds placed per instance")
+        await self.register(address, mailbox)
+        await self.bus.serve_work(address)
+
+    async def dispatch(self, envelope: Envelope) -> None:
+        """Deliver to exactly one of the instances that serve ``envelope.dst`` (queue groups on
+        NATS): work that must be done once in the cluster, wherever."""
+        if not self._rule(envelope.src, envelope.dst):
+            self._unreachable += 1
+            raise Unreachable()
+        await self.bus.dispatch(envelope)
+
     async def deliver_local(self, envelope: Envelope, *, wait: bool = True) -> None:
         """Entry point for envelopes that arrive from the bus: checked by the rule like a local
         one. ``wait=False`` never blocks on a full mailbox (a bus receiver must not stall on

@@ -508,3 +508,26 @@ async def test_an_urgent_message_overtakes_the_queue(
     assert busy.handled == 0  # it stopped within the first envelope, not after fifty
     assert trio.current_time() - started < 1
     assert not r.is_local(A1)
+
+
+async def test_dispatched_work_goes_to_one_of_the_instances_serving_it() -> None:
+    hub = InProcessHub(CODEC)
+    routers = [router(f"i{n}", hub) for n in range(3)]
+    work = Address.of("service", "renewals")
+    boxes = [Mailbox[Envelope](100) for _ in routers]
+    async with trio.open_nursery() as nursery:
+        for r in routers:
+            r.define("service", placement=Placement.INSTANCE)
+            await nursery.start(r.bus.serve)
+        for r, box in zip(routers[:2], boxes[:2], strict=True):  # the third serves none
+            await r.serve_work(work, box)
+        for n in range(10):
+            await routers[2].dispatch(Envelope(work, work, Text(str(n))))
+        sizes = [box.statistics().size for box in boxes]
+        assert sum(sizes) == 10
+        assert sizes[2] == 0
+        assert sizes[0] > 0
+        assert sizes[1] > 0
+        nursery.cancel_scope.cancel()
+    with pytest.raises(Unreachable):
+        await router("lonely").dispatch(Envelope(work, work, Text("nobody")))

@@ -3,6 +3,7 @@ connection, under a prefix of the test's own."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -160,3 +161,27 @@ async def test_a_dead_instances_addresses_are_given_up(asyncio_loop: None) -> No
 
 async def _silently() -> None:
     """A crash closes nothing: the connection just goes."""
+
+
+async def test_dispatched_work_reaches_exactly_one_instance(asyncio_loop: None) -> None:
+    async with cluster(["a", "b", "c"]) as (routers, _):
+        renewals = Address.of("service", "renewals")
+        boxes = [Mailbox[Envelope](1000) for _ in routers]
+        for router, box in zip(routers, boxes, strict=True):
+            await router.serve_work(renewals, box)
+        jobs = 300
+        for n in range(jobs):
+            await routers[n % 3].dispatch(Envelope(renewals, renewals, Ping(n)))
+        taken: list[list[int]] = [[], [], []]
+        with trio.fail_after(5):
+            while sum(map(len, taken)) < jobs:
+                for index, box in enumerate(boxes):
+                    with contextlib.suppress(trio.WouldBlock):
+                        envelope = box.get_nowait()
+                        assert isinstance(envelope.body, Ping)
+                        taken[index].append(envelope.body.n)
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        assert sorted(n for share in taken for n in share) == list(range(jobs))  # once each
+        assert all(not box.statistics().size for box in boxes)
+        assert sum(1 for share in taken if share) >= 2  # shared, not all on one instance

@@ -4,8 +4,10 @@ Shape (``../shared/CLUSTER.md`` has the measurements behind it):
 
 - Subjects, under ``bus.prefix`` (``ygg``): ``<prefix>.inbox.<instance>`` - envelopes and replies
   for one instance, which alone subscribes to it; ``<prefix>.broadcast`` - envelopes for the
-  per-instance services of every instance (revocations); ``<prefix>.work.<name>`` - reserved
-  for work that exactly one instance must do (queue group ``<prefix>-workers``).
+  per-instance services of every instance (revocations; the sender marks its own with a header
+  and skips it: it delivered that one locally already); ``<prefix>.work.<address>`` - work that
+  exactly one of the instances serving the address must do (``Router.dispatch``; queue group
+  ``<prefix>-workers``: NATS hands each message to one member).
 - The directory (JetStream key-value bucket ``<prefix>_directory``): address -> the instance that
   holds it, for every cluster-wide address (device sessions, network actors). Claiming is a
   ``create`` (it fails if the key exists), giving up a ``delete`` of exactly our revision. Every
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _BATCH = 256
+_ORIGIN = "Ygg-Origin"
 _CLAIM_ATTEMPTS = 3
 
 
@@ -113,6 +116,7 @@ class NatsBus:
         self._seen: dict[str, tuple[float, int]] = {}
         """Instance -> when its heartbeat last changed (monotonic) and that entry's revision."""
         self._ours: dict[Address, int] = {}
+        self._work: set[Address] = set()
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes]](
             config.outbox_size
         )
@@ -194,6 +198,17 @@ class NatsBus:
     async def broadcast(self, envelope: Envelope) -> None:
         self._publish(f"{self.prefix}.broadcast", envelope)
 
+    async def serve_work(self, address: Address) -> None:
+        self._work.add(address)
+        if self._nc is not None:
+            await self._aio(self._subscribe_work, address)
+
+    async def dispatch(self, envelope: Envelope) -> None:
+        self._publish(self._work_subject(envelope.dst), envelope)
+
+    def _work_subject(self, address: Address) -> str:
+        return f"{self.prefix}.work.{_key(address)}"
+
     def _publish(self, subject: str, envelope: Envelope) -> None:
         if not self._connected:
             raise Unreachable()
@@ -255,7 +270,6 @@ class NatsBus:
         self._nc = await connect(
             self.config.url,
             name=f"yggdrasil {self._me}",
-            no_echo=True,
             connect_timeout=self.config.connect_timeout_s,
             reconnect_time_wait=self.config.reconnect_wait_s,
             max_reconnect_attempts=-1,
@@ -274,7 +288,9 @@ class NatsBus:
                 buckets.append(await js.create_key_value(bucket=bucket, history=1))
         self._directory, self._instances = buckets
         await self._nc.subscribe(f"{self.prefix}.inbox.{self._me}", cb=self._received)
-        await self._nc.subscribe(f"{self.prefix}.broadcast", cb=self._received)
+        await self._nc.subscribe(f"{self.prefix}.broadcast", cb=self._broadcast_received)
+        for address in self._work:
+            await self._subscribe_work(address)
         await self._instances.put(self._me, str(int(time.time() * 1000)).encode())
         self._connected = True
 
@@ -288,6 +304,15 @@ class NatsBus:
                 await self._directory.delete(_key(address), last=revision)
         with contextlib.suppress(Exception):
             await self._nc.close()
+
+    async def _subscribe_work(self, address: Address) -> None:
+        await self._nc.subscribe(
+            self._work_subject(address), queue=f"{self.prefix}-workers", cb=self._received
+        )
+
+    async def _broadcast_received(self, msg: Any) -> None:
+        if (msg.headers or {}).get(_ORIGIN) != self._me:  # our own was delivered here already
+            await self._received(msg)
 
     async def _received(self, msg: Any) -> None:
         try:
@@ -320,8 +345,10 @@ class NatsBus:
             await self._directory.delete(key, last=revision)
 
     async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        origin = {_ORIGIN: self._me}
+        broadcast = f"{self.prefix}.broadcast"
         for subject, data in batch:
-            await self._nc.publish(subject, data)
+            await self._nc.publish(subject, data, headers=origin if subject == broadcast else None)
 
     async def _watch(self, synced: Callable[[], None]) -> None:
         """Mirror both buckets into the local caches until cancelled."""
