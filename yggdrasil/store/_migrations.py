@@ -60,6 +60,9 @@ async def migrate(db: Database) -> list[int]:
     """Apply every migration not yet applied; returns the versions applied now."""
 
     async def bootstrap(tx: Tx) -> None:
+        if db.dialect == "postgres":
+            # Two CREATE TABLE IF NOT EXISTS at once can still collide on PostgreSQL.
+            await tx.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await tx.execute_script(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);\n"
