@@ -140,3 +140,16 @@ def test_relays_know_every_address_of_the_server_as_its_own() -> None:
     assert {relay, "203.0.113.5", "2001:db8::5"} <= own
     assert set(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)) <= own
     assert "turn.example.org" not in own
+
+
+def test_list_settings_from_the_environment() -> None:
+    config = load_config(
+        environ={
+            "YGG_API_TRUSTED_PROXIES": '["172.16.0.0/12", "10.0.0.0/8"]',
+            "YGG_TURN_ALLOW_PEERS": "127.0.0.0/8, ::1/128",
+        }
+    )
+    assert config.api.trusted_proxies == ["172.16.0.0/12", "10.0.0.0/8"]
+    assert config.turn.allow_peers == ["127.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="YGG_API_TRUSTED_PROXIES is not a JSON array"):
+        load_config(environ={"YGG_API_TRUSTED_PROXIES": "[oops"})

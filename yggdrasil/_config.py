@@ -7,6 +7,7 @@ Every section rejects unknown keys, naming the key. Environment variables are
 from __future__ import annotations
 
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -268,8 +269,20 @@ def _environment_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         typ = _SECTIONS.get(section)
         if typ is None or key not in typ.__struct_fields__:
             raise ConfigError(f"unknown configuration variable {name}")
-        layer.setdefault(section, {})[key] = value
+        layer.setdefault(section, {})[key] = _list_or_text(name, typ, key, value)
     return layer
+
+
+def _list_or_text(name: str, section: type, key: str, value: str) -> Any:
+    """A list setting from the environment: a JSON array, or items separated by commas."""
+    if typing.get_origin(typing.get_type_hints(section).get(key)) is not list:
+        return value
+    if value.strip().startswith("["):
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{name} is not a JSON array: {exc}") from None
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
