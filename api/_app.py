@@ -14,7 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from yggdrasil import (
-    Domain,
+    DomainHandle,
     LimitsConfig,
     Metrics,
     Principal,
@@ -37,18 +37,19 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass
 class ApiContext:
-    """What the API reads from the running server. ``domain`` returns the current domain
-    services, or ``None`` while the store is (re)starting."""
+    """What the API reads from the running server. ``domain`` hands out the current domain
+    services, and raises ``StoreUnavailable`` while the store is (re)starting."""
 
     metrics: Metrics
-    domain: Callable[[], Domain | None]
+    domain: DomainHandle
     version: str
-    tokens: Callable[[], TokenService | None] = lambda: None
+    tokens: TokenService | None = None
+    """Verifies and revokes tokens; without it every token is refused (tests of the app)."""
     revoke: Callable[[str, int], None] | None = None
-    bus_ready: Callable[[], bool] = lambda: True
-    """Whether the bus to the other instances is up (readiness)."""
     """``revoke(subject, not_before_ms)``: a revocation the API just committed, applied here at
     once and carried to every instance; by default only to this process's token check."""
+    bus_ready: Callable[[], bool] = lambda: True
+    """Whether the bus to the other instances is up (readiness)."""
     ice: Callable[[str, str, str], dict[str, Any]] | None = None
     """``ice(user_id, network_id, device_id)``: STUN/TURN URLs with fresh credentials for that
     device of that account."""
@@ -152,9 +153,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @document_response(ErrorBody, 503)
     async def readyz() -> Ready:
         """Readiness: the data store answers and the bus is up. 503 while not."""
-        domain = ctx.domain()
-        if domain is None:
-            raise StoreUnavailable("the data store is starting")
+        domain = ctx.domain.get()
         if not ctx.bus_ready():
             raise Unavailable("the bus to the other instances is down")
         with trio.move_on_after(ctx.ready_timeout_s):

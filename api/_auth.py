@@ -17,6 +17,7 @@ from quart_schema import HttpSecurityScheme, document_response
 
 from yggdrasil import (
     Domain,
+    DomainHandle,
     NotFound,
     Principal,
     RateLimiter,
@@ -54,8 +55,8 @@ class Guard:
 
     def __init__(
         self,
-        tokens: Callable[[], TokenService | None],
-        domain: Callable[[], Domain | None],
+        tokens: TokenService | None,
+        domain: DomainHandle,
         per_client: RateLimiter,
         per_principal: RateLimiter,
         auth_per_client: RateLimiter,
@@ -125,7 +126,7 @@ class Guard:
         """The verified caller, from the ``Authorization: Bearer`` header only."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        tokens = self._tokens()
+        tokens = self._tokens
         if scheme.lower() != "bearer" or not token or tokens is None:
             raise InvalidToken()
         principal = tokens.verify(token.strip())
@@ -137,7 +138,7 @@ class Guard:
         self.auth_per_client.check(self.client())
 
     def tokens(self) -> TokenService:
-        tokens = self._tokens()
+        tokens = self._tokens
         if tokens is None:
             raise StoreUnavailable("the server is starting")
         return tokens
@@ -150,10 +151,8 @@ class Guard:
             self.tokens().revoke(subject, not_before_ms)
 
     def domain(self) -> Domain:
-        found = self._domain()
-        if found is None:
-            raise StoreUnavailable("the data store is starting")
-        return found
+        """The domain services; ``StoreUnavailable`` (503) while the store is starting."""
+        return self._domain.get()
 
 
 def _inside(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

@@ -21,7 +21,7 @@ from typing import Literal
 import trio
 
 from actors import Actor, Address, Envelope, Overloaded, Unreachable
-from yggdrasil import RateLimiter, Store, device_address
+from yggdrasil import DomainHandle, RateLimiter, StoreUnavailable, device_address
 
 from ._messages import Encoded, Join, Joined, Leave, Refused, Rejoin
 from .protocol import PeerState, Presence, encode
@@ -69,10 +69,11 @@ class NetworkActor(Actor):
     def __init__(
         self,
         address: Address,
-        store: Callable[[], Store | None],
+        domain: DomainHandle,
         *,
         idle_s: float,
     ) -> None:
+        """``domain``: where the device registry is, while the store runs."""
         super().__init__(address)
         self.network_id = address.key
         self.idle_timeout_s = idle_s
@@ -80,7 +81,7 @@ class NetworkActor(Actor):
         self.serial = 0
         self.devices: dict[str, PeerState] = {}
         self.members: dict[str, _Member] = {}
-        self._store = store
+        self._domain = domain
         self._unsaved: dict[str, tuple[Literal["online", "offline"], int]] = {}
         self._wake_saver = trio.Event()
 
@@ -150,8 +151,11 @@ class NetworkActor(Actor):
             await trio.sleep(0.2)  # gather the next burst
 
     async def _flush(self) -> None:
-        store = self._store()
-        if not self._unsaved or store is None:
+        if not self._unsaved:
+            return
+        try:
+            store = self._domain.get().store
+        except StoreUnavailable:  # kept for the next flush, once the store runs again
             return
         batch, self._unsaved = self._unsaved, {}
         try:
@@ -185,8 +189,9 @@ class NetworkActor(Actor):
                 log.debug("network=%s presence to %s dropped", self.network_id, member)
 
     async def _load(self) -> None:
-        store = self._store()
-        if store is None:
+        try:
+            store = self._domain.get().store
+        except StoreUnavailable:  # an empty map: joins are refused until the store runs
             return
         for device in await store.network_devices(self.network_id):
             online = device.device_id in self.members
@@ -198,12 +203,10 @@ class NetworkActor(Actor):
             )
 
 
-def network_factory(
-    store: Callable[[], Store | None], *, idle_s: float
-) -> Callable[[Address], NetworkActor]:
+def network_factory(domain: DomainHandle, *, idle_s: float) -> Callable[[Address], NetworkActor]:
     """The router's factory for the ``network`` kind."""
 
     def make(address: Address) -> NetworkActor:
-        return NetworkActor(address, store, idle_s=idle_s)
+        return NetworkActor(address, domain, idle_s=idle_s)
 
     return make

@@ -149,8 +149,7 @@ async def test_code_rules(http: httpx.AsyncClient, outbox: Path, server: Running
     # Expiry: a code past its lifetime is refused.
     await http.post("/api/v1/users/login", json={"email": "late@example.org"})
     late = await read_code(outbox, "late@example.org")
-    store = server.services.store
-    assert store is not None
+    store = server.services.domain.get().store
 
     async def age(tx: Any) -> None:
         await tx.execute("UPDATE login_codes SET expires_at = 0 WHERE email = 'late@example.org'")
@@ -383,8 +382,7 @@ async def test_operator_routes(http: httpx.AsyncClient, outbox: Path, server: Ru
         assert response.status_code == 403, path
         assert error_code(response) == "insufficient_scope"
 
-    domain = server.services.domain
-    assert domain is not None
+    domain = server.services.domain.get()
     await sign_in(http, outbox, "ops@example.org")
     await domain.operators.grant_role("ops@example.org", "operator")
     operator = await sign_in(http, outbox, "ops@example.org")  # a new token carries the role

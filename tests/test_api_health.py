@@ -73,8 +73,7 @@ async def test_readyz_is_503_while_the_store_is_gone(data_dir: Path) -> None:
         running_server(data_dir) as running,
         httpx.AsyncClient(base_url=running.api_url) as http,
     ):
-        store = running.services.store
-        assert store is not None
+        store = running.services.domain.get().store
         await store.db.aclose()  # the database disappears under the running server
         assert_error(await http.get("/readyz"), 503, "store_unavailable")
         assert (await http.get("/healthz")).status_code == 200  # alive, just not ready
@@ -82,9 +81,9 @@ async def test_readyz_is_503_while_the_store_is_gone(data_dir: Path) -> None:
 
 async def test_unexpected_errors_are_500_without_a_trace() -> None:
     from api import ApiContext, create_app
-    from yggdrasil import Metrics
+    from yggdrasil import DomainHandle, Metrics
 
-    app = create_app(ApiContext(metrics=Metrics(), domain=lambda: None, version="test"))
+    app = create_app(ApiContext(metrics=Metrics(), domain=DomainHandle(), version="test"))
 
     @app.get("/boom")
     async def boom() -> str:

@@ -102,9 +102,9 @@ EXPORTS: dict[str, set[str]] = {
     "yggdrasil": {
         "AccountData", "AccountSuspended", "Accounts", "AuditChainBroken", "AuditEntry",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
-        "EnrollmentKey", "Forbidden", "GatewayConfig", "HashingBusy", "Invalid", "InvalidCode",
-        "InvalidGrant", "InvalidKey", "InvalidToken", "LimitsConfig", "MAX_PAGE", "Mail",
-        "MailQueueFull", "Mailer", "Metrics", "Network", "NewDevice", "NotFound", "Oidc",
+        "DomainHandle", "EnrollmentKey", "Forbidden", "GatewayConfig", "HashingBusy", "Invalid",
+        "InvalidCode", "InvalidGrant", "InvalidKey", "InvalidToken", "LimitsConfig", "MAX_PAGE",
+        "Mail", "MailQueueFull", "Mailer", "Metrics", "Network", "NewDevice", "NotFound", "Oidc",
         "OidcFailed", "Operators", "Page", "PostgresDatabase", "Principal", "ProviderUnavailable",
         "RateLimited", "RateLimiter", "Scope", "Secrets", "Session", "SqliteDatabase", "Store",
         "StoreError", "StoreUnavailable", "TokenService", "Tx", "Unavailable", "UniqueViolation",

@@ -91,8 +91,7 @@ async def callers(http: httpx.AsyncClient, outbox: Path, running: Running) -> Ca
     lab = (await user.post("/api/v1/networks", json={"name": "lab"})).json()["network_id"]
     target = await sign_in(http, outbox, f"target{n}@example.org")
     await sign_in(http, outbox, f"ops{n}@example.org")
-    domain = running.services.domain
-    assert domain is not None
+    domain = running.services.domain.get()
     await domain.operators.grant_role(f"ops{n}@example.org", "operator")
     operator = await sign_in(http, outbox, f"ops{n}@example.org")  # the new token has the role
     return Callers(

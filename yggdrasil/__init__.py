@@ -17,7 +17,7 @@ from ._addresses import (
     tenant_rule,
 )
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
-from ._domain import Domain, Store
+from ._domain import Domain, DomainHandle, Store
 from ._errors import (
     ConfigError,
     Forbidden,
@@ -84,6 +84,7 @@ __all__ = [
     "Device",
     "DeviceUpdate",
     "Domain",
+    "DomainHandle",
     "EnrollmentKey",
     "Forbidden",
     "GatewayConfig",

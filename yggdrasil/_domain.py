@@ -1,4 +1,5 @@
-"""The domain services over one open database, rebuilt whenever the store (re)starts.
+"""The domain services over one open database, rebuilt whenever the store (re)starts, and the
+handle through which the rest of the instance reaches them (:class:`DomainHandle`).
 
 :class:`Store` is a thin front over the rooms' repositories (``accounts.UserStore``,
 ``networks.NetworkStore``, ``devices.DeviceStore``, ``store.AuditLog``): the API, the relay and
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._config import Config
+from ._errors import StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
@@ -80,3 +82,28 @@ class Domain:
             account_data=AccountData(db),
             operators=Operators(db),
         )
+
+
+class DomainHandle:
+    """The domain services of the running store, for everyone who outlives a store restart.
+
+    The store child fills it once the database is open and migrated, and clears it when it
+    stops; :meth:`get` in between returns the current :class:`Domain`, and otherwise raises
+    :class:`StoreUnavailable` (the API answers 503 ``store_unavailable``). Ask at the moment of
+    use: what :meth:`get` returned belongs to one run of the store.
+    """
+
+    def __init__(self) -> None:
+        self._domain: Domain | None = None
+
+    def get(self) -> Domain:
+        domain = self._domain
+        if domain is None:
+            raise StoreUnavailable("the data store is starting")
+        return domain
+
+    def fill(self, domain: Domain) -> None:
+        self._domain = domain
+
+    def clear(self) -> None:
+        self._domain = None

@@ -43,7 +43,7 @@ from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonica
 from ._addresses import NETWORK, SERVICE, tenant_rule
 from ._cluster import NatsBus
 from ._config import Config
-from ._domain import Domain, Store
+from ._domain import Domain, DomainHandle
 from ._errors import ConfigError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
 from ._ids import now_ms
@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
-    """What the children of one instance share. ``domain`` is ``None`` while the store restarts."""
+    """What the children of one instance share. ``domain`` raises ``StoreUnavailable`` while
+    the store restarts."""
 
     config: Config
     secrets: Secrets
@@ -71,14 +72,10 @@ class Services:
     router: Router
     tokens: TokenService
     mailer: Mailer
-    domain: Domain | None = None
+    domain: DomainHandle = field(default_factory=DomainHandle)
     gateway: Gateway | None = None
     turn: TurnListener | None = None
     urls: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def store(self) -> Store | None:
-        return None if self.domain is None else self.domain.store
 
 
 @dataclass(frozen=True)
@@ -241,7 +238,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     networks = Supervisor("networks", max_restarts=20, period_s=10.0)
     router.define(
         NETWORK,
-        factory=network_factory(lambda: services.store, idle_s=config.gateway.network_idle_s),
+        factory=network_factory(services.domain, idle_s=config.gateway.network_idle_s),
         supervisor=networks,
         shutdown_s=1.0,
     )
@@ -254,12 +251,14 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         db = await open_database_retrying(config)
         try:
             applied = await migrate(db)
-            services.domain = Domain.build(db, tokens, mailer, config, on_revoke=revocations.revoke)
+            services.domain.fill(
+                Domain.build(db, tokens, mailer, config, on_revoke=revocations.revoke)
+            )
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             task_status.started()
             await stopping.wait()
         finally:
-            services.domain = None
+            services.domain.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await db.aclose()
 
@@ -269,8 +268,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     async def revocation_sync_child(*, task_status: trio.TaskStatus[None]) -> None:
         """Keep this process's token check current with the store's record of revocations:
         the backstop for broadcasts this instance missed."""
-        domain = services.domain
-        assert domain is not None
+        domain = services.domain.get()
         # Older revocations cannot matter: every token they refuse has expired.
         since = now_ms() - (config.auth.access_ttl_s + 60) * 1000
         since = await domain.accounts.load_revocations(since)
@@ -309,8 +307,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         app = create_app(
             ApiContext(
                 metrics=metrics,
-                domain=lambda: services.domain,
-                tokens=lambda: tokens,
+                domain=services.domain,
+                tokens=tokens,
                 revoke=revocations.revoke,
                 bus_ready=lambda: router.bus.ready,
                 ice=ice_servers,
