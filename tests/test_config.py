@@ -7,7 +7,8 @@ import pytest
 
 from yggdrasil import ConfigError, load_config
 from yggdrasil.cli import main
-from yggdrasil.server import check, own_addresses, turn_addresses
+from yggdrasil.server import check
+from yggdrasil.turn import own_addresses, turn_addresses
 
 
 def test_defaults() -> None:
@@ -116,16 +117,20 @@ def test_turn_addresses_must_be_specific_addresses_of_their_family(key: str, val
 
 def test_a_wildcard_host_never_becomes_an_advertised_address() -> None:
     config = load_config(overrides={"server": {"host": "0.0.0.0"}})
-    relay, advertised, public = turn_addresses(config)
+    relay, advertised, public = turn_addresses(config.turn, config.server.host)
     assert relay not in ("0.0.0.0", "")
     assert advertised == relay
     assert public == relay
     config = load_config(
         overrides={"server": {"host": "0.0.0.0"}, "turn": {"external_ip": "203.0.113.5"}}
     )
-    assert turn_addresses(config)[1:] == ("203.0.113.5", "203.0.113.5")
+    assert turn_addresses(config.turn, config.server.host)[1:] == ("203.0.113.5", "203.0.113.5")
     config = load_config(overrides={"turn": {"public_host": "turn.example.org"}})
-    assert turn_addresses(config) == ("127.0.0.1", "127.0.0.1", "turn.example.org")
+    assert turn_addresses(config.turn, config.server.host) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        "turn.example.org",
+    )
 
 
 def test_relays_know_every_address_of_the_server_as_its_own() -> None:
@@ -135,8 +140,10 @@ def test_relays_know_every_address_of_the_server_as_its_own() -> None:
             "turn": {"external_ip": "203.0.113.5", "relay_ip_v6": "2001:db8::5"},
         }
     )
-    relay, advertised, public = turn_addresses(config)
-    own = own_addresses(config, relay, advertised, public, "turn.example.org")
+    relay, advertised, public = turn_addresses(config.turn, config.server.host)
+    own = own_addresses(
+        config.turn, config.server.host, relay, advertised, public, "turn.example.org"
+    )
     assert {relay, "203.0.113.5", "2001:db8::5"} <= own
     assert set(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)) <= own
     assert "turn.example.org" not in own

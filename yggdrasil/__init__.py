@@ -1,11 +1,12 @@
 """Yggdrasil, the central server of the Edda device network: the domain package.
 
 Infrastructure sits at the top as private modules (config, errors, ids, tokens, hashing, rate
-limits, mail, metrics, secrets, logging, TURN credentials) beside the store core (``store``).
-Each capability is a subpackage that owns its tables and SQL: ``accounts``, ``networks``,
-``devices``. ``_domain`` composes them (``Domain``, and ``Store``, one front over the rooms'
-repositories); ``server`` composes the whole process and ``cli`` is its command line; only those
-two import ``relay`` and ``api``.
+limits, mail, metrics, secrets, logging) beside the store core (``store``). Each capability is a
+subpackage that owns its tables and SQL: ``accounts``, ``networks``, ``devices``; ``turn`` is the
+room of TURN for the devices (addresses, credentials, ICE servers, peer policy). ``_domain``
+composes the capabilities (``Domain``, and ``Store``, one front over the rooms' repositories);
+``server`` composes the whole process and ``cli`` is its command line; only those two import
+``relay`` and ``api``.
 """
 
 from ._addresses import (

@@ -20,17 +20,13 @@ the new store.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import os
 import secrets as _random
 import socket
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aioice.ice
 import trio
 import trio_asyncio
 
@@ -38,7 +34,6 @@ from actors import Bus, ChildSpec, Codec, InProcessHub, Placement, Router, Strat
 from api import ApiContext, create_app, serve_api
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, network_factory
-from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, canonical
 
 from ._addresses import NETWORK, SERVICE, tenant_rule
 from ._cluster import NatsBus
@@ -54,9 +49,9 @@ from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
-from ._turn import issue_credentials, key_lookup, owner_of
 from ._version import VERSION
 from .store import Database, PostgresDatabase, SqliteDatabase, migrate
+from .turn import TurnService, check_addresses, turn_child
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +69,7 @@ class Services:
     mailer: Mailer
     domain: DomainHandle = field(default_factory=DomainHandle)
     gateway: Gateway | None = None
-    turn: TurnListener | None = None
+    turn: TurnService | None = None
     urls: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,60 +91,6 @@ def _is_postgres(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
-_WILDCARDS = {"", "0.0.0.0", "::"}
-
-
-def _default_route_ip() -> str:
-    """The local IPv4 address of the default route (a UDP "connect" sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
-            address: str = probe.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-    return address
-
-
-def turn_addresses(config: Config) -> tuple[str, str, str]:
-    """Where IPv4 relays bind, the address they are advertised with, and the STUN/TURN host
-    devices are told to use."""
-    relay = config.turn.relay_ip or config.server.host
-    if relay in _WILDCARDS or ":" in relay:
-        relay = _default_route_ip()
-    advertised = config.turn.external_ip or relay
-    public = config.turn.public_host or config.server.host
-    if public in _WILDCARDS:
-        public = advertised
-    return relay, advertised, public
-
-
-def own_addresses(config: Config, *configured: str) -> set[str]:
-    """The server's own addresses, which relays must never reach: the configured ones and those
-    of every interface."""
-    found = {address for address in (config.server.host, *configured) if address}
-    found.add(config.turn.relay_ip_v6)
-    found.update(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
-    own = set()
-    for address in found:
-        try:
-            ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            continue  # a host name (public_host) or a wildcard's empty string
-        own.add(address)
-    return own
-
-
-def _check_ip(key: str, value: str, version: int) -> None:
-    if not value:
-        return
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise ConfigError(f"{key} must be an IPv{version} address, not {value!r}") from None
-    if address.version != version or address.is_unspecified:
-        raise ConfigError(f"{key} must be a specific IPv{version} address, not {value!r}")
-
-
 def check(config: Config) -> None:
     """Reject configurations that cannot run, before anything starts."""
     url = config.database.url
@@ -164,9 +105,7 @@ def check(config: Config) -> None:
             )
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min must not exceed database.pool_max")
-    _check_ip("turn.relay_ip", config.turn.relay_ip, 4)
-    _check_ip("turn.external_ip", config.turn.external_ip, 4)
-    _check_ip("turn.relay_ip_v6", config.turn.relay_ip_v6, 6)
+    check_addresses(config.turn)
 
 
 def prepare_data_dir(config: Config) -> Path:
@@ -280,28 +219,9 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             since = await domain.accounts.load_revocations(since - 60_000)
             revocations.applied(tokens.revision != revision)
 
-    relay_ip, external_ip, public_host = turn_addresses(config)
-
-    def ice_servers(user_id: str, network_id: str, device_id: str) -> dict[str, Any]:
-        host = public_host
-        port = services.turn.address[1] if services.turn is not None else config.turn.port
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        credentials = issue_credentials(
-            secrets.turn_secret,
-            f"{user_id}/{network_id}/{device_id}",
-            config.turn.credential_ttl_s,
-        )
-        return {
-            "ice_servers": [
-                {"urls": [f"stun:{where}"]},
-                {
-                    "urls": [f"turn:{where}?transport=udp"],
-                    "username": credentials.username,
-                    "credential": credentials.password,
-                },
-            ],
-            "ttl_s": credentials.ttl_s,
-        }
+    turn = TurnService(config.turn, host=config.server.host, secret=secrets.turn_secret)
+    services.turn = turn
+    metrics.turn = turn.stats
 
     async def api_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
         app = create_app(
@@ -311,7 +231,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
                 tokens=tokens,
                 revoke=revocations.revoke,
                 bus_ready=lambda: router.bus.ready,
-                ice=ice_servers,
+                ice=turn.ice_servers,
                 webrtc=gateway.accept_webrtc,
                 version=VERSION,
                 limits=config.limits,
@@ -336,27 +256,13 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             services.urls["api"] = url
             task_status.started(url)
 
-    peers = PeerPolicy(
-        own=own_addresses(config, relay_ip, external_ip, public_host),
-        allow=config.turn.allow_peers,
-    )
-    relays = {canonical(a) for a in (relay_ip, external_ip, config.turn.relay_ip_v6) if a}
-
-    def ice_peer_allowed(address: str) -> bool:
-        """Where the server's WebRTC ICE agent may send checks: where a relay may, and to its
-        own TURN relays (a device's relay candidates)."""
-        try:
-            return canonical(address) in relays or peers.allowed(address)
-        except ValueError:
-            return False
-
     gateway = Gateway(
         router,
         tokens,
         config.gateway,
-        peer_allowed=ice_peer_allowed,
-        services=peers,
-        relay_aliases={external_ip: relay_ip} if external_ip != relay_ip else {},
+        peer_allowed=turn.ice_peer_allowed,
+        services=turn.peers,
+        relay_aliases=turn.relay_aliases,
     )
     services.gateway = gateway
     revocations.add_listener(gateway.revoked)
@@ -366,58 +272,6 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         await gateway.serve(
             config.server.host, config.gateway.port, stopping=stopping, task_status=task_status
         )
-
-    async def turn_child(*, task_status: trio.TaskStatus[None]) -> None:
-        context = None
-        if config.turn.tls_cert_file and config.turn.tls_key_file:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(config.turn.tls_cert_file, config.turn.tls_key_file)
-        listener = TurnListener(
-            config.server.host,
-            config.turn.port,
-            relay_ip,
-            range(config.turn.relay_port_min, config.turn.relay_port_max + 1),
-            relay_host_v6=config.turn.relay_ip_v6,
-            external_ip=external_ip,
-            tls_port=config.turn.tls_port,
-            ssl_context=context,
-        )
-        core = TurnCore(
-            TurnSettings(
-                realm=config.turn.realm,
-                default_lifetime_s=config.turn.default_lifetime_s,
-                max_lifetime_s=config.turn.max_lifetime_s,
-                max_allocations=config.turn.max_allocations,
-                max_allocations_per_user=config.turn.max_allocations_per_user,
-                max_allocations_per_device=config.turn.max_allocations_per_device,
-                unauthenticated_answers_per_s=config.turn.unauthenticated_answers_per_s,
-                allocation_bytes_per_s=config.turn.allocation_bytes_per_s,
-            ),
-            secret=secrets.turn_secret,
-            key_for=key_lookup(config.turn, secrets.turn_secret),
-            open_relay=listener.open_relay,
-            peer_allowed=peers.allowed,
-            service=peers.service,
-            owner_of=owner_of,
-            relay_families=listener.relay_families,
-        )
-        services.turn = listener
-        metrics.turn = lambda: core.stats
-
-        async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(listener.serve, core)
-            url = f"turn:{host}:{port}"
-            log.info("turn listening on %s (udp, tcp)", url, extra={"listener": "turn", "url": url})
-            if listener.tls_address is not None:
-                tls_host, tls_port = listener.tls_address
-                tls_url = f"turns:{tls_host}:{tls_port}"
-                log.info(
-                    "turn listening on %s (tls)",
-                    tls_url,
-                    extra={"listener": "turns", "url": tls_url},
-                )
-            task_status.started()
 
     grace = config.server.grace_s
     root = Supervisor(
@@ -431,7 +285,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
             ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
             networks.as_child(shutdown_s=2.0),
             ChildSpec("gateway", gateway_child, shutdown_s=grace, graceful=True),
-            ChildSpec("turn", turn_child, shutdown_s=1.0),
+            turn_child(turn),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,

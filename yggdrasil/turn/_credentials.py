@@ -18,7 +18,7 @@ import msgspec
 
 from stun_turn import long_term_key
 
-from ._config import TurnConfig
+from .._config import TurnConfig
 
 
 class TurnCredentials(msgspec.Struct, frozen=True):
