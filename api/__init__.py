@@ -2,6 +2,15 @@
 
 from ._app import ApiContext, create_app
 from ._errors import ErrorBody, ErrorDetail, error_response
-from ._serve import serve_api
+from ._serve import ApiServer, api_server, serve_api
 
-__all__ = ["ApiContext", "ErrorBody", "ErrorDetail", "create_app", "error_response", "serve_api"]
+__all__ = [
+    "ApiContext",
+    "ApiServer",
+    "ErrorBody",
+    "ErrorDetail",
+    "api_server",
+    "create_app",
+    "error_response",
+    "serve_api",
+]

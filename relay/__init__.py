@@ -5,9 +5,9 @@ close codes, transports), and ``relay.client``, the device-side client library. 
 imports the protocol and never the client; the client imports the protocol and never the gateway.
 """
 
-from ._gateway import Gateway
+from ._gateway import Gateway, gateway_child
 from ._messages import MESSAGE_TYPES
-from ._network import NetworkActor, TenantQuota, network_factory
+from ._network import NetworkActor, TenantQuota, network_actors, network_factory
 from ._session import DeviceSession
 
 __all__ = [
@@ -16,5 +16,7 @@ __all__ = [
     "Gateway",
     "NetworkActor",
     "TenantQuota",
+    "gateway_child",
+    "network_actors",
     "network_factory",
 ]

@@ -10,6 +10,7 @@ closes with 4000 ``replaced``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import msgspec
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from actors import ByteBudget, Envelope, Overloaded, Router, Unreachable
+from actors import ByteBudget, ChildSpec, Envelope, Overloaded, Router, Unreachable
 from yggdrasil import (
     Forbidden,
     GatewayConfig,
@@ -350,3 +351,14 @@ class Gateway:
                 for host, port in endpoints:
                     services.discard_service(host, port)
             self._release(principal)
+
+
+def gateway_child(gateway: Gateway, host: str, port: int, *, shutdown_s: float) -> ChildSpec:
+    """The ``gateway`` child: ``gateway`` listens on ``host:port`` for device websockets while
+    it runs; stopping it closes every session it runs (see :meth:`Gateway.serve`)."""
+    return ChildSpec(
+        "gateway",
+        functools.partial(gateway.serve, host, port),
+        shutdown_s=shutdown_s,
+        graceful=True,
+    )

@@ -20,7 +20,7 @@ from typing import Literal
 
 import trio
 
-from actors import Actor, Address, Envelope, Overloaded, Unreachable
+from actors import Actor, Address, Envelope, Overloaded, Router, Supervisor, Unreachable
 from yggdrasil import DomainHandle, RateLimiter, StoreUnavailable, device_address
 
 from ._messages import Encoded, Join, Joined, Leave, Refused, Rejoin
@@ -210,3 +210,17 @@ def network_factory(domain: DomainHandle, *, idle_s: float) -> Callable[[Address
         return NetworkActor(address, domain, idle_s=idle_s)
 
     return make
+
+
+def network_actors(router: Router, kind: str, domain: DomainHandle, *, idle_s: float) -> Supervisor:
+    """The ``networks`` supervisor, and ``router``'s virtual kind ``kind`` that runs under it:
+    the first envelope to ``<kind>/<network>`` starts that network's actor there, and it stops
+    after ``idle_s`` without members. Put :meth:`Supervisor.as_child` in the tree."""
+    networks = Supervisor("networks", max_restarts=20, period_s=10.0)
+    router.define(
+        kind,
+        factory=network_factory(domain, idle_s=idle_s),
+        supervisor=networks,
+        shutdown_s=1.0,
+    )
+    return networks

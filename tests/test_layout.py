@@ -98,7 +98,8 @@ EXPORTS: dict[str, set[str]] = {
         "Urgent", "actor_spec", "anyone", "is_urgent",
     },
     "api": {
-        "ApiContext", "ErrorBody", "ErrorDetail", "create_app", "error_response", "serve_api",
+        "ApiContext", "ApiServer", "ErrorBody", "ErrorDetail", "api_server", "create_app",
+        "error_response", "serve_api",
     },
     "yggdrasil": {
         "AccountData", "AccountSuspended", "Accounts", "AuditChainBroken", "AuditEntry",
@@ -115,7 +116,7 @@ EXPORTS: dict[str, set[str]] = {
     },
     "relay": {
         "DeviceSession", "Gateway", "MESSAGE_TYPES", "NetworkActor", "TenantQuota",
-        "network_factory",
+        "gateway_child", "network_actors", "network_factory",
     },
     "relay.client": {
         "BUILTIN_ACTIONS", "ClientError", "Connected", "Credentials", "DeliveryFailed",
@@ -151,8 +152,9 @@ EXPORTS: dict[str, set[str]] = {
     "yggdrasil.store": {
         "MAX_PAGE", "AuditChainBroken", "AuditEntry", "AuditLog", "Database", "Page",
         "PostgresDatabase", "Row", "Scope", "SqliteDatabase", "Tx", "append_audit",
-        "audit_entries_about", "current_version", "decode_cursor", "encode_cursor", "from_json",
-        "migrate", "to_json",
+        "audit_entries_about", "check_database", "current_version", "decode_cursor",
+        "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
+        "to_json",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",

@@ -110,11 +110,10 @@ async def test_a_device_cannot_open_its_relay_towards_special_addresses(data_dir
         )
         servers = (await camera.get("/api/v1/devices/cam/ice-servers")).json()["ice_servers"]
         turn = next(s for s in servers if any(u.startswith("turn:") for u in s["urls"]))
-        turn_listener = running.services.turn
-        assert turn_listener is not None
+        turn_service = running.services.turn
         with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
             await sock.bind(("127.0.0.1", 0))
-            client = TurnClient(sock, ("127.0.0.1", turn_listener.address[1]))
+            client = TurnClient(sock, ("127.0.0.1", turn_service.address[1]))
             await client.allocate(turn["username"], turn["credential"])
             answers = {peer: await client.permit(peer) for peer in REFUSED}
             assert answers == dict.fromkeys(REFUSED, 403)

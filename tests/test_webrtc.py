@@ -54,7 +54,6 @@ def turn_stats(running: Running) -> TurnStats:
 
 
 def turn_address(running: Running) -> str:
-    assert running.services.turn is not None
     host, port = running.services.turn.address
     return f"{host}:{port}"
 
@@ -196,7 +195,6 @@ class Home:
 
     def session(self, device_id: str) -> Any:
         gateway = self.running.services.gateway
-        assert gateway is not None
         for session in gateway.sessions.values():
             if session.device_id == device_id:
                 return session
@@ -388,7 +386,6 @@ async def test_the_offer_endpoint_refuses_what_it_cannot_use_and_keeps_nothing(
     response = await phone.post(path, json=probing)
     assert "no candidate the server may reach" in response.json()["error"]["message"]
     gateway = home.running.services.gateway
-    assert gateway is not None
     # The laptop's session is the account's only one: nothing was reserved, nothing leaked.
     assert gateway._per_user[phone.session["user_id"]] == 1
     assert home.session("phone") is None

@@ -43,7 +43,17 @@ import msgspec
 import trio
 import trio_asyncio
 
-from actors import Address, AddressInUse, Codec, Envelope, Overloaded, Unreachable
+from actors import (
+    Address,
+    AddressInUse,
+    Bus,
+    ChildSpec,
+    Codec,
+    Envelope,
+    InProcessHub,
+    Overloaded,
+    Unreachable,
+)
 
 from ._config import BusConfig
 from ._errors import ConfigError, YggdrasilError
@@ -508,3 +518,14 @@ class NatsBus:
 
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self._instances.delete(instance, last=revision)
+
+
+def cluster_bus(config: BusConfig, codec: Codec) -> Bus:
+    """The router's bus: NATS with ``bus.url``, otherwise the in-process one of a single
+    instance."""
+    return NatsBus(config, codec) if config.url else InProcessHub().bus()
+
+
+def bus_child(bus: Bus) -> ChildSpec:
+    """The ``bus`` child: the router's link to the other instances, up while it runs."""
+    return ChildSpec("bus", bus.serve, shutdown_s=1.0)

@@ -1,5 +1,6 @@
-"""The domain services over one open database, rebuilt whenever the store (re)starts, and the
-handle through which the rest of the instance reaches them (:class:`DomainHandle`).
+"""The domain services over one open database, the handle through which the rest of the
+instance reaches them (:class:`DomainHandle`), and the ``store`` child that opens the database
+and rebuilds them whenever it (re)starts.
 
 :class:`Store` is a thin front over the rooms' repositories (``accounts.UserStore``,
 ``networks.NetworkStore``, ``devices.DeviceStore``, ``store.AuditLog``): the API, the relay and
@@ -10,8 +11,13 @@ room) and the devices room does not import accounts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import trio
+
+from actors import ChildSpec
 
 from ._config import Config
 from ._errors import StoreUnavailable
@@ -20,7 +26,9 @@ from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
 from .devices import DeviceStore
 from .networks import NetworkStore
-from .store import AuditLog, Database
+from .store import AuditLog, Database, migrate, open_database_retrying
+
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -107,3 +115,33 @@ class DomainHandle:
 
     def clear(self) -> None:
         self._domain = None
+
+
+def store_child(
+    domain: DomainHandle,
+    config: Config,
+    tokens: TokenService,
+    mailer: Mailer,
+    *,
+    on_revoke: Callable[[str, int], None],
+    shutdown_s: float,
+) -> ChildSpec:
+    """The ``store`` child: opens the configured database (retrying for
+    ``database.connect_timeout_s``), applies the migrations and fills ``domain`` with the
+    services over it; on the way out (stopped, cancelled or crashed) it clears ``domain`` and
+    closes the database. ``on_revoke`` as in :meth:`Domain.build`."""
+
+    async def run(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        db = await open_database_retrying(config.database, config.data_path)
+        try:
+            applied = await migrate(db)
+            domain.fill(Domain.build(db, tokens, mailer, config, on_revoke=on_revoke))
+            log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
+            task_status.started()
+            await stopping.wait()
+        finally:
+            domain.clear()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await db.aclose()
+
+    return ChildSpec("store", run, shutdown_s=shutdown_s, graceful=True)

@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 import trio
 
+from actors import ChildSpec
+
 from ._errors import ConfigError, YggdrasilError
 
 log = logging.getLogger(__name__)
@@ -153,3 +155,9 @@ class Mailer:
             if target.username is not None:
                 client.login(target.username, target.password or "")
             client.send_message(message)
+
+
+def mail_child(mailer: Mailer) -> ChildSpec:
+    """The ``mail`` child: delivers what ``mailer`` queued, one message at a time. A restart
+    keeps the queue (it lives in the mailer); a message in delivery is lost with the run."""
+    return ChildSpec("mail", mailer.run, shutdown_s=1.0)

@@ -5,20 +5,25 @@ broadcasts it over the bus to the same service on every other instance.
 
 The store stays the record (``token_revocations``, written in the revoking transaction) and the
 periodic sync from it stays the backstop: a broadcast is at most once, and an instance that
-missed one catches up within ``auth.revocation_sync_s``.
+missed one catches up within ``auth.revocation_sync_s``. Both run as children of the tree:
+:func:`revocations_child` and :func:`revocation_sync_child`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 import trio
 
-from actors import Actor, Envelope, Router, Unreachable
+from actors import Actor, ChildSpec, Envelope, Router, Unreachable
 
 from ._addresses import service_address
+from ._config import AuthConfig
+from ._ids import now_ms
 from ._tokens import TokenService
 
 log = logging.getLogger(__name__)
@@ -104,3 +109,50 @@ class _RevocationActor(Actor):
             service._changed = trio.Event()
             for listener in list(service._listeners):
                 await listener()
+
+
+def revocations_child(revocations: Revocations, router: Router) -> ChildSpec:
+    """The ``revocations`` child: the ``service/revocations`` actor of this instance."""
+    return ChildSpec("revocations", functools.partial(revocations.serve, router), shutdown_s=1.0)
+
+
+class _Record(Protocol):
+    async def load_revocations(self, since_ms: int, /) -> int:
+        """Apply every revocation newer than ``since_ms``; the newest ``not_before``."""
+        ...
+
+
+class _Domain(Protocol):
+    @property
+    def accounts(self) -> _Record: ...
+
+
+class _DomainHandle(Protocol):
+    """What the sync needs of ``yggdrasil.DomainHandle``, which sits above this module: the
+    accounts' record of revocations in the running store."""
+
+    def get(self) -> _Domain: ...
+
+
+def revocation_sync_child(
+    revocations: Revocations, domain: _DomainHandle, config: AuthConfig
+) -> ChildSpec:
+    """The ``revocation-sync`` child: keeps this process's token check current with the store's
+    record of revocations, every ``auth.revocation_sync_s`` (the backstop for broadcasts this
+    instance missed). It starts after the store and uses that run's accounts until it stops."""
+
+    async def run(*, task_status: trio.TaskStatus[None]) -> None:
+        accounts = domain.get().accounts
+        tokens = revocations.tokens
+        # Older revocations cannot matter: every token they refuse has expired.
+        since = now_ms() - (config.access_ttl_s + 60) * 1000
+        since = await accounts.load_revocations(since)
+        task_status.started()
+        while True:
+            await trio.sleep(config.revocation_sync_s)
+            revision = tokens.revision
+            # Look back a little: another instance's clock may run behind ours.
+            since = await accounts.load_revocations(since - 60_000)
+            revocations.applied(tokens.revision != revision)
+
+    return ChildSpec("revocation-sync", run, shutdown_s=1.0)

@@ -23,7 +23,7 @@ from ._logging import configure
 from ._secrets import rotate_signing_key
 from ._version import VERSION
 from .accounts import Operators
-from .store import Database, migrate
+from .store import Database, migrate, open_database
 
 log = logging.getLogger("yggdrasil")
 T = TypeVar("T")
@@ -152,7 +152,7 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]
     server.prepare_data_dir(config)
 
     async def run() -> T:
-        db = await server.open_database(config)
+        db = await open_database(config.database, config.data_path)
         try:
             return await work(db)
         finally:

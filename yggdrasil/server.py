@@ -3,18 +3,26 @@
 ::
 
     root (rest_for_one)
-    ├── mail         delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
-    ├── store        opens SQLite or PostgreSQL, applies migrations, builds the domain services
-    ├── bus          the router's link to other instances: NATS, or in-process for a single one
-    ├── revocations  service/revocations: revocations to and from every instance, pushed to sessions
+    ├── mail             delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
+    ├── store            opens SQLite or PostgreSQL, applies migrations, fills the domain handle
+    ├── bus              the router's link to other instances: NATS, or in-process for a single one
+    ├── revocations      service/revocations: revocations to and from every instance, pushed to
+    │                    sessions
     ├── revocation-sync  keeps the token check current with the store (the backstop)
-    ├── api          quart-trio on hypercorn
-    ├── networks     virtual actors, one per active tenant network (presence), started by the router
-    ├── gateway      the device websocket listener; one DeviceSession per connected device
-    └── turn         STUN and TURN over UDP and TCP
+    ├── api              quart-trio on hypercorn
+    ├── networks         virtual actors, one per active tenant network (presence), started by the
+    │                    router
+    ├── gateway          the device websocket listener; one DeviceSession per connected device
+    └── turn             STUN and TURN over UDP and TCP
+
+Each child comes from a small factory beside its feature: ``_mail.mail_child``,
+``_domain.store_child``, ``_cluster.bus_child``, ``_revocation_service.revocations_child`` and
+``revocation_sync_child``, ``api.api_server`` (the API does not import ``actors``, so its spec is
+written here), ``relay.network_actors``, ``relay.gateway_child`` and ``turn.turn_child``.
+:func:`build` makes what they share and puts them in order.
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
-the new store.
+the new store (through the :class:`DomainHandle`, which raises ``StoreUnavailable`` meanwhile).
 """
 
 from __future__ import annotations
@@ -24,42 +32,41 @@ import logging
 import os
 import secrets as _random
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 import trio_asyncio
 
-from actors import Bus, ChildSpec, Codec, InProcessHub, Placement, Router, Strategy, Supervisor
-from api import ApiContext, create_app, serve_api
+from actors import ChildSpec, Codec, Placement, Router, Strategy, Supervisor
+from api import ApiServer, api_server
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
-from relay import Gateway, network_factory
+from relay import Gateway, gateway_child, network_actors
 
 from ._addresses import NETWORK, SERVICE, tenant_rule
-from ._cluster import NatsBus
+from ._cluster import bus_child, cluster_bus
 from ._config import Config
-from ._domain import Domain, DomainHandle
-from ._errors import ConfigError, StoreUnavailable, sole_exception
+from ._domain import DomainHandle, store_child
+from ._errors import ConfigError, sole_exception
 from ._hashing import configure as configure_hashing
-from ._ids import now_ms
 from ._logging import set_instance
-from ._mail import Mailer
+from ._mail import Mailer, mail_child
 from ._metrics import Metrics
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
-from ._revocation_service import Revocations
+from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
-from .store import Database, PostgresDatabase, SqliteDatabase, migrate
+from .store import check_database
 from .turn import TurnService, check_addresses, turn_child
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
-    """What the children of one instance share. ``domain`` raises ``StoreUnavailable`` while
-    the store restarts."""
+    """What one instance's tree is built from, for those who look inside (tests). ``domain``
+    raises ``StoreUnavailable`` while the store (re)starts."""
 
     config: Config
     secrets: Secrets
@@ -67,10 +74,11 @@ class Services:
     router: Router
     tokens: TokenService
     mailer: Mailer
-    domain: DomainHandle = field(default_factory=DomainHandle)
-    gateway: Gateway | None = None
-    turn: TurnService | None = None
-    urls: dict[str, str] = field(default_factory=dict)
+    domain: DomainHandle
+    revocations: Revocations
+    turn: TurnService
+    gateway: Gateway
+    api: ApiServer
 
 
 @dataclass(frozen=True)
@@ -83,28 +91,19 @@ class Running:
 
     @property
     def gateway_url(self) -> str:
-        assert self.services.gateway is not None
         return self.services.gateway.url
-
-
-def _is_postgres(url: str) -> bool:
-    return url.startswith(("postgres://", "postgresql://"))
 
 
 def check(config: Config) -> None:
     """Reject configurations that cannot run, before anything starts."""
-    url = config.database.url
-    if url and not _is_postgres(url):
-        raise ConfigError("database.url must be empty (SQLite) or a postgresql:// URL")
+    check_database(config.database)
     if config.bus.url:
         if not config.bus.url.startswith(("nats://", "tls://")):
             raise ConfigError("bus.url must be empty (in-process) or a nats:// or tls:// URL")
-        if not url:
+        if not config.database.url:
             raise ConfigError(
                 "bus.url needs database.url: the instances of a cluster share one PostgreSQL"
             )
-    if config.database.pool_min > config.database.pool_max:
-        raise ConfigError("database.pool_min must not exceed database.pool_max")
     check_addresses(config.turn)
 
 
@@ -117,34 +116,6 @@ def prepare_data_dir(config: Config) -> Path:
     return path
 
 
-async def open_database(config: Config) -> Database:
-    """Open the configured database once; ``StoreUnavailable`` if it cannot be reached."""
-    url = config.database.url
-    if _is_postgres(url):
-        return await PostgresDatabase.open(
-            url,
-            min_size=config.database.pool_min,
-            max_size=config.database.pool_max,
-            query_timeout_s=config.database.query_timeout_s,
-        )
-    return await SqliteDatabase.open(config.data_path / "yggdrasil.sqlite3")
-
-
-async def open_database_retrying(config: Config) -> Database:
-    """Keep trying for ``database.connect_timeout_s`` (exponential backoff), then give up."""
-    deadline = trio.current_time() + config.database.connect_timeout_s
-    delay = 0.2
-    while True:
-        try:
-            return await open_database(config)
-        except StoreUnavailable as exc:
-            if trio.current_time() + delay > deadline:
-                raise
-            log.warning("store unreachable (%s); retrying in %.1f s", exc.message, delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def _instance_id(config: Config) -> str:
     if config.server.instance_id:
         return config.server.instance_id
@@ -152,13 +123,10 @@ def _instance_id(config: Config) -> str:
 
 
 def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
+    """The root supervisor of one instance (not started), and what its children share."""
     # One hashing pool per process, whatever runs in it: hashing is bounded process-wide.
     configure_hashing(config.auth.hash_workers, config.auth.hash_queue)
-    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
-    bus: Bus = NatsBus(config.bus, codec) if config.bus.url else InProcessHub().bus()
-    router = Router(instance_id, bus, rule=tenant_rule)
     metrics = Metrics()
-    metrics.router = router
     tokens = TokenService(
         secrets,
         issuer=config.auth.issuer,
@@ -172,90 +140,12 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         timeout_s=config.mail.timeout_s,
         queue_size=config.mail.queue_size,
     )
-    services = Services(config, secrets, metrics, router, tokens, mailer)
-    revocations = Revocations(tokens)
-    networks = Supervisor("networks", max_restarts=20, period_s=10.0)
-    router.define(
-        NETWORK,
-        factory=network_factory(services.domain, idle_s=config.gateway.network_idle_s),
-        supervisor=networks,
-        shutdown_s=1.0,
-    )
+    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
+    router = Router(instance_id, cluster_bus(config.bus, codec), rule=tenant_rule)
     router.define(SERVICE, placement=Placement.INSTANCE)
-
-    async def mail_child(*, task_status: trio.TaskStatus[None]) -> None:
-        await mailer.run(task_status=task_status)
-
-    async def store_child(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
-        db = await open_database_retrying(config)
-        try:
-            applied = await migrate(db)
-            services.domain.fill(
-                Domain.build(db, tokens, mailer, config, on_revoke=revocations.revoke)
-            )
-            log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
-            task_status.started()
-            await stopping.wait()
-        finally:
-            services.domain.clear()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await db.aclose()
-
-    async def bus_child(*, task_status: trio.TaskStatus[None]) -> None:
-        await router.bus.serve(task_status=task_status)
-
-    async def revocation_sync_child(*, task_status: trio.TaskStatus[None]) -> None:
-        """Keep this process's token check current with the store's record of revocations:
-        the backstop for broadcasts this instance missed."""
-        domain = services.domain.get()
-        # Older revocations cannot matter: every token they refuse has expired.
-        since = now_ms() - (config.auth.access_ttl_s + 60) * 1000
-        since = await domain.accounts.load_revocations(since)
-        task_status.started()
-        while True:
-            await trio.sleep(config.auth.revocation_sync_s)
-            revision = tokens.revision
-            # Look back a little: another instance's clock may run behind ours.
-            since = await domain.accounts.load_revocations(since - 60_000)
-            revocations.applied(tokens.revision != revision)
-
+    domain = DomainHandle()
+    revocations = Revocations(tokens)
     turn = TurnService(config.turn, host=config.server.host, secret=secrets.turn_secret)
-    services.turn = turn
-    metrics.turn = turn.stats
-
-    async def api_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
-        app = create_app(
-            ApiContext(
-                metrics=metrics,
-                domain=services.domain,
-                tokens=tokens,
-                revoke=revocations.revoke,
-                bus_ready=lambda: router.bus.ready,
-                ice=turn.ice_servers,
-                webrtc=gateway.accept_webrtc,
-                version=VERSION,
-                limits=config.limits,
-                trusted_proxies=config.api.trusted_proxies,
-                max_body_bytes=config.api.max_body_bytes,
-                body_timeout_s=config.api.body_timeout_s,
-                response_timeout_s=config.api.response_timeout_s,
-            )
-        )
-
-        async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(
-                functools.partial(
-                    serve_api,
-                    app,
-                    host=config.server.host,
-                    port=config.api.port,
-                    grace_s=config.server.grace_s,
-                    stopping=stopping,
-                )
-            )
-            services.urls["api"] = url
-            task_status.started(url)
-
     gateway = Gateway(
         router,
         tokens,
@@ -264,27 +154,33 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         services=turn.peers,
         relay_aliases=turn.relay_aliases,
     )
-    services.gateway = gateway
     revocations.add_listener(gateway.revoked)
-    metrics.gateway = gateway.statistics
-
-    async def gateway_child(*, stopping: trio.Event, task_status: trio.TaskStatus[str]) -> None:
-        await gateway.serve(
-            config.server.host, config.gateway.port, stopping=stopping, task_status=task_status
-        )
+    api = api_server(
+        config,
+        metrics=metrics,
+        domain=domain,
+        tokens=tokens,
+        revoke=revocations.revoke,
+        bus_ready=lambda: router.bus.ready,
+        ice=turn.ice_servers,
+        webrtc=gateway.accept_webrtc,
+    )
+    networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
 
     grace = config.server.grace_s
     root = Supervisor(
         "root",
         [
-            ChildSpec("mail", mail_child, shutdown_s=1.0),
-            ChildSpec("store", store_child, shutdown_s=grace, graceful=True),
-            ChildSpec("bus", bus_child, shutdown_s=1.0),
-            ChildSpec("revocations", functools.partial(revocations.serve, router), shutdown_s=1.0),
-            ChildSpec("revocation-sync", revocation_sync_child, shutdown_s=1.0),
-            ChildSpec("api", api_child, shutdown_s=grace, graceful=True),
+            mail_child(mailer),
+            store_child(
+                domain, config, tokens, mailer, on_revoke=revocations.revoke, shutdown_s=grace
+            ),
+            bus_child(router.bus),
+            revocations_child(revocations, router),
+            revocation_sync_child(revocations, domain, config.auth),
+            ChildSpec("api", api.serve, shutdown_s=grace, graceful=True),
             networks.as_child(shutdown_s=2.0),
-            ChildSpec("gateway", gateway_child, shutdown_s=grace, graceful=True),
+            gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
         ],
         strategy=Strategy.REST_FOR_ONE,
@@ -293,7 +189,13 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         backoff_base_s=0.2,
         backoff_max_s=5.0,
     )
+    metrics.router = router
     metrics.supervisors.extend([root, networks])
+    metrics.gateway = gateway.statistics
+    metrics.turn = turn.stats
+    services = Services(
+        config, secrets, metrics, router, tokens, mailer, domain, revocations, turn, gateway, api
+    )
     return root, services
 
 
@@ -320,7 +222,7 @@ async def serve(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(functools.partial(root.run, stopping=stop))
-                task_status.started(Running(services.urls["api"], services, root))
+                task_status.started(Running(services.api.url, services, root))
         except BaseExceptionGroup as group:
             raise sole_exception(group) from None
 

@@ -1,4 +1,5 @@
-"""The store core: database backends, migrations, the scope of a read, and the audit log.
+"""The store core: database backends (and opening the configured one), migrations, the scope of
+a read, and the audit log.
 
 Infrastructure, not a capability: it owns no domain table. The rooms (``accounts``,
 ``networks``, ``devices``, ...) write their own SQL as units of work (``work(tx)``, see
@@ -15,6 +16,7 @@ from ._audit import AuditChainBroken, AuditEntry, AuditLog, append_audit, audit_
 from ._db import Database, Row, Tx
 from ._json import from_json, to_json
 from ._migrations import current_version, migrate
+from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
 from ._sqlite import SqliteDatabase
@@ -33,10 +35,13 @@ __all__ = [
     "Tx",
     "append_audit",
     "audit_entries_about",
+    "check_database",
     "current_version",
     "decode_cursor",
     "encode_cursor",
     "from_json",
     "migrate",
+    "open_database",
+    "open_database_retrying",
     "to_json",
 ]
