@@ -5,6 +5,7 @@ with SIGKILL loses no acknowledged message; a NATS restart heals by itself."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -122,6 +123,10 @@ async def test_devices_on_different_instances_talk_and_see_each_other(
                 assert answer.result == ThorResult(ok=True, result="pong")
             left = await a.receive_type(Presence)
             assert (left.device.device_id, left.device.online) == ("phone", False)
+        metrics = (await c.http.get("/metrics")).text
+        assert "yggdrasil_bus_ready 1.0" in metrics
+        assert "yggdrasil_bus_instances 3.0" in metrics
+        assert re.search(r"^yggdrasil_bus_published_total [1-9]", metrics, re.M)
 
 
 async def test_a_new_session_on_another_instance_replaces_the_old_one(

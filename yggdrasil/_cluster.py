@@ -149,6 +149,20 @@ class NatsBus:
     def ready(self) -> bool:
         return self._connected and self._synced and not self.fenced
 
+    def statistics(self) -> dict[str, int]:
+        """Counters and gauges for the metrics endpoint."""
+        now = time.monotonic()
+        alive = sum(
+            1 for seen, _ in self._seen.values() if now - seen < self.config.instance_timeout_s
+        )
+        return {
+            **self.stats,
+            "ready": int(self.ready),
+            "fenced": int(self.fenced),
+            "instances": alive,
+            "directory": len(self._holders),
+        }
+
     def holder(self, address: Address) -> str | None:
         found = self._holders.get(address)
         return None if found is None else found[0]

@@ -42,12 +42,14 @@ class _ActorCollector(Collector):
         gateway: Callable[[], dict[str, int] | None],
         turn: Callable[[], object | None],
         hashing: Callable[[], Hasher],
+        bus: Callable[[], dict[str, int] | None] = lambda: None,
     ) -> None:
         self._router = router
         self._supervisors = supervisors
         self._gateway = gateway
         self._turn = turn
         self._hashing = hashing
+        self._bus = bus
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
@@ -140,6 +142,19 @@ class _ActorCollector(Collector):
                 "Websocket connections failed for a protocol violation",
                 value=gateway["violations"],
             )
+        bus = self._bus()
+        if bus is not None:
+            for name in ("published", "received", "dropped", "undecodable"):
+                yield CounterMetricFamily(
+                    f"yggdrasil_bus_{name}", f"Envelopes {name} on the bus", value=bus[name]
+                )
+            for name, help_text in (
+                ("ready", "1 while the bus is connected and the directory in sync"),
+                ("fenced", "1 while this instance has fenced itself after losing the bus"),
+                ("instances", "Instances of the cluster heard from, this one included"),
+                ("directory", "Addresses held in the cluster, as this instance sees it"),
+            ):
+                yield GaugeMetricFamily(f"yggdrasil_bus_{name}", help_text, value=bus[name])
         hashing = self._hashing()
         yield GaugeMetricFamily(
             "yggdrasil_hashing_admitted",
@@ -176,6 +191,8 @@ class Metrics:
         self.supervisors: list[Supervisor] = []
         self.gateway: Callable[[], dict[str, int]] | None = None
         """The gateway's statistics (sessions, handshakes, queued bytes...), when it runs."""
+        self.bus: Callable[[], dict[str, int]] | None = None
+        """The NATS bus's counters, when the instance is part of a cluster."""
         self.turn: Callable[[], object] | None = None
         """The TURN core's counters (a dataclass of integers), when TURN runs."""
         self.registry.register(
@@ -185,6 +202,7 @@ class Metrics:
                 lambda: None if self.gateway is None else self.gateway(),
                 lambda: None if self.turn is None else self.turn(),
                 hashing_pool,
+                lambda: None if self.bus is None else self.bus(),
             )
         )
 

@@ -44,7 +44,7 @@ from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, gateway_child, network_actors
 
 from ._addresses import NETWORK, SERVICE, tenant_rule
-from ._cluster import bus_child, cluster_bus
+from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._domain import DomainHandle, store_child
 from ._errors import ConfigError, sole_exception
@@ -193,6 +193,8 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
     metrics.supervisors.extend([root, networks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
+    if isinstance(router.bus, NatsBus):
+        metrics.bus = router.bus.statistics
     services = Services(
         config, secrets, metrics, router, tokens, mailer, domain, revocations, turn, gateway, api
     )
