@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
     from relay.protocol import Welcome
+    from yggdrasil import Database
 
 
 def free_port() -> int:
@@ -53,3 +55,99 @@ async def hello(ws: WebSocketConnection, client: str, *, receipts: bool = False)
     if not isinstance(welcome, Welcome):
         raise RuntimeError(f"expected welcome, got {welcome!r}")
     return welcome
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's open-file limit to its hard limit (thousands of sockets)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_server(
+    data_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """``yggdrasil serve`` on a data directory, every listener on a free port, logging JSON to
+    ``log_path``; returns the process and each listener's URL once the API and the gateway
+    listen (``RuntimeError`` with the log if it stops first). ``YGG_`` variables of this process
+    are not passed on: only ``env``'s."""
+    import json
+    import os
+    import time
+
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("YGG_")}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                *yggdrasil_command(),
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--api-port",
+                "0",
+                "--gateway-port",
+                "0",
+                "--turn-port",
+                "0",
+                "--log-format",
+                "json",
+                *args,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**clean, **(env or {})},
+            preexec_fn=raise_fd_limit,
+        )
+    urls: dict[str, str] = {}
+    for _ in range(600):
+        for line in log_path.read_text().splitlines():
+            if '"listener":' in line:
+                record = json.loads(line)
+                urls[record["listener"]] = record["url"]
+        if "api" in urls and "gateway" in urls:
+            return process, urls
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(log_path.read_text())
+
+
+async def register_devices(db: Database, count: int, per_network: int) -> list[tuple[str, str]]:
+    """Register devices ``d0`` .. ``d<count-1>`` directly in a migrated database,
+    ``per_network`` to a user and network; each device's ``(user_id, network_id)``."""
+    from yggdrasil import NewDevice, Tx
+    from yggdrasil.accounts import insert_user
+    from yggdrasil.devices import insert_device
+
+    owners: list[tuple[str, str]] = []
+
+    async def register(tx: Tx) -> None:
+        for i in range(count):
+            if i % per_network == 0:
+                user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
+            owners.append((user_id, network_id))
+            await insert_device(
+                tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
+            )
+
+    await db.write(register)
+    return owners
+
+
+def mint_tokens(data_dir: Path, owners: list[tuple[str, str]]) -> list[str]:
+    """Access tokens for the devices ``register_devices`` made, signed with the data
+    directory's own key (created if it has none yet)."""
+    from yggdrasil import TokenService, load_or_create
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = TokenService(
+        load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
+    )
+    return [
+        tokens.issue(
+            user_id=user_id, role="user", family_id="f_bench", network_id=net, device_id=f"d{i}"
+        )[0]
+        for i, (user_id, net) in enumerate(owners)
+    ]

@@ -85,7 +85,8 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
-from benchmarks._harness import hello, yggdrasil_command
+from benchmarks._harness import hello, raise_fd_limit
+from benchmarks._harness import start_server as start_yggdrasil
 from benchmarks.relay import prepare_yggdrasil, rss_kib
 
 MIB = 1024 * 1024
@@ -135,55 +136,13 @@ class Server:
     gateway_url: str
 
 
-def _raise_fd_limit() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def start_server(data_dir: Path, log_path: Path, env: dict[str, str]) -> Server:
-    command = yggdrasil_command()
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("YGG_")}
-    log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [
-            *command,
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--host",
-            "127.0.0.1",
-            "--api-port",
-            "0",
-            "--gateway-port",
-            "0",
-            "--turn-port",
-            "0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**clean, **env},
-        preexec_fn=_raise_fd_limit,
+    process, urls = start_yggdrasil(
+        data_dir, log_path, "--host", "127.0.0.1", "--log-level", "info", env=env
     )
-    log_file.close()
-    urls: dict[str, str] = {}
-    for _ in range(600):
-        for line in log_path.read_text().splitlines():
-            if '"listener":' in line:
-                record = json.loads(line)
-                urls[record["listener"]] = record["url"]
-        if "api" in urls and "gateway" in urls:
-            port = urlsplit(urls["api"]).port
-            assert port is not None
-            return Server(process, port, urls["gateway"])
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(log_path.read_text())
+    port = urlsplit(urls["api"]).port
+    assert port is not None
+    return Server(process, port, urls["gateway"])
 
 
 def stop_server(server: Server) -> None:
@@ -360,7 +319,7 @@ async def run_pair(url: str, tokens: list[str], seconds: float, window: int) -> 
 
 
 def pair_process(url: str, tokens: list[str], seconds: float, window: int, out: Any) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     try:
         out.put(trio.run(run_pair, url, tokens, seconds, window))
     except BaseException as exc:
@@ -568,7 +527,7 @@ def half_open(job: dict[str, Any], out: Any, stop: Any) -> dict[str, Any]:
 
 
 def attack_process(job: dict[str, Any], out: Any, stop: Any) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     try:
         if job["kind"] == "halfopen":
             result = half_open(job, out, stop)
@@ -781,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
 
-    _raise_fd_limit()
+    raise_fd_limit()
     print(
         f"abuse: a fresh `yggdrasil serve` per case on 127.0.0.1; healthy pair d0 -> d1, 64 B,"
         f" window {args.window}, {args.seconds:g} s per measurement; {os.cpu_count()} cores"

@@ -32,7 +32,6 @@ by the share of traffic that crosses instances (at the measured crossing cost).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import secrets
@@ -44,8 +43,8 @@ from typing import Any
 
 import trio
 
-from benchmarks._harness import yggdrasil_command
-from benchmarks.relay import Target, _raise_fd_limit, run_cell
+from benchmarks._harness import mint_tokens, raise_fd_limit, register_devices, start_server
+from benchmarks.relay import Target, run_cell
 
 PG = os.environ.get("YGG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 NATS = os.environ.get("YGG_BENCH_NATS", "nats://127.0.0.1:4222")
@@ -73,43 +72,20 @@ def prepare(database_url: str, data_dir: Path, count: int, per_network: int) -> 
     """Register ``count`` devices in the cluster's database and mint their tokens."""
     import trio_asyncio
 
-    from yggdrasil import NewDevice, TokenService, Tx, load_or_create
-    from yggdrasil.accounts import insert_user
-    from yggdrasil.devices import insert_device
     from yggdrasil.store import PostgresDatabase, migrate
 
-    owners: list[tuple[str, str]] = []
-
-    async def main() -> None:
+    async def main() -> list[tuple[str, str]]:
         async with trio_asyncio.open_loop():
             db = await PostgresDatabase.open(
                 database_url, min_size=1, max_size=2, query_timeout_s=60
             )
-            await migrate(db)
+            try:
+                await migrate(db)
+                return await register_devices(db, count, per_network)
+            finally:
+                await db.aclose()
 
-            async def register(tx: Tx) -> None:
-                for i in range(count):
-                    if i % per_network == 0:
-                        user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
-                    owners.append((user_id, network_id))
-                    await insert_device(
-                        tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
-                    )
-
-            await db.write(register)
-            await db.aclose()
-
-    trio.run(main)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tokens = TokenService(
-        load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
-    )
-    return [
-        tokens.issue(
-            user_id=user_id, role="user", family_id="f_bench", network_id=net, device_id=f"d{i}"
-        )[0]
-        for i, (user_id, net) in enumerate(owners)
-    ]
+    return mint_tokens(data_dir, trio.run(main))
 
 
 def start_instance(
@@ -125,42 +101,16 @@ def start_instance(
         "YGG_BUS_PREFIX": prefix,
         "YGG_SERVER_INSTANCE_ID": name,
     }
-    log_path = data_dir.parent / f"{name}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
-    process = subprocess.Popen(
-        [
-            *yggdrasil_command(),
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--database-url",
-            database_url,
-            "--bus-url",
-            NATS,
-            "--api-port",
-            "0",
-            "--gateway-port",
-            "0",
-            "--turn-port",
-            "0",
-            "--log-format",
-            "json",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**environment, **relaxed},
-        preexec_fn=_raise_fd_limit,
+    process, urls = start_server(
+        data_dir,
+        data_dir.parent / f"{name}.log",
+        "--database-url",
+        database_url,
+        "--bus-url",
+        NATS,
+        env=relaxed,
     )
-    for _ in range(600):
-        for line in log_path.read_text().splitlines():
-            if '"listener":"gateway"' in line:
-                return process, json.loads(line)["url"]
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(log_path.read_text())
+    return process, urls["gateway"]
 
 
 # ----------------------------------------------------------------------------- load
@@ -189,7 +139,7 @@ class SplitTarget(Target):
 
 
 def _cell(job: dict[str, Any], out: Any) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     target = SplitTarget(job["urls"], job["tokens"], job["placement"], job["pairs"])
     out.put(trio.run(run_cell, target, job["pairs"], job["size"], job["seconds"], job["window"]))
 
@@ -284,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--claims", type=int, default=1000, help="directory claims to time")
     args = parser.parse_args(argv)
-    _raise_fd_limit()
+    raise_fd_limit()
     database = f"ygg_bench_{secrets.token_hex(4)}"
     database_url = f"{PG}/{database}"
     prefix = f"bench{secrets.token_hex(3)}"

@@ -20,10 +20,7 @@ session. Every Yggdrasil figure is printed with its ratio to the baseline.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import os
-import resource
 import struct
 import subprocess
 import sys
@@ -35,7 +32,13 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, serve_websocket
 
-from benchmarks._harness import hello, yggdrasil_command
+from benchmarks._harness import (
+    hello,
+    mint_tokens,
+    raise_fd_limit,
+    register_devices,
+    start_server,
+)
 
 _STAMP = struct.Struct("!Q")
 _DEST = struct.Struct("!I")
@@ -46,7 +49,7 @@ _DEST = struct.Struct("!I")
 
 def baseline_server(port_queue: Any) -> None:
     """A relay with nothing but a dict: the path names a connection, 4 bytes name the peer."""
-    _raise_fd_limit()
+    raise_fd_limit()
     connections: dict[int, WebSocketConnection] = {}
 
     async def handler(request: Any) -> None:
@@ -89,51 +92,22 @@ def baseline_server(port_queue: Any) -> None:
 def prepare_yggdrasil(data_dir: Path, count: int, per_network: int) -> list[str]:
     """Register ``count`` devices directly in a fresh data directory, ``per_network`` to a user
     and network, and mint their access tokens with the data directory's own signing key."""
-    from yggdrasil import NewDevice, SqliteDatabase, TokenService, Tx, load_or_create, migrate
-    from yggdrasil.accounts import insert_user
-    from yggdrasil.devices import insert_device
+    from yggdrasil import SqliteDatabase, migrate
 
-    owners: list[tuple[str, str]] = []
+    data_dir.mkdir(parents=True, exist_ok=True)
 
-    async def main() -> None:
-        db = await SqliteDatabase.open(_ensure(data_dir) / "yggdrasil.sqlite3")
+    async def main() -> list[tuple[str, str]]:
+        db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
         await migrate(db)
+        try:
+            return await register_devices(db, count, per_network)
+        finally:
+            await db.aclose()
 
-        async def register(tx: Tx) -> None:
-            for i in range(count):
-                if i % per_network == 0:
-                    user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
-                owners.append((user_id, network_id))
-                await insert_device(
-                    tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
-                )
-
-        await db.write(register)
-        await db.aclose()
-
-    trio.run(main)
-    tokens = TokenService(
-        load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
-    )
-    return [
-        tokens.issue(
-            user_id=user_id,
-            role="user",
-            family_id="f_bench",
-            network_id=network_id,
-            device_id=f"d{i}",
-        )[0]
-        for i, (user_id, network_id) in enumerate(owners)
-    ]
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return mint_tokens(data_dir, trio.run(main))
 
 
 def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    command = yggdrasil_command()
     relaxed = {
         "YGG_GATEWAY_MESSAGES_PER_S": "1000000",
         "YGG_GATEWAY_TENANT_MESSAGES_PER_S": "100000000",
@@ -142,43 +116,11 @@ def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         "YGG_GATEWAY_QUEUE_SIZE": "1024",
         "YGG_GATEWAY_PING_INTERVAL_S": "600",
     }
-    log_path = data_dir.parent / "yggdrasil.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [
-            *command,
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--api-port",
-            "0",
-            "--gateway-port",
-            "0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **relaxed},
-        preexec_fn=_raise_fd_limit,
-    )
-    for _ in range(400):
-        for line in log_path.read_text().splitlines():
-            if '"listener":"gateway"' in line:
-                return process, json.loads(line)["url"]
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(log_path.read_text())
+    process, urls = start_server(data_dir, data_dir.parent / "yggdrasil.log", env=relaxed)
+    return process, urls["gateway"]
 
 
 # ----------------------------------------------------------------------------- load generator
-
-
-def _raise_fd_limit() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Target:
@@ -312,7 +254,7 @@ async def open_idle(target: Target, count: int, hold: trio.Event) -> None:
 
 
 def generator(job: dict[str, Any], out: Any) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     target = Target(job["kind"], job["url"], job.get("tokens"))
     if job["mode"] == "cell":
         out.put(
@@ -407,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     sessions = [int(s) for s in args.sessions.split(",") if s]
     needed = max([2 * max(pairs, default=1), *sessions])
 
-    _raise_fd_limit()
+    raise_fd_limit()
     ports: Any = multiprocessing.Queue()
     base = multiprocessing.Process(target=baseline_server, args=(ports,), daemon=True)
     base.start()
