@@ -65,6 +65,25 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def serve_command(data_dir: Path, *args: str) -> list[str]:
+    """``yggdrasil serve`` on ``data_dir`` with every listener on a free port, logging JSON."""
+    return [
+        *yggdrasil_command(),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--api-port",
+        "0",
+        "--gateway-port",
+        "0",
+        "--turn-port",
+        "0",
+        "--log-format",
+        "json",
+        *args,
+    ]
+
+
 def start_server(
     data_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -79,21 +98,7 @@ def start_server(
     clean = {key: value for key, value in os.environ.items() if not key.startswith("YGG_")}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [
-                *yggdrasil_command(),
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--api-port",
-                "0",
-                "--gateway-port",
-                "0",
-                "--turn-port",
-                "0",
-                "--log-format",
-                "json",
-                *args,
-            ],
+            serve_command(data_dir, *args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**clean, **(env or {})},

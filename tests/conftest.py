@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_asyncio
 
 from yggdrasil import Database, PostgresDatabase, SqliteDatabase, Store, migrate
+from yggdrasil.server import Running
 
 PG_HOST = os.environ.get("YGG_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("YGG_TEST_PG_PORT", "5432"))
@@ -111,3 +113,29 @@ def store(database: Database) -> Store:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+async def server(data_dir: Path, backend: str, asyncio_loop: None) -> AsyncIterator[Running]:
+    """The whole server in this trio run, on each store backend, with relaxed rate limits."""
+    from tests.clients import RELAXED_LIMITS
+    from tests.servers import running_server
+
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+        yield await stack.enter_async_context(
+            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
+        )
+
+
+@pytest.fixture
+async def http(server: Running) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def outbox(data_dir: Path) -> Path:
+    return data_dir / "outbox"

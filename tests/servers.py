@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from benchmarks._harness import yggdrasil_command
+from benchmarks._harness import serve_command
 from yggdrasil import load_config
 from yggdrasil.server import Running, serve
 
@@ -75,21 +75,7 @@ def server_process(
     """``yggdrasil serve --api-port 0`` as a subprocess; waits for its API and gateway to
     listen."""
     log_path = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
-    command = [
-        *yggdrasil_command(),
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--api-port",
-        "0",
-        "--gateway-port",
-        "0",
-        "--turn-port",
-        "0",
-        "--log-format",
-        "json",
-        *extra,
-    ]
+    command = serve_command(data_dir, *extra)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
     environment.update(env or {})
     with open(log_path, "w") as log_file:

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
-from tests.clients import RELAXED_LIMITS, User, count_mail, device, read_code, sign_in
-from tests.conftest import fresh_pg_database
-from tests.servers import running_server
+from tests.clients import User, count_mail, device, read_code, sign_in
 from yggdrasil.server import Running
-
-
-@pytest.fixture
-async def server(data_dir: Path, backend: str, asyncio_loop: None) -> AsyncIterator[Running]:
-    """The whole server, on each store backend."""
-    async with AsyncExitStack() as stack:
-        database: dict[str, str] = {}
-        if backend == "postgres":
-            database["url"] = await stack.enter_async_context(fresh_pg_database())
-        yield await stack.enter_async_context(
-            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
-        )
-
-
-@pytest.fixture
-async def http(server: Running) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.api_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def outbox(data_dir: Path) -> Path:
-    return data_dir / "outbox"
 
 
 def error_code(response: httpx.Response) -> str:

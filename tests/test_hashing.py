@@ -7,8 +7,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from pathlib import Path
 
 import argon2
@@ -17,13 +16,11 @@ import pytest
 import trio
 
 from tests.clients import RELAXED_LIMITS, User, count_mail, read_code, sign_in
-from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 from yggdrasil import HashingBusy
 from yggdrasil import _hashing as hashing
 from yggdrasil._config import AuthConfig
 from yggdrasil._hashing import Hasher
-from yggdrasil.server import Running
 
 
 class CountingArgon2:
@@ -228,28 +225,6 @@ async def test_hash_and_verify_use_argon2id() -> None:
 
 
 # ------------------------------------------------------------------ over HTTP
-
-
-@pytest.fixture
-async def server(data_dir: Path, backend: str, asyncio_loop: None) -> AsyncIterator[Running]:
-    async with AsyncExitStack() as stack:
-        database: dict[str, str] = {}
-        if backend == "postgres":
-            database["url"] = await stack.enter_async_context(fresh_pg_database())
-        yield await stack.enter_async_context(
-            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
-        )
-
-
-@pytest.fixture
-async def http(server: Running) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.api_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def outbox(data_dir: Path) -> Path:
-    return data_dir / "outbox"
 
 
 def answer(response: httpx.Response) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
