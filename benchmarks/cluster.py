@@ -70,14 +70,13 @@ async def _admin(sql: str) -> None:
 
 def prepare(database_url: str, data_dir: Path, count: int, per_network: int) -> list[str]:
     """Register ``count`` devices in the cluster's database and mint their tokens."""
-    import trio_asyncio
-
+    from yggdrasil import open_asyncio_thread
     from yggdrasil.store import PostgresDatabase, migrate
 
     async def main() -> list[tuple[str, str]]:
-        async with trio_asyncio.open_loop():
+        async with open_asyncio_thread() as bridge:
             db = await PostgresDatabase.open(
-                database_url, min_size=1, max_size=2, query_timeout_s=60
+                database_url, bridge, min_size=1, max_size=2, query_timeout_s=60
             )
             try:
                 await migrate(db)

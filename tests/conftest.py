@@ -14,7 +14,15 @@ import pytest
 import trio
 import trio_asyncio
 
-from yggdrasil import Database, PostgresDatabase, SqliteDatabase, Store, migrate
+from yggdrasil import (
+    AsyncioThread,
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    Store,
+    migrate,
+    open_asyncio_thread,
+)
 from yggdrasil.server import Running
 
 PG_HOST = os.environ.get("YGG_TEST_PG_HOST", "127.0.0.1")
@@ -64,6 +72,13 @@ async def asyncio_loop() -> AsyncIterator[None]:
 
 
 @pytest.fixture
+async def bridge() -> AsyncIterator[AsyncioThread]:
+    """The asyncio loop thread that asyncpg and nats-py run on."""
+    async with open_asyncio_thread("test-asyncio") as thread:
+        yield thread
+
+
+@pytest.fixture
 async def pg_database(asyncio_loop: None) -> AsyncIterator[str]:
     """A new, empty PostgreSQL database for one test; its URL. Dropped afterwards."""
     require_postgres()
@@ -91,7 +106,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def database(backend: str, tmp_path: Path, asyncio_loop: None) -> AsyncIterator[Database]:
+async def database(
+    backend: str, tmp_path: Path, asyncio_loop: None, bridge: AsyncioThread
+) -> AsyncIterator[Database]:
     """A migrated database on each backend."""
     async with AsyncExitStack() as stack:
         db: Database
@@ -99,7 +116,9 @@ async def database(backend: str, tmp_path: Path, asyncio_loop: None) -> AsyncIte
             db = await SqliteDatabase.open(tmp_path / "store.sqlite3")
         else:
             url = await stack.enter_async_context(fresh_pg_database())
-            db = await PostgresDatabase.open(url, min_size=1, max_size=4, query_timeout_s=10.0)
+            db = await PostgresDatabase.open(
+                url, bridge, min_size=1, max_size=4, query_timeout_s=10.0
+            )
         stack.push_async_callback(db.aclose)
         await migrate(db)
         yield db

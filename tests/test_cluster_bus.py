@@ -24,6 +24,7 @@ from actors import (
     Unreachable,
 )
 from tests.cluster import require_nats, unique_prefix
+from yggdrasil import AsyncioThread
 from yggdrasil._cluster import NatsBus
 from yggdrasil._config import BusConfig
 
@@ -66,13 +67,13 @@ def answerer(instance: str) -> Callable[[Address], Actor]:
 
 @asynccontextmanager
 async def cluster(
-    names: list[str], **config: float
+    names: list[str], bridge: AsyncioThread, **config: float
 ) -> AsyncIterator[tuple[list[Router], trio.Nursery]]:
     settings = BusConfig(url=require_nats(), prefix=unique_prefix(), **config)  # type: ignore[arg-type]
     routers = []
     async with trio.open_nursery() as nursery:
         for name in names:
-            router = Router(name, NatsBus(settings, CODEC), rule=same_tenant)
+            router = Router(name, NatsBus(settings, CODEC, bridge), rule=same_tenant)
             supervisor = Supervisor(f"networks-{name}")
             router.define("network", factory=answerer(name), supervisor=supervisor)
             router.define("service", placement=Placement.INSTANCE)
@@ -89,8 +90,10 @@ async def eventually(check: object, timeout_s: float = 5.0) -> None:
             await trio.sleep(0.02)
 
 
-async def test_one_holder_per_address_and_forwarding_across_instances(asyncio_loop: None) -> None:
-    async with cluster(["a", "b"]) as ((a, b), nursery):
+async def test_one_holder_per_address_and_forwarding_across_instances(
+    bridge: AsyncioThread,
+) -> None:
+    async with cluster(["a", "b"], bridge) as ((a, b), nursery):
         await nursery.start(Answerer(DEVICE, "a").run, a)
         with pytest.raises(AddressInUse):
             await b.register(DEVICE, Mailbox(4))
@@ -102,8 +105,8 @@ async def test_one_holder_per_address_and_forwarding_across_instances(asyncio_lo
             await b.send(Envelope(Address.of("device", "other", "x"), DEVICE, Ping(1)))
 
 
-async def test_a_virtual_actor_starts_once_in_the_cluster(asyncio_loop: None) -> None:
-    async with cluster(["a", "b", "c"]) as (routers, _):
+async def test_a_virtual_actor_starts_once_in_the_cluster(bridge: AsyncioThread) -> None:
+    async with cluster(["a", "b", "c"], bridge) as (routers, _):
         answers = []
         for router in routers * 2:
             sender = Address.of("device", "net", router.instance_id)
@@ -112,8 +115,8 @@ async def test_a_virtual_actor_starts_once_in_the_cluster(asyncio_loop: None) ->
         assert sum(r.statistics().activated for r in routers) == 1
 
 
-async def test_broadcast_reaches_every_instance(asyncio_loop: None) -> None:
-    async with cluster(["a", "b", "c"]) as (routers, _):
+async def test_broadcast_reaches_every_instance(bridge: AsyncioThread) -> None:
+    async with cluster(["a", "b", "c"], bridge) as (routers, _):
         service = Address.of("service", "revocations")
         boxes = [Mailbox[Envelope](8) for _ in routers]
         for router, box in zip(routers, boxes, strict=True):
@@ -124,9 +127,9 @@ async def test_broadcast_reaches_every_instance(asyncio_loop: None) -> None:
                 assert (await box.get()).body == Ping(3)
 
 
-async def test_a_dead_instances_addresses_are_given_up(asyncio_loop: None) -> None:
+async def test_a_dead_instances_addresses_are_given_up(bridge: AsyncioThread) -> None:
     config = {"heartbeat_s": 0.2, "instance_timeout_s": 1.0}
-    async with cluster(["a"], **config) as ((a,), _):
+    async with cluster(["a"], bridge, **config) as ((a,), _):
         settings = BusConfig(
             url=require_nats(),
             prefix=a.bus.prefix,  # type: ignore[attr-defined]
@@ -134,7 +137,7 @@ async def test_a_dead_instances_addresses_are_given_up(asyncio_loop: None) -> No
             instance_timeout_s=1.0,
         )
         async with AsyncExitStack() as stack:
-            doomed = Router("doomed", NatsBus(settings, CODEC), rule=same_tenant)
+            doomed = Router("doomed", NatsBus(settings, CODEC, bridge), rule=same_tenant)
             scope = trio.CancelScope()
 
             async def run_doomed(*, task_status: trio.TaskStatus[None]) -> None:
@@ -163,8 +166,8 @@ async def _silently() -> None:
     """A crash closes nothing: the connection just goes."""
 
 
-async def test_dispatched_work_reaches_exactly_one_instance(asyncio_loop: None) -> None:
-    async with cluster(["a", "b", "c"]) as (routers, _):
+async def test_dispatched_work_reaches_exactly_one_instance(bridge: AsyncioThread) -> None:
+    async with cluster(["a", "b", "c"], bridge) as (routers, _):
         renewals = Address.of("service", "renewals")
         boxes = [Mailbox[Envelope](1000) for _ in routers]
         for router, box in zip(routers, boxes, strict=True):

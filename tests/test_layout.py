@@ -102,7 +102,8 @@ EXPORTS: dict[str, set[str]] = {
         "error_response", "serve_api",
     },
     "yggdrasil": {
-        "AccountData", "AccountSuspended", "Accounts", "AuditChainBroken", "AuditEntry",
+        "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
+        "AuditEntry",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
         "DomainHandle", "EnrollmentKey", "Forbidden", "GatewayConfig", "HashingBusy", "Invalid",
         "InvalidCode", "InvalidGrant", "InvalidKey", "InvalidToken", "LimitsConfig", "MAX_PAGE",
@@ -112,7 +113,7 @@ EXPORTS: dict[str, set[str]] = {
         "StoreError", "StoreUnavailable", "TokenService", "Tx", "Unavailable", "UniqueViolation",
         "User", "VERSION", "YggdrasilError", "current_version", "device_address", "load_config",
         "load_or_create", "migrate", "network_address", "normalize_email", "provider_address",
-        "service_address", "tenant_of", "tenant_rule",
+        "service_address", "tenant_of", "tenant_rule", "open_asyncio_thread",
     },
     "relay": {
         "DeviceSession", "Gateway", "MESSAGE_TYPES", "NetworkActor", "TenantQuota",

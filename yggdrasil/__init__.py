@@ -17,6 +17,7 @@ from ._addresses import (
     tenant_of,
     tenant_rule,
 )
+from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
 from ._domain import Domain, DomainHandle, Store
 from ._errors import (
@@ -76,6 +77,7 @@ __all__ = [
     "AccountData",
     "AccountSuspended",
     "Accounts",
+    "AsyncioThread",
     "AuditChainBroken",
     "AuditEntry",
     "Authorization",
@@ -132,6 +134,7 @@ __all__ = [
     "migrate",
     "network_address",
     "normalize_email",
+    "open_asyncio_thread",
     "provider_address",
     "service_address",
     "tenant_of",

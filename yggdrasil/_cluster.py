@@ -17,9 +17,11 @@ Shape (``../shared/CLUSTER.md`` has the measurements behind it):
   ``bus.heartbeat_s``. An instance not heard from for ``bus.instance_timeout_s`` is dead: its
   directory entries are deleted by whoever notices first, and its members leave their networks.
   (NATS 2.9's key-value buckets raise no event when a key's TTL expires, so liveness is ours.)
-- Between trio and nats-py (asyncio, on the trio-asyncio loop): one pump task publishes what
-  ``forward`` queued, up to 256 envelopes per hop; received messages go into a trio channel from
-  nats-py's callback without waiting (a full channel drops and counts).
+- Between trio and nats-py (asyncio, on the loop thread of :mod:`._asyncio_thread`): one pump
+  task publishes what ``forward`` queued, up to 256 envelopes per hop; nats-py's callbacks never
+  touch trio objects: received messages, directory entries and connection events cross to the
+  trio thread through a :class:`Handoff` or the trio token, and a full inbox channel drops and
+  counts.
 - Core NATS is at most once. An envelope lost on the way is like one lost with a crashed
   instance: requests time out, presence resyncs, and sessions' acknowledgements stay honest.
 - An instance that loses NATS for longer than ``instance_timeout_s`` has been declared dead by
@@ -41,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
-import trio_asyncio
 
 from actors import (
     Address,
@@ -55,6 +56,7 @@ from actors import (
     Unreachable,
 )
 
+from ._asyncio_thread import AsyncioThread, Handoff
 from ._config import BusConfig
 from ._errors import ConfigError, YggdrasilError
 
@@ -109,13 +111,17 @@ def nats_options(config: BusConfig) -> dict[str, Any]:
 class NatsBus:
     """The :class:`actors.Bus` of one instance over NATS; see the module docstring.
 
-    Needs a running trio-asyncio loop. :meth:`serve` connects, subscribes, syncs the directory
+    nats-py runs on ``bridge``'s loop. :meth:`serve` connects, subscribes, syncs the directory
     and reports ready; it runs until cancelled and closes the connection on the way out.
     """
 
-    def __init__(self, config: BusConfig, codec: Codec) -> None:
+    def __init__(self, config: BusConfig, codec: Codec, bridge: AsyncioThread) -> None:
         self.config = config
         self.codec = codec
+        self._bridge = bridge
+        self._inbound: Handoff[bytes] | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._round = 0
         self.prefix = config.prefix
         self._router: Router | None = None
         self._me = ""
@@ -251,6 +257,8 @@ class NatsBus:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self._router is not None, "attach the bus to a router first"
+        self._token = trio.lowlevel.current_trio_token()
+        self._inbound = Handoff(self._token, self._push)
         try:
             await self._aio(self._open)
         except Exception as exc:
@@ -269,7 +277,8 @@ class NatsBus:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self._aio(self._close)
 
-    # asyncio side (runs on the trio-asyncio loop; nats-py's callbacks run on the same thread)
+    # asyncio side: on the loop thread, with nats-py's callbacks; trio objects only through
+    # self._inbound and self._token
 
     async def _open(self) -> None:
         import nats
@@ -277,16 +286,14 @@ class NatsBus:
 
         connect = nats.connect
 
+        token = self._token
+        assert token is not None
+
         async def disconnected() -> None:
-            self._connected = False
-            self._lost_at = time.monotonic()
-            log.warning("bus: disconnected from %s", self.config.url)
+            token.run_sync_soon(self._disconnected)
 
         async def reconnected() -> None:
-            self._connected = True
-            self._lost_at = None
-            log.info("bus: reconnected to %s", self.config.url)
-            self._resync.set()  # watchers restart, the directory cache is rebuilt
+            token.run_sync_soon(self._reconnected)
 
         async def error(exc: Exception) -> None:
             log.warning("bus: %s", exc)
@@ -339,10 +346,8 @@ class NatsBus:
             await self._received(msg)
 
     async def _received(self, msg: Any) -> None:
-        try:
-            self._in_send.send_nowait(msg.data)
-        except trio.WouldBlock:
-            self.stats["dropped"] += 1
+        assert self._inbound is not None
+        self._inbound.put(msg.data)
 
     async def _create(self, key: str) -> int | None:
         from nats.js.errors import KeyWrongLastSequenceError
@@ -374,45 +379,20 @@ class NatsBus:
         for subject, data in batch:
             await self._nc.publish(subject, data, headers=origin if subject == broadcast else None)
 
-    async def _watch(self, synced: Callable[[], None]) -> None:
-        """Mirror both buckets into the local caches until cancelled."""
+    async def _watch(self, entries: Handoff[tuple[str, Any]]) -> None:
+        """Follow both buckets (every entry, then ``None`` once each is caught up) into
+        ``entries`` until cancelled."""
+        import asyncio
+
         directory = await self._directory.watchall()
         instances = await self._instances.watchall()
-        holders: dict[Address, tuple[str, int]] = {}
-        initial = 2
         try:
-            import asyncio
 
-            async def follow(watcher: Any, apply: Callable[[Any], None]) -> None:
-                nonlocal initial
+            async def follow(kind: str, watcher: Any) -> None:
                 async for entry in watcher:
-                    if entry is None:
-                        initial -= 1
-                        if initial == 0:
-                            self._holders = holders
-                            synced()
-                        continue
-                    apply(entry)
+                    entries.put((kind, entry))
 
-            def directory_entry(entry: Any) -> None:
-                address = _address(entry.key)
-                if address is None:
-                    return
-                target = holders if initial else self._holders
-                if entry.operation in ("DEL", "PURGE"):
-                    target.pop(address, None)
-                else:
-                    target[address] = (entry.value.decode(), entry.revision)
-
-            def instance_entry(entry: Any) -> None:
-                if entry.operation in ("DEL", "PURGE"):
-                    self._seen.pop(entry.key, None)
-                else:
-                    self._seen[entry.key] = (time.monotonic(), entry.revision)
-
-            await asyncio.gather(
-                follow(directory, directory_entry), follow(instances, instance_entry)
-            )
+            await asyncio.gather(follow("directory", directory), follow("instances", instances))
         finally:
             with contextlib.suppress(Exception):
                 await directory.stop()
@@ -422,28 +402,82 @@ class NatsBus:
     # trio side
 
     async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """One trio-to-asyncio hop (about 120 us: batch what you can)."""
-        return await trio_asyncio.aio_as_trio(fn)(*args)
+        """One hop to the loop thread and back (batch what you can)."""
+        return await self._bridge.run(fn, *args)
+
+    def _push(self, data: bytes) -> None:
+        try:
+            self._in_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.stats["dropped"] += 1
+
+    def _disconnected(self) -> None:
+        self._connected = False
+        self._lost_at = time.monotonic()
+        log.warning("bus: disconnected from %s", self.config.url)
+
+    def _reconnected(self) -> None:
+        self._connected = True
+        self._lost_at = None
+        log.info("bus: reconnected to %s", self.config.url)
+        self._resync.set()  # watchers restart, the directory cache is rebuilt
+
+    def _mirror(self) -> Handoff[tuple[str, Any]]:
+        """Where one round of watching delivers: the directory fills a fresh map until both
+        buckets are caught up, which then replaces the cache; later entries apply to the cache.
+        Entries of an earlier round that arrive late are ignored."""
+        assert self._token is not None
+        self._round += 1
+        this_round = self._round
+        holders: dict[Address, tuple[str, int]] = {}
+        initial = 2
+
+        def apply(item: tuple[str, Any]) -> None:
+            nonlocal initial
+            if self._round != this_round:
+                return
+            kind, entry = item
+            if entry is None:
+                initial -= 1
+                if initial == 0:
+                    self._holders = holders
+                    self._synced = True
+                    self._first_sync.set()
+                return
+            deleted = entry.operation in ("DEL", "PURGE")
+            if kind == "instances":
+                if deleted:
+                    self._seen.pop(entry.key, None)
+                else:
+                    self._seen[entry.key] = (time.monotonic(), entry.revision)
+                return
+            address = _address(entry.key)
+            if address is None:
+                return
+            target = holders if initial else self._holders
+            if deleted:
+                target.pop(address, None)
+            else:
+                target[address] = (entry.value.decode(), entry.revision)
+
+        return Handoff(self._token, apply)
 
     async def _watch_loop(self) -> None:
         """Keep the caches mirrored; start over after every reconnect (CLUSTER.md, pitfall 2)."""
         while True:
             self._resync = trio.Event()
-
-            def synced() -> None:
-                self._synced = True
-                self._first_sync.set()
+            entries = self._mirror()
 
             async with trio.open_nursery() as nursery:
 
-                async def watch() -> None:
+                async def watch(entries: Handoff[tuple[str, Any]]) -> None:
                     try:
-                        await self._aio(self._watch, synced)
+                        await self._aio(self._watch, entries)
                     except Exception as exc:  # a watcher broken by a disconnect: start over
                         log.info("bus: directory watch ended (%s); resyncing", exc)
                         self._resync.set()
 
-                nursery.start_soon(watch)
+                nursery.start_soon(watch, entries)
                 await self._resync.wait()
                 nursery.cancel_scope.cancel()
             self._synced = False
@@ -534,10 +568,10 @@ class NatsBus:
             await self._instances.delete(instance, last=revision)
 
 
-def cluster_bus(config: BusConfig, codec: Codec) -> Bus:
-    """The router's bus: NATS with ``bus.url``, otherwise the in-process one of a single
-    instance."""
-    return NatsBus(config, codec) if config.url else InProcessHub().bus()
+def cluster_bus(config: BusConfig, codec: Codec, bridge: AsyncioThread) -> Bus:
+    """The router's bus: NATS with ``bus.url`` (on ``bridge``'s loop), otherwise the in-process
+    one of a single instance."""
+    return NatsBus(config, codec, bridge) if config.url else InProcessHub().bus()
 
 
 def bus_child(bus: Bus) -> ChildSpec:

@@ -19,6 +19,7 @@ import trio
 
 from actors import ChildSpec
 
+from ._asyncio_thread import AsyncioThread
 from ._config import Config
 from ._errors import StoreUnavailable
 from ._mail import Mailer
@@ -122,6 +123,7 @@ def store_child(
     config: Config,
     tokens: TokenService,
     mailer: Mailer,
+    bridge: AsyncioThread,
     *,
     on_revoke: Callable[[str, int], None],
     shutdown_s: float,
@@ -132,7 +134,7 @@ def store_child(
     closes the database. ``on_revoke`` as in :meth:`Domain.build`."""
 
     async def run(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
-        db = await open_database_retrying(config.database, config.data_path)
+        db = await open_database_retrying(config.database, config.data_path, bridge)
         try:
             applied = await migrate(db)
             domain.fill(Domain.build(db, tokens, mailer, config, on_revoke=on_revoke))

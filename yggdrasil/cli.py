@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import trio
-import trio_asyncio
 
 from actors import Escalated
 from relay.client import device_cli
 
 from . import server
+from ._asyncio_thread import open_asyncio_thread
 from ._config import Config, load_config
 from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
 from ._logging import configure
@@ -151,17 +151,12 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]
     server.check(config)
     server.prepare_data_dir(config)
 
-    async def run() -> T:
-        db = await open_database(config.database, config.data_path)
+    async with open_asyncio_thread() as bridge:
+        db = await open_database(config.database, config.data_path, bridge)
         try:
             return await work(db)
         finally:
             await db.aclose()
-
-    if config.database.url:
-        async with trio_asyncio.open_loop():
-            return await run()
-    return await run()
 
 
 async def _migrate(config: Config) -> list[int]:

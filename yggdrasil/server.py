@@ -44,6 +44,7 @@ from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, gateway_child, network_actors
 
 from ._addresses import NETWORK, SERVICE, tenant_rule
+from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._domain import DomainHandle, store_child
@@ -122,8 +123,11 @@ def _instance_id(config: Config) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{_random.token_hex(3)}".replace(":", "-")
 
 
-def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Supervisor, Services]:
-    """The root supervisor of one instance (not started), and what its children share."""
+def build(
+    config: Config, secrets: Secrets, instance_id: str, bridge: AsyncioThread
+) -> tuple[Supervisor, Services]:
+    """The root supervisor of one instance (not started), and what its children share.
+    ``bridge`` runs the asyncio libraries of the store and the bus; it outlives the tree."""
     # One hashing pool per process, whatever runs in it: hashing is bounded process-wide.
     configure_hashing(config.auth.hash_workers, config.auth.hash_queue)
     metrics = Metrics()
@@ -141,7 +145,7 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         queue_size=config.mail.queue_size,
     )
     codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
-    router = Router(instance_id, cluster_bus(config.bus, codec), rule=tenant_rule)
+    router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
     revocations = Revocations(tokens)
@@ -173,7 +177,13 @@ def build(config: Config, secrets: Secrets, instance_id: str) -> tuple[Superviso
         [
             mail_child(mailer),
             store_child(
-                domain, config, tokens, mailer, on_revoke=revocations.revoke, shutdown_s=grace
+                domain,
+                config,
+                tokens,
+                mailer,
+                bridge,
+                on_revoke=revocations.revoke,
+                shutdown_s=grace,
             ),
             bus_child(router.bus),
             revocations_child(revocations, router),
@@ -218,19 +228,21 @@ async def serve(
     log.info("yggdrasil %s starting, instance %s", VERSION, instance_id)
     data_dir = prepare_data_dir(config)
     secrets = load_or_create(data_dir)
-    root, services = build(config, secrets, instance_id)
 
     async def run_tree() -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(functools.partial(root.run, stopping=stop))
-                task_status.started(Running(services.api.url, services, root))
-        except BaseExceptionGroup as group:
-            raise sole_exception(group) from None
+        # asyncpg and nats-py run on a loop thread of their own (the bridge); aiortc's WebRTC
+        # objects on trio-asyncio, inside trio's loop.
+        async with open_asyncio_thread() as bridge:
+            root, services = build(config, secrets, instance_id, bridge)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(functools.partial(root.run, stopping=stop))
+                    task_status.started(Running(services.api.url, services, root))
+            except BaseExceptionGroup as group:
+                raise sole_exception(group) from None
 
     if trio_asyncio.current_loop.get() is None:
-        # asyncpg and aiortc live on asyncio; trio-asyncio runs that loop inside ours (unless
-        # the caller already runs one, which we then share).
+        # (unless the caller already runs one, which we then share)
         async with trio_asyncio.open_loop():
             await run_tree()
     else:

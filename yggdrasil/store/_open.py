@@ -7,6 +7,7 @@ from pathlib import Path
 
 import trio
 
+from .._asyncio_thread import AsyncioThread
 from .._config import DatabaseConfig
 from .._errors import ConfigError, StoreUnavailable
 from ._db import Database
@@ -28,12 +29,13 @@ def check_database(config: DatabaseConfig) -> None:
         raise ConfigError("database.pool_min must not exceed database.pool_max")
 
 
-async def open_database(config: DatabaseConfig, data_dir: Path) -> Database:
+async def open_database(config: DatabaseConfig, data_dir: Path, bridge: AsyncioThread) -> Database:
     """Open the configured database once; ``StoreUnavailable`` if it cannot be reached. The
-    caller closes it (``aclose``)."""
+    caller closes it (``aclose``), before ``bridge`` (where PostgreSQL's pool lives) stops."""
     if _is_postgres(config.url):
         return await PostgresDatabase.open(
             config.url,
+            bridge,
             min_size=config.pool_min,
             max_size=config.pool_max,
             query_timeout_s=config.query_timeout_s,
@@ -41,14 +43,16 @@ async def open_database(config: DatabaseConfig, data_dir: Path) -> Database:
     return await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
 
 
-async def open_database_retrying(config: DatabaseConfig, data_dir: Path) -> Database:
+async def open_database_retrying(
+    config: DatabaseConfig, data_dir: Path, bridge: AsyncioThread
+) -> Database:
     """Keep trying for ``database.connect_timeout_s`` (exponential backoff), then give up with
     ``StoreUnavailable``."""
     deadline = trio.current_time() + config.connect_timeout_s
     delay = 0.2
     while True:
         try:
-            return await open_database(config, data_dir)
+            return await open_database(config, data_dir, bridge)
         except StoreUnavailable as exc:
             if trio.current_time() + delay > deadline:
                 raise

@@ -1,9 +1,22 @@
-"""The production backend: PostgreSQL through asyncpg, on trio-asyncio.
+"""The production backend: PostgreSQL through asyncpg, on the asyncio loop thread.
 
-Each unit of work is one asyncio coroutine: it checks out a pooled connection, runs the whole
-transaction and gives the connection back. trio cancels it as one piece, and asyncpg's pool
-releases (or terminates) the connection on the way out, so cancellation never leaks a connection.
-Requires a running trio-asyncio loop (``trio_asyncio.open_loop()``).
+Each unit of work is one asyncio coroutine on the loop thread (:mod:`.._asyncio_thread`): it
+checks out a pooled connection, runs and gives the connection back. A trio cancellation cancels
+that coroutine where it runs - asyncpg then asks the server to cancel the statement - and the
+caller waits until the connection is back in the pool, so cancellation never leaks a connection
+or leaves a query running.
+
+What a unit costs, and why (``docs/performance.md``):
+
+- Reads run without a transaction: every connection starts with
+  ``default_transaction_read_only = on``, so a read's implicit transaction cannot write, and at
+  PostgreSQL's READ COMMITTED every statement sees its own snapshot, inside a transaction or
+  not, so ``BEGIN``/``COMMIT`` around reads bought nothing but two round trips.
+- Writes run in one ``BEGIN READ WRITE`` ... ``COMMIT`` each; ``write`` returns after the commit.
+- No reset query on release: no code here sets session state (no ``SET``, ``LISTEN``, advisory
+  lock or cursor), so asyncpg's ``RESET ALL; UNLISTEN *; ...`` round trip is skipped; an
+  unfinished transaction is still rolled back.
+- Statements are prepared once per connection (asyncpg's statement cache).
 """
 
 from __future__ import annotations
@@ -13,8 +26,8 @@ from typing import Any, Literal
 
 import asyncpg
 import trio
-import trio_asyncio
 
+from .._asyncio_thread import AsyncioThread
 from .._errors import StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work
 
@@ -60,16 +73,25 @@ class _PostgresTx:
 class PostgresDatabase:
     dialect: Literal["postgres"] = "postgres"
 
-    def __init__(self, pool: Any, url: str, query_timeout_s: float) -> None:
+    def __init__(self, pool: Any, url: str, query_timeout_s: float, bridge: AsyncioThread) -> None:
         self._pool = pool
         self._query_timeout_s = query_timeout_s
+        self._bridge = bridge
         # The URL without its password, for logs.
         self.description = "postgres:" + _redact(url)
 
     @classmethod
     async def open(
-        cls, url: str, *, min_size: int, max_size: int, query_timeout_s: float
+        cls,
+        url: str,
+        bridge: AsyncioThread,
+        *,
+        min_size: int,
+        max_size: int,
+        query_timeout_s: float,
     ) -> PostgresDatabase:
+        """A pool on ``bridge``'s loop; close it (``aclose``) before the bridge stops."""
+
         async def create() -> Any:
             return await asyncpg.create_pool(
                 url,
@@ -77,51 +99,78 @@ class PostgresDatabase:
                 max_size=max_size,
                 command_timeout=query_timeout_s,
                 timeout=query_timeout_s,
+                reset=_keep_session,
+                server_settings={
+                    "default_transaction_read_only": "on",
+                    "application_name": "yggdrasil",
+                },
             )
 
         try:
-            pool = await trio_asyncio.aio_as_trio(create)()
+            pool = await bridge.run(create)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
-        return cls(pool, url, query_timeout_s)
+        return cls(pool, url, query_timeout_s, bridge)
 
     async def read(self, work: Work[T]) -> T:
-        return await self._run(work, readonly=True)
+        return await self._run(self._read_unit, work)
 
     async def write(self, work: Work[T]) -> T:
-        return await self._run(work, readonly=False)
+        return await self._run(self._write_unit, work)
 
     async def ping(self) -> None:
         async def probe(tx: Any) -> Any:
             return await tx.fetchval("SELECT 1")
 
-        await self._run(probe, readonly=True)
+        await self.read(probe)
 
     async def aclose(self) -> None:
         with trio.move_on_after(self._query_timeout_s) as scope:
             scope.shield = True
             try:
-                await trio_asyncio.aio_as_trio(self._pool.close)()
+                await self._bridge.run(self._pool.close)
             except Exception:  # closing a pool whose server is gone
                 log.warning("closing the PostgreSQL pool failed", exc_info=True)
         if scope.cancelled_caught:
             self._pool.terminate()
 
-    async def _run(self, work: Work[T], *, readonly: bool) -> T:
-        async def unit() -> T:
-            async with (
-                self._pool.acquire(timeout=self._query_timeout_s) as connection,
-                connection.transaction(readonly=readonly),
-            ):
-                return await work(_PostgresTx(connection))
+    # on the loop thread
 
+    async def _read_unit(self, work: Work[T]) -> T:
+        async with self._pool.acquire(timeout=self._query_timeout_s) as connection:
+            return await work(_PostgresTx(connection))
+
+    async def _write_unit(self, work: Work[T]) -> T:
+        async with self._pool.acquire(timeout=self._query_timeout_s) as connection:
+            # READ WRITE: the connection's default is read-only (see the module docstring).
+            await connection.execute("BEGIN READ WRITE")
+            try:
+                result = await work(_PostgresTx(connection))
+            except BaseException:
+                if not connection.is_closed():
+                    try:
+                        await connection.execute("ROLLBACK")
+                    except Exception:  # the pool's release rolls back or drops it
+                        log.debug("rollback failed", exc_info=True)
+                raise
+            await connection.execute("COMMIT")
+            return result
+
+    # on the trio thread
+
+    async def _run(self, unit: Any, work: Work[T]) -> T:
         try:
-            result: T = await trio_asyncio.aio_as_trio(unit)()
+            result: T = await self._bridge.run(unit, work)
         except asyncpg.exceptions.UniqueViolationError:
             raise UniqueViolation() from None
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}") from None
         return result
+
+
+async def _keep_session(connection: Any) -> None:
+    """The pool's reset: nothing beyond the rollback asyncpg always does (no session state is
+    ever set here)."""
 
 
 def _redact(url: str) -> str:
