@@ -34,13 +34,13 @@ from ._openapi import no_content
 async def _device_scope(guard: Guard, requested: str | None) -> tuple[Principal, Domain, str]:
     """The caller, the domain, and the network a device request is about: the one asked for
     (checked by the store against the caller's memberships), else the device token's own network,
-    else the home network."""
+    else the home network its user's token names (a token from before tokens named it: looked
+    up)."""
     principal = guard.principal()
     domain = guard.domain()
-    if requested is not None:
-        return principal, domain, requested
-    if principal.network_id is not None:
-        return principal, domain, principal.network_id
+    for chosen in (requested, principal.network_id, principal.home_network_id):
+        if chosen is not None:
+            return principal, domain, chosen
     user = await domain.store.get_me(principal.scope)
     if user.home_network_id is None:
         raise NotFound()

@@ -13,6 +13,7 @@ from yggdrasil import (
     NewDevice,
     NotFound,
     Scope,
+    SqliteDatabase,
     Store,
     Tx,
     UniqueViolation,
@@ -157,3 +158,76 @@ async def test_concurrent_audit_appends_keep_one_chain(store: Store) -> None:
         for i in range(20):
             nursery.start_soon(store.audit, "system", "parallel", str(i))
     assert await store.verify_audit_chain() == 20
+
+
+async def test_concurrent_writes_fail_alone_and_the_rest_commit(
+    store: Store, database: Database
+) -> None:
+    """Many writers at once (on SQLite they share transactions, each in a savepoint): a
+    duplicate fails alone, the others commit, and each writer gets its own answer."""
+    user, home = await store.create_user("many@example.org")
+    scope = Scope(user.user_id)
+    answers: dict[str, str] = {}
+
+    async def register(device_id: str) -> None:
+        try:
+            await store.register_device(scope, home.network_id, device(device_id))
+            answers[device_id] = answers.get(device_id, "") + "ok"
+        except UniqueViolation:
+            answers[device_id] = answers.get(device_id, "") + "dup"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(register, f"d{i:02}")
+        nursery.start_soon(register, "d07")  # a second writer for one id
+    assert answers.pop("d07") in ("okdup", "dupok")
+    assert set(answers.values()) == {"ok"}
+    page = await store.list_devices(scope, home.network_id, limit=MAX_PAGE)
+    assert [d.device_id for d in page.items] == [f"d{i:02}" for i in range(40)]
+    assert await store.verify_audit_chain() == 1 + 40  # the sign-up and one per device
+    if isinstance(database, SqliteDatabase):  # they did queue, and shared commits
+        assert database.stats["writes"] > database.stats["batches"]
+
+
+async def test_a_failing_write_in_a_crowd_leaves_nothing_behind(store: Store) -> None:
+    user, home = await store.create_user("crowd@example.org")
+    scope = Scope(user.user_id)
+
+    async def half_done(tx: Tx) -> None:
+        await tx.execute(
+            "INSERT INTO audit_log (seq, at, actor, action, subject, detail, prev_hash, hash)"
+            " VALUES (999999, 0, 'x', 'x', 'x', '{}', 'x', 'x')"
+        )
+        raise Invalid("changed my mind")
+
+    async def fail() -> None:
+        with pytest.raises(Invalid):
+            await store.db.write(half_done)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(store.register_device, scope, home.network_id, device(f"c{i}"))
+            nursery.start_soon(fail)
+    assert await store.verify_audit_chain() == 1 + 10
+    assert len((await store.list_devices(scope, home.network_id)).items) == 10
+
+
+async def test_a_cancelled_writer_either_wrote_or_not_and_knows_which(store: Store) -> None:
+    user, home = await store.create_user("cancel@example.org")
+    scope = Scope(user.user_id)
+    finished: set[str] = set()
+
+    async def register(device_id: str) -> None:
+        await store.register_device(scope, home.network_id, device(device_id))
+        finished.add(device_id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(register, f"x{i:02}")
+        await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    written = {d.device_id for d in (await store.list_devices(scope, home.network_id)).items}
+    # A writer that returned was written; one cancelled may or may not have been, but the store
+    # keeps taking writes either way.
+    assert finished <= written
+    await store.register_device(scope, home.network_id, device("after"))

@@ -65,6 +65,19 @@ def refused(service: TokenService, token: str) -> None:
     assert str(info.value) == InvalidToken.default_message
 
 
+def test_a_users_token_names_their_home_network_and_a_devices_only_its_own(
+    service: TokenService,
+) -> None:
+    # Device requests without a network go to the home network: no store read to find it.
+    user = service.verify(issue(service, home_network_id="n_home"))
+    assert (user.network_id, user.device_id, user.home_network_id) == (None, None, "n_home")
+    device = service.verify(
+        issue(service, network_id="n_2", device_id="laptop", home_network_id="n_home")
+    )
+    assert (device.network_id, device.home_network_id) == ("n_2", None)
+    assert "hnid" not in parts(issue(service, network_id="n_2", device_id="laptop"))[1]
+
+
 def test_a_valid_token_gives_its_principal(service: TokenService) -> None:
     token = issue(service, network_id="n_1", device_id="laptop")
     principal = service.verify(token)

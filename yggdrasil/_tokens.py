@@ -49,6 +49,8 @@ class Principal(msgspec.Struct, frozen=True):
     network_id: str | None = None
     """Set for a device's token: the device acts only within this network."""
     device_id: str | None = None
+    home_network_id: str | None = None
+    """A user's token: their home network, where device requests without a network go."""
 
     @property
     def scope(self) -> Scope:
@@ -93,8 +95,10 @@ class TokenService:
         family_id: str,
         network_id: str | None = None,
         device_id: str | None = None,
+        home_network_id: str | None = None,
     ) -> tuple[str, int]:
-        """A signed access token and its lifetime in seconds."""
+        """A signed access token and its lifetime in seconds. A device's token carries its
+        network and device; a user's token their home network."""
         now = self._clock()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -110,6 +114,8 @@ class TokenService:
         if device_id is not None:
             claims["nid"] = network_id
             claims["did"] = device_id
+        elif home_network_id is not None:
+            claims["hnid"] = home_network_id
         header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": self._kid}
         token = jwt.encode(header, claims, self._signing, algorithms=[ALGORITHM])
         return token, self.access_ttl_s
@@ -164,6 +170,7 @@ class TokenService:
                 issued_ms=int(claims["ims"]),
                 network_id=_optional_text(claims.get("nid")),
                 device_id=_optional_text(claims.get("did")),
+                home_network_id=_optional_text(claims.get("hnid")),
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidToken() from None

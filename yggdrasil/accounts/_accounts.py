@@ -310,7 +310,7 @@ class Accounts:
 
         async def rotate(tx: Tx) -> Grant | str:
             current = await tx.fetchrow(
-                "SELECT r.*, u.role, u.status FROM refresh_tokens r"
+                "SELECT r.*, u.role, u.status, u.home_network_id FROM refresh_tokens r"
                 " JOIN users u ON u.user_id = r.user_id WHERE r.token_id = $1",
                 token_id,
             )
@@ -356,6 +356,7 @@ class Accounts:
                 current["network_id"],
                 current["device_id"],
                 current["family_id"],
+                current["home_network_id"],
             )
 
         outcome = await self.db.write(rotate)
@@ -505,6 +506,7 @@ class Accounts:
             family_id=grant.family_id,
             network_id=grant.network_id,
             device_id=grant.device_id,
+            home_network_id=grant.home_network_id,
         )
         return Session(
             access_token=access,

@@ -25,6 +25,8 @@ class Grant(msgspec.Struct, frozen=True):
     network_id: str | None
     device_id: str | None
     family_id: str
+    home_network_id: str | None = None
+    """The user's home network, which their access tokens carry (it never changes)."""
 
 
 async def new_refresh() -> tuple[str, tuple[str, str, str]]:
@@ -74,15 +76,16 @@ async def open_session(
     Network ID synchronisation: a signing-in device joins the network the user picked among
     theirs, or their home network. A device id that another member uses there is a conflict.
     """
+    home: str | None = await tx.fetchval(
+        "SELECT home_network_id FROM users WHERE user_id = $1", user_id
+    )
     chosen: str | None = None
     if device is not None:
         if network_id is not None:
             await require_member(tx, user_id, network_id)
             chosen = network_id
         else:
-            chosen = await tx.fetchval(
-                "SELECT home_network_id FROM users WHERE user_id = $1", user_id
-            )
+            chosen = home
             if chosen is None:
                 raise NotFound()
         await claim_device(tx, user_id, chosen, device, fresh=fresh_device)
@@ -97,4 +100,4 @@ async def open_session(
         device.device_id if device else None,
         config,
     )
-    return Grant(user_id, role, chosen, device.device_id if device else None, family_id)
+    return Grant(user_id, role, chosen, device.device_id if device else None, family_id, home)
