@@ -224,7 +224,7 @@ async def test_a_cancelled_writer_either_wrote_or_not_and_knows_which(store: Sto
     async with trio.open_nursery() as nursery:
         for i in range(30):
             nursery.start_soon(register, f"x{i:02}")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
     written = {d.device_id for d in (await store.list_devices(scope, home.network_id)).items}
     # A writer that returned was written; one cancelled may or may not have been, but the store
