@@ -156,3 +156,18 @@ def mint_tokens(data_dir: Path, owners: list[tuple[str, str]]) -> list[str]:
         )[0]
         for i, (user_id, net) in enumerate(owners)
     ]
+
+
+def mint_user_token(data_dir: Path, user_id: str, home_network_id: str) -> str:
+    """A **user** access token (no device: it acts on the whole account, e.g. registers devices)
+    for a user ``register_devices`` made, naming their home network as a sign-in's token does,
+    signed with the data directory's own key (created if it has none yet)."""
+    from yggdrasil import TokenService, load_or_create
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = TokenService(
+        load_or_create(data_dir), issuer="yggdrasil", audience="yggdrasil-api", access_ttl_s=3600
+    )
+    return tokens.issue(
+        user_id=user_id, role="user", family_id="f_bench_user", home_network_id=home_network_id
+    )[0]
