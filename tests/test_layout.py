@@ -147,7 +147,7 @@ EXPORTS: dict[str, set[str]] = {
         "scoped_device",
     },
     "yggdrasil.networks": {
-        "Network", "NetworkStore", "insert_network", "member_role", "networks_of_user",
+        "Network", "NetworkStore", "insert_network", "is_member", "member_role", "networks_of_user",
         "remove_user_from_networks", "require_member",
     },
     "yggdrasil.store": {
@@ -155,6 +155,7 @@ EXPORTS: dict[str, set[str]] = {
         "PostgresDatabase", "Row", "Scope", "SqliteDatabase", "Tx", "append_audit",
         "audit_entries_about", "check_database", "current_version", "decode_cursor",
         "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
+        "seal_audit_forever",
         "to_json",
     },
     "yggdrasil.turn": {
@@ -366,6 +367,7 @@ TABLE_OWNERS: dict[str, str] = {
     "schema_migrations": "yggdrasil.store",
     "audit_log": "yggdrasil.store",
     "audit_head": "yggdrasil.store",
+    "audit_pending": "yggdrasil.store",
     "networks": "yggdrasil.networks",
     "memberships": "yggdrasil.networks",
     "devices": "yggdrasil.devices",

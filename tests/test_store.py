@@ -20,6 +20,7 @@ from yggdrasil import (
     current_version,
     migrate,
 )
+from yggdrasil.store import AuditLog
 from yggdrasil.store._migrations import available
 
 
@@ -231,3 +232,26 @@ async def test_a_cancelled_writer_either_wrote_or_not_and_knows_which(store: Sto
     # keeps taking writes either way.
     assert finished <= written
     await store.register_device(scope, home.network_id, device("after"))
+
+
+async def test_sealers_of_several_instances_keep_one_chain(
+    store: Store, database: Database
+) -> None:
+    """Appends go to the pending table; every instance's sealer moves them into the one chain,
+    in the order they were appended."""
+    elsewhere = AuditLog(database)  # another instance's sealer on the same database
+
+    async def append(i: int) -> None:
+        await store.audit("system", "parallel", f"p{i:03}")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(150):
+            nursery.start_soon(append, i)
+            if i % 10 == 0:
+                nursery.start_soon(store.audit_log.seal)
+                nursery.start_soon(elsewhere.seal)
+    assert await store.verify_audit_chain() == 150
+    entries = await store.audit_entries(limit=MAX_PAGE)
+    assert len(entries) == MAX_PAGE
+    assert [e.seq for e in entries] == list(range(1, MAX_PAGE + 1))
+    assert len({e.subject for e in await elsewhere.entries(after=MAX_PAGE)}) == 50

@@ -157,6 +157,7 @@ def test_a_token_signed_by_another_key_with_our_claims_is_refused(
 
 def test_expiry(service: TokenService, clock: Clock) -> None:
     token = issue(service)
+    service.verify(token)  # verified once, then remembered: expiry still counts
     clock.now += 900 + 29  # within the 30 s leeway
     service.verify(token)
     clock.now += 2
@@ -166,6 +167,7 @@ def test_expiry(service: TokenService, clock: Clock) -> None:
 def test_revocation_by_user_device_and_family(service: TokenService, clock: Clock) -> None:
     device_token = issue(service, network_id="n_1", device_id="d")
     plain = issue(service)
+    service.verify(device_token)  # remembered as verified: revocation still counts
     service.revoke("device:n_1/d", int(clock.now * 1000) + 1)
     refused(service, device_token)
     service.verify(plain)

@@ -27,9 +27,12 @@ from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
 from .devices import DeviceStore
 from .networks import NetworkStore
-from .store import AuditLog, Database, migrate, open_database_retrying
+from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
 
 log = logging.getLogger(__name__)
+
+_SEAL_INTERVAL_S = 0.25
+"""How often the store's sealer moves pending audit entries into the hash chain."""
 
 
 class Store:
@@ -137,10 +140,19 @@ def store_child(
         db = await open_database_retrying(config.database, config.data_path, bridge)
         try:
             applied = await migrate(db)
-            domain.fill(Domain.build(db, tokens, mailer, config, on_revoke=on_revoke))
+            built = Domain.build(db, tokens, mailer, config, on_revoke=on_revoke)
+            domain.fill(built)
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
-            task_status.started()
-            await stopping.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
+                task_status.started()
+                await stopping.wait()
+                nursery.cancel_scope.cancel()
+            with trio.move_on_after(2):  # what was appended until now joins the chain
+                try:
+                    await built.store.audit_log.seal()
+                except StoreUnavailable:
+                    log.info("audit entries stay pending: the store is unreachable")
         finally:
             domain.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(5):

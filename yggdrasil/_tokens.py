@@ -30,6 +30,7 @@ from .store import Scope
 ALGORITHM = "Ed25519"
 TOKEN_TYPE = "at+jwt"
 _LEEWAY_S = 30
+_KNOWN_TOKENS = 4096
 
 
 class InvalidToken(YggdrasilError):
@@ -82,6 +83,8 @@ class TokenService:
         }
         self._verifying[self._kid] = _import_public(secrets_.signing_key.public_key())
         self._not_before: dict[str, int] = {}
+        self._known: dict[str, tuple[Principal, int]] = {}
+        """Verified tokens -> their principal and ``exp``, oldest first (see :meth:`verify`)."""
         self.revision = 0
         """Grows with every revocation that changed what this process refuses."""
 
@@ -132,9 +135,25 @@ class TokenService:
     # ----------------------------------------------------------------- verifying
 
     def verify(self, token: str) -> Principal:
-        """The principal of a valid, unrevoked token; :class:`InvalidToken` otherwise."""
+        """The principal of a valid, unrevoked token; :class:`InvalidToken` otherwise.
+
+        A token whose signature and claims were verified once is remembered (by its exact text,
+        a bounded number of them) until it expires: the Ed25519 check is most of what an
+        authenticated request costs here, and a client sends the same token many times. Expiry
+        and revocation are still checked on every call; the keys never change in a running
+        service, so neither can the signature's verdict.
+        """
         if len(token) > 4096:
             raise InvalidToken()
+        known = self._known.get(token)
+        if known is not None:
+            principal, expires = known
+            if int(self._clock()) > expires + _LEEWAY_S:
+                del self._known[token]
+                raise InvalidToken()
+            if self._revoked(principal):
+                raise InvalidToken()
+            return principal
         try:
             header_part = token.split(".", 1)[0]
             header = msgspec.json.decode(_b64decode(header_part))
@@ -172,10 +191,14 @@ class TokenService:
                 device_id=_optional_text(claims.get("did")),
                 home_network_id=_optional_text(claims.get("hnid")),
             )
+            expires = int(claims["exp"])
         except (KeyError, TypeError, ValueError):
             raise InvalidToken() from None
         if self._revoked(principal):
             raise InvalidToken()
+        if len(self._known) >= _KNOWN_TOKENS:
+            del self._known[next(iter(self._known))]  # the longest known
+        self._known[token] = (principal, expires)
         return principal
 
     # ----------------------------------------------------------------- revocation

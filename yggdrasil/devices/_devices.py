@@ -14,7 +14,7 @@ import msgspec
 
 from .._errors import Invalid, NotFound, UniqueViolation
 from .._ids import now_ms
-from ..networks import require_member
+from ..networks import is_member, require_member
 from ..store import (
     MAX_PAGE,
     Database,
@@ -86,14 +86,22 @@ def _device(row: Row) -> Device:
 # --------------------------------------------------------------------- units of work
 
 
-async def insert_device(tx: Tx, network_id: str, user_id: str, new: NewDevice) -> None:
+async def insert_device(
+    tx: Tx, network_id: str, user_id: str, new: NewDevice, *, member: bool = False
+) -> Row | None:
     """Register ``new`` in ``network_id`` for ``user_id``, audited, inside ``tx``: the only
-    insert of a device row. The caller has checked the membership; an id taken in the network
-    is :class:`UniqueViolation`."""
-    await tx.execute(
+    insert of a device row; the new row. An id taken in the network is
+    :class:`UniqueViolation`.
+
+    ``member``: check in the same statement that the user is a member of the network (nothing
+    is inserted, and ``None`` returned, if not); otherwise the caller has checked it.
+    """
+    values = "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9"
+    if member:
+        values += f" WHERE {is_member('$1', '$3')}"
+    row = await tx.fetchrow(
         "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
-        " capabilities, hardware_specs, metadata, registered_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        f" capabilities, hardware_specs, metadata, registered_at) {values} RETURNING *",
         network_id,
         new.device_id,
         user_id,
@@ -104,7 +112,9 @@ async def insert_device(tx: Tx, network_id: str, user_id: str, new: NewDevice) -
         to_json(new.metadata),
         now_ms(),
     )
-    await append_audit(tx, user_id, "device.register", f"{network_id}/{new.device_id}")
+    if row is not None:
+        await append_audit(tx, user_id, "device.register", f"{network_id}/{new.device_id}")
+    return row
 
 
 async def claim_device(
@@ -128,12 +138,16 @@ async def claim_device(
 
 
 async def scoped_device(tx: Tx, scope: Scope, network_id: str, device_id: str) -> Row:
-    """The tenant-scoped read of one device row: :class:`NotFound` unless the principal is a
-    member of ``network_id`` (through the networks room) and the device is there."""
+    """The tenant-scoped read of one device row, in one statement: :class:`NotFound` unless the
+    principal is a member of ``network_id`` (the networks room's condition) and the device is
+    there."""
     scope.check_network(network_id)
-    await require_member(tx, scope.user_id, network_id)
     row = await tx.fetchrow(
-        "SELECT * FROM devices WHERE network_id = $1 AND device_id = $2", network_id, device_id
+        "SELECT * FROM devices WHERE network_id = $1 AND device_id = $2"
+        f" AND {is_member('$1', '$3')}",
+        network_id,
+        device_id,
+        scope.user_id,
     )
     if row is None:
         raise NotFound()
@@ -181,9 +195,10 @@ class DeviceStore:
         scope.check_network(network_id)
 
         async def work(tx: Tx) -> Row:
-            await require_member(tx, scope.user_id, network_id)
-            await insert_device(tx, network_id, scope.user_id, new)
-            return await scoped_device(tx, scope, network_id, new.device_id)
+            row = await insert_device(tx, network_id, scope.user_id, new, member=True)
+            if row is None:
+                raise NotFound()
+            return row
 
         return _device(await self.db.write(work))
 
@@ -203,14 +218,17 @@ class DeviceStore:
         scope.check_network(network_id)
 
         async def work(tx: Tx) -> list[Row]:
-            await require_member(tx, scope.user_id, network_id)
-            return await tx.fetch(
+            rows = await tx.fetch(
                 "SELECT * FROM devices WHERE network_id = $1 AND device_id > $2"
-                " ORDER BY device_id LIMIT $3",
+                f" AND {is_member('$1', '$4')} ORDER BY device_id LIMIT $3",
                 network_id,
                 after,
                 limit + 1,
+                scope.user_id,
             )
+            if not rows:  # an empty page, or no member: only then is a second look needed
+                await require_member(tx, scope.user_id, network_id)
+            return rows
 
         rows = await self.db.read(work)
         more = len(rows) > limit

@@ -1,8 +1,9 @@
 """Networks and memberships: the tenant boundary every other room checks through this one.
 
-A user reaches a network only through a membership row. Other rooms never read ``networks`` or
-``memberships`` themselves: they ask :func:`member_role` / :func:`require_member` inside their
-own transaction.
+A user reaches a network only through a membership row. Other rooms never write SQL about
+``networks`` or ``memberships`` themselves: they ask :func:`member_role` / :func:`require_member`
+inside their own unit of work, or - to check and read in one statement - put this room's
+:func:`is_member` condition into their query.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ async def member_role(tx: Tx, network_id: str, user_id: str) -> str | None:
         user_id,
     )
     return role
+
+
+def is_member(network: str, user: str) -> str:
+    """An SQL condition, true when the user is a member of the network; ``network`` and
+    ``user`` are SQL expressions (placeholders such as ``"$1"``, or columns). Lets a query about
+    another room's rows check the tenant in the same statement::
+
+        f"SELECT * FROM things WHERE network_id = $1 AND {is_member('$1', '$2')}"
+    """
+    return (
+        "EXISTS (SELECT 1 FROM memberships"
+        f" WHERE memberships.network_id = {network} AND memberships.user_id = {user})"
+    )
 
 
 async def require_member(tx: Tx, user_id: str, network_id: str) -> str:

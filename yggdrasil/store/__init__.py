@@ -12,7 +12,14 @@ inside its own transactions (:func:`append_audit`), so it is a service of the st
 them share, like the transaction itself, and it has no tenant of its own.
 """
 
-from ._audit import AuditChainBroken, AuditEntry, AuditLog, append_audit, audit_entries_about
+from ._audit import (
+    AuditChainBroken,
+    AuditEntry,
+    AuditLog,
+    append_audit,
+    audit_entries_about,
+    seal_audit_forever,
+)
 from ._db import Database, Row, Tx
 from ._json import from_json, to_json
 from ._migrations import current_version, migrate
@@ -43,5 +50,6 @@ __all__ = [
     "migrate",
     "open_database",
     "open_database_retrying",
+    "seal_audit_forever",
     "to_json",
 ]
