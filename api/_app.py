@@ -118,7 +118,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         # Read the (bounded) body before anything can answer early: an error sent while the body
         # is still unread would leave it on a keep-alive connection, and the client's next
         # request there would wait behind it.
-        await request.get_data(cache=True)
+        if length or "Transfer-Encoding" in request.headers:
+            await request.get_data(cache=True)
         if request.path.startswith("/api/"):
             guard.per_client.check(guard.client())
         rule = request.url_rule
@@ -131,11 +132,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def _count(response: Response) -> Response:
         started = getattr(g, "started", None)
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        ctx.metrics.http_requests.labels(rule, request.method, str(response.status_code)).inc()
-        if started is not None:
-            ctx.metrics.http_latency.labels(rule, request.method).observe(
-                time.perf_counter() - started
-            )
+        elapsed = None if started is None else time.perf_counter() - started
+        ctx.metrics.observe_http(rule, request.method, response.status_code, elapsed)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response

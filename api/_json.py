@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import msgspec
+from quart import Response
 from quart.json.provider import JSONProvider
 
 from yggdrasil import YggdrasilError
@@ -70,4 +71,10 @@ class BoundedJSONProvider(JSONProvider):
         return decode_body(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Any:
-        return self._inner.response(*args, **kwargs)
+        """A JSON response of ``args`` or ``kwargs`` (as Flask's), encoded by msgspec: compact,
+        UTF-8, keys in the order they were built; about ten times as fast as ``json``."""
+        obj = self._prepare_response_obj(args, kwargs)
+        return Response(_RESPONSE_ENCODER.encode(obj), mimetype="application/json")
+
+
+_RESPONSE_ENCODER = msgspec.json.Encoder()

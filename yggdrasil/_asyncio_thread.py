@@ -22,7 +22,6 @@ hand values to trio through a :class:`Handoff`, or call ``run_sync_soon`` on a t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections import deque
@@ -39,6 +38,42 @@ V = TypeVar("V")
 
 _STOP_GRACE_S = 5.0
 
+# asyncio's own running-loop lookup (C when available), whatever has replaced the public one.
+_real_get_running_loop: Callable[[], asyncio.AbstractEventLoop | None] = (
+    getattr(asyncio.events, "_c__get_running_loop", None)
+    or vars(asyncio.events)["_py__get_running_loop"]
+)
+
+
+def _look_in_this_thread_first() -> None:
+    """Make the running-loop lookup cheap on loop threads while trio-asyncio is imported.
+
+    trio-asyncio (kept for aiortc) replaces ``asyncio.get_running_loop`` process-wide with a
+    lookup that first asks trio for the current task, which raises and catches an exception
+    in every thread that is not running trio. asyncpg calls it on every ``pool.acquire``
+    (through ``asyncio.timeout``): a tenth of the CPU of a PostgreSQL-bound request. The lookup
+    installed here asks asyncio's own first - set only in threads that run an asyncio loop
+    themselves, such as ours, where it is the right answer - and falls back to the replaced
+    one everywhere else, so trio-asyncio's loop inside trio is found as before."""
+    replaced = asyncio.events._get_running_loop
+    if replaced is _real_get_running_loop or getattr(replaced, "_thread_first", False):
+        return
+
+    def lookup() -> asyncio.AbstractEventLoop | None:
+        loop = _real_get_running_loop()
+        return loop if loop is not None else replaced()
+
+    def lookup_or_raise() -> asyncio.AbstractEventLoop:
+        loop = lookup()
+        if loop is None:
+            raise RuntimeError("no running event loop")
+        return loop
+
+    lookup._thread_first = True  # type: ignore[attr-defined]
+    for module in (asyncio.events, asyncio):
+        module._get_running_loop = lookup  # type: ignore[attr-defined]
+        module.get_running_loop = lookup_or_raise  # type: ignore[attr-defined]
+
 
 class AsyncioThread:
     """An asyncio event loop running on its own daemon thread; open it with
@@ -50,6 +85,12 @@ class AsyncioThread:
         self._loop = asyncio.SelectorEventLoop()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._ready = threading.Event()
+        # Calls wait in the inbox; the loop is woken (a write to its self-pipe) only when no
+        # drain is pending, so a burst of calls costs one wake-up. Finished calls go back the
+        # same way (one trio wake-up per burst), through ``_finished``.
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._inbox_scheduled = False
+        self._finished: Handoff[trio.lowlevel.Task] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -59,11 +100,19 @@ class AsyncioThread:
         """Run ``fn(*args)`` on the loop thread and return its result (or raise its exception)
         in the calling trio task. Cancellation as in the module's docstring."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        call = _Call(self._loop, fn, args)
-        try:
-            self._loop.call_soon_threadsafe(call.start)
-        except RuntimeError:  # the loop is closed
-            raise RuntimeError(f"{self.name}: the asyncio loop has stopped") from None
+        finished = self._finished
+        if finished is None or self._loop.is_closed():
+            raise RuntimeError(f"{self.name}: the asyncio loop is not running")
+        call = _Call(self._loop, fn, args, finished)
+        self._inbox.append(call.start)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # the loop closed just now
+                self._inbox_scheduled = False
+                self._inbox.clear()
+                raise RuntimeError(f"{self.name}: the asyncio loop has stopped") from None
         await trio.lowlevel.wait_task_rescheduled(call.abort)
         task = call.task
         assert task is not None
@@ -71,6 +120,14 @@ class AsyncioThread:
             await trio.lowlevel.checkpoint()  # raises Cancelled: we asked for it
             raise RuntimeError(f"{self.name}: the asyncio loop cancelled the call")
         return task.result()  # type: ignore[no-any-return]
+
+    def _drain_inbox(self) -> None:  # on the loop thread
+        # The flag first, as in Handoff._drain: a call appended after this line schedules
+        # another drain, one appended before it is in the inbox this drain empties.
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft()()
 
     def _main(self) -> None:
         self._loop.call_soon(self._ready.set)
@@ -80,7 +137,9 @@ class AsyncioThread:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def _start(self) -> None:
+    def _start(self, token: trio.lowlevel.TrioToken) -> None:
+        self._finished = Handoff(token, trio.lowlevel.reschedule)
+        _look_in_this_thread_first()
         self._thread.start()
         self._ready.wait()
 
@@ -108,15 +167,19 @@ class AsyncioThread:
 class _Call:
     """One trio task waiting for one coroutine on the loop thread."""
 
-    __slots__ = ("_args", "_fn", "_loop", "_token", "_trio_task", "task")
+    __slots__ = ("_args", "_finished", "_fn", "_loop", "_trio_task", "task")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Awaitable[Any]], args: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Awaitable[Any]],
+        args: Any,
+        finished: Handoff[trio.lowlevel.Task],
     ) -> None:
         self._loop = loop
         self._fn = fn
         self._args = args
-        self._token = trio.lowlevel.current_trio_token()
+        self._finished = finished
         self._trio_task = trio.lowlevel.current_task()
         self.task: asyncio.Future[Any] | None = None
 
@@ -130,8 +193,7 @@ class _Call:
         self.task.add_done_callback(self._done)
 
     def _done(self, _: object) -> None:  # on the loop thread
-        with contextlib.suppress(trio.RunFinishedError):  # else nobody is waiting any more
-            self._token.run_sync_soon(trio.lowlevel.reschedule, self._trio_task)
+        self._finished.put(self._trio_task)
 
     def abort(self, _: object) -> trio.lowlevel.Abort:  # on the trio thread
         # Cancel it where it runs, then keep waiting: _done reschedules us once it has finished.
@@ -149,7 +211,7 @@ async def open_asyncio_thread(name: str = "yggdrasil-asyncio") -> AsyncIterator[
     it is cancelled (for at most a few seconds) and the thread ends; close what you opened on it
     (pools, connections) before that, inside the block."""
     bridge = AsyncioThread(name)
-    await trio.to_thread.run_sync(bridge._start)
+    await trio.to_thread.run_sync(bridge._start, trio.lowlevel.current_trio_token())
     try:
         yield bridge
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -187,6 +188,7 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.router: Router | None = None
         self.supervisors: list[Supervisor] = []
         self.gateway: Callable[[], dict[str, int]] | None = None
@@ -205,6 +207,21 @@ class Metrics:
                 lambda: None if self.bus is None else self.bus(),
             )
         )
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        """Count one answered request (and its latency, when known). The labelled children are
+        looked up once per route, method and status: ``labels()`` costs more than the count."""
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+            self._http_children[key] = children
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
