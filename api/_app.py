@@ -24,7 +24,7 @@ from yggdrasil import (
     Unavailable,
 )
 
-from . import _admin, _errors, _resources, _users
+from . import _admin, _errors, _pages, _resources, _users
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
@@ -76,7 +76,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         app,
         info=Info(title="Yggdrasil", version=ctx.version),
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        swagger_ui_path=None,  # api/_pages.py serves /docs, with no file from elsewhere
         redoc_ui_path=None,
         scalar_ui_path=None,
         conversion_preference="msgspec",
@@ -104,6 +104,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice, ctx.webrtc)
     _admin.install(app, guard)
+    _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request
     async def _start_timer() -> None:

@@ -58,7 +58,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/assets/<name>"): PUBLIC,
     ("GET", "/.well-known/jwks.json"): PUBLIC,
     # signing in
     ("POST", "/api/v1/users/register"): PUBLIC,
