@@ -44,7 +44,9 @@ class Database(Protocol):
         """Where the data lives, without secrets, for logs."""
 
     async def read(self, work: Work[T]) -> T:
-        """Run ``work`` in a read-only transaction."""
+        """Run ``work`` read-only. On SQLite it sees one snapshot; on PostgreSQL each statement
+        runs on its own (no ``BEGIN``), so a read that must see several tables at one instant
+        puts them in one statement."""
 
     async def write(self, work: Work[T]) -> T:
         """Run ``work`` in a read-write transaction; returns after the commit is durable.
