@@ -2,7 +2,7 @@
 
 So far: the strict message codec (RFC 8489 STUN, RFC 8656 TURN attributes, ChannelData), verified
 against RFC 5769's test vectors; the peer deny list; the allocation state and logic (sans-IO);
-the trio driver for UDP and TCP. TLS is still to come.
+the trio drivers for UDP, TCP and TLS (a certificate that can change while the server runs).
 """
 
 from ._codec import (
@@ -30,7 +30,16 @@ from ._codec import (
 from ._errors import StunDecodeError, StunError
 from ._listener import TurnListener
 from ._policy import PeerPolicy, canonical
-from ._server import Client, CloseRelay, ToClient, ToPeer, TurnCore, TurnSettings, TurnStats
+from ._server import (
+    Client,
+    CloseRelay,
+    Owner,
+    ToClient,
+    ToPeer,
+    TurnCore,
+    TurnSettings,
+    TurnStats,
+)
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -40,6 +49,7 @@ __all__ = [
     "CloseRelay",
     "Message",
     "Method",
+    "Owner",
     "PeerPolicy",
     "StunDecodeError",
     "StunError",

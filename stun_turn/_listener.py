@@ -7,10 +7,11 @@ Sends never wait: a datagram that does not fit a socket buffer is dropped and co
 peer never holds up the loop.
 
 Over TCP, and TLS on its own port when a certificate is configured (RFC 8656 section 5), each
-connection is a client of its own: frames are STUN messages or
-ChannelData padded to four bytes, one writer task per connection drains a bounded queue, and a
-client that does not keep up loses frames rather than growing memory. Closing the connection ends
-its allocation. Relayed addresses are UDP either way.
+connection is a client of its own: frames are STUN messages or ChannelData padded to four bytes,
+one writer task per connection drains a bounded queue, and a client that does not keep up loses
+frames rather than growing memory. Closing the connection ends its allocation. Relayed addresses
+are UDP either way. A TLS connection takes the context current when it is accepted, so a renewed
+certificate reaches new connections while established ones keep theirs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from typing import TypeAlias
 
 import trio
 
@@ -33,6 +35,25 @@ _BATCH = 256
 _TCP_QUEUE = 256
 _TCP_IDLE_S = 600.0
 _RETRYABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+ContextSource: TypeAlias = Callable[[], ssl.SSLContext]
+"""Called once per accepted TLS connection for the context to use; must not raise."""
+
+
+class _TlsListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
+    """Like ``trio.SSLListener``, but the context comes from ``context()`` at each accept, so
+    that new connections see a reloaded certificate and established ones keep theirs."""
+
+    def __init__(self, transport: trio.SocketListener, context: ContextSource) -> None:
+        self.transport = transport
+        self._context = context
+
+    async def accept(self) -> trio.SSLStream[trio.SocketStream]:
+        stream = await self.transport.accept()
+        return trio.SSLStream(stream, self._context(), server_side=True)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 class TurnListener:
@@ -55,8 +76,10 @@ class TurnListener:
         tcp: bool = True,
         max_tcp_connections: int = 10_000,
         tls_port: int | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | ContextSource | None = None,
     ) -> None:
+        """``ssl_context``: TLS on ``tls_port``, with one context, or with the one a
+        :data:`ContextSource` gives when a connection is accepted."""
         self.host = host
         self.port = port
         self.relay_host = relay_host
@@ -66,7 +89,12 @@ class TurnListener:
         self.tcp = tcp
         self.max_tcp_connections = max_tcp_connections
         self.tls_port = tls_port
-        self.ssl_context = ssl_context
+        self.ssl_context: ContextSource | None
+        if isinstance(ssl_context, ssl.SSLContext):
+            fixed = ssl_context
+            self.ssl_context = lambda: fixed
+        else:
+            self.ssl_context = ssl_context
         self.tls_address: Address | None = None
         self.address: Address = (host, port)
         self.core: TurnCore | None = None
@@ -97,7 +125,8 @@ class TurnListener:
                 if self.ssl_context is not None and self.tls_port is not None:
                     raw = await trio.open_tcp_listeners(self.tls_port, host=self.host)
                     self.tls_address = raw[0].socket.getsockname()[:2]
-                    secure = [trio.SSLListener(listener, self.ssl_context) for listener in raw]
+                    context = self.ssl_context
+                    secure = [_TlsListener(listener, context) for listener in raw]
                     nursery.start_soon(trio.serve_listeners, self._serve_stream, secure)
                 task_status.started(self.address)
         finally:

@@ -18,6 +18,7 @@ import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ._codec import (
     Attr,
@@ -51,6 +52,17 @@ class Client:
 
     transport: str
     address: Address
+
+
+class Owner(NamedTuple):
+    """Whose a credential is, for the allocation quotas (``TurnCore``'s ``owner_of``)."""
+
+    account: str
+    device: str
+    quota: int = 0
+    """A cap of this credential's own on its allocations (an operator's fixed credential, say),
+    instead of ``max_allocations_per_user`` and ``max_allocations_per_device``; 0: those apply.
+    ``max_allocations`` applies always."""
 
 
 @dataclass(frozen=True)
@@ -136,14 +148,15 @@ class TurnCore:
         key_for: Callable[[str, float], bytes | None],
         open_relay: Callable[[int, bool], tuple[int, Address] | None],
         peer_allowed: Callable[[str], bool],
-        owner_of: Callable[[str], tuple[str, str]] = lambda username: (username, username),
+        owner_of: Callable[[str], Owner] = lambda username: Owner(username, username),
         relay_families: frozenset[int] = frozenset({1}),
         service: Callable[[str, int | None], bool] = lambda host, port: False,
     ) -> None:
         """``key_for(username, now)`` is the long-term key of a user, or ``None``;
         ``open_relay(family, even_port)`` binds a relay socket (family 1: IPv4, 2: IPv6) and
         returns its id and address, or ``None`` when no port is free; ``owner_of(username)``
-        names the account and the device a credential belongs to, for the quotas;
+        names the account and the device a credential belongs to, for the quotas (and its own
+        quota, if it has one);
         ``relay_families`` are the address families relays can have (440 for the others);
         ``service(host, port)`` says whether a peer ``peer_allowed`` refuses is one of the
         server's own services all the same (``port`` None: any on that host), see
@@ -333,10 +346,11 @@ class TurnCore:
         family = family_value[0] if family_value else 1
         if family not in self.relay_families:
             return self._error(message, 440, key=key)
-        user, device = self._owner_of(username)
-        if (
-            len(self.allocations) >= self.settings.max_allocations
-            or self._per_user.get(user, 0) >= self.settings.max_allocations_per_user
+        user, device, quota = self._owner_of(username)
+        if len(self.allocations) >= self.settings.max_allocations or (
+            self._per_user.get(user, 0) >= quota
+            if quota
+            else self._per_user.get(user, 0) >= self.settings.max_allocations_per_user
             or self._per_device.get(device, 0) >= self.settings.max_allocations_per_device
         ):
             return self._error(message, 486, key=key)
@@ -549,7 +563,7 @@ class TurnCore:
     def _remove(self, client: Client) -> CloseRelay:
         allocation = self.allocations.pop(client)
         self._by_relay.pop(allocation.relay_id, None)
-        user, device = self._owner_of(allocation.username)
+        user, device, _ = self._owner_of(allocation.username)
         for counts, owner in ((self._per_user, user), (self._per_device, device)):
             count = counts.get(owner, 1) - 1
             if count <= 0:

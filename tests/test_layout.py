@@ -169,6 +169,7 @@ EXPORTS: dict[str, set[str]] = {
         "decode_channel_data", "encode", "encode_channel_data", "is_channel_data", "is_stun",
         "long_term_key", "pack_error_code", "pack_unknown_attributes", "pack_xor_address",
         "stream_frame_length", "unpack_error_code", "unpack_xor_address", "verify_integrity",
+        "Owner",
     },
 }  # fmt: skip
 

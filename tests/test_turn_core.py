@@ -14,6 +14,7 @@ from stun_turn import (
     CloseRelay,
     Message,
     Method,
+    Owner,
     PeerPolicy,
     ToClient,
     ToPeer,
@@ -359,15 +360,22 @@ def test_bandwidth_per_allocation_is_limited() -> None:
     assert core.handle_peer(102.0, 1, PEER, b"x" * 300)  # a second later there is room again
 
 
-def owned_core(**settings: object) -> TurnCore:
-    """Any username ``user.device`` is valid (password "secret"); quotas count by its parts."""
+def owned_core(quotas: dict[str, int] | None = None, **settings: object) -> TurnCore:
+    """Any username ``user.device`` is valid (password "secret"); quotas count by its parts, and
+    the accounts in ``quotas`` have a quota of their own."""
+    own = quotas or {}
+
+    def owner_of(username: str) -> Owner:
+        account = username.split(".")[0]
+        return Owner(account, username, own.get(account, 0))
+
     return TurnCore(
         TurnSettings(realm=REALM, **settings),  # type: ignore[arg-type]
         secret=b"s" * 32,
         key_for=lambda user, now: long_term_key(user, REALM, "secret"),
         open_relay=Relays().open,
         peer_allowed=PeerPolicy().allowed,
-        owner_of=lambda username: (username.split(".")[0], username),
+        owner_of=owner_of,
     )
 
 
@@ -421,6 +429,23 @@ def test_quotas_count_per_device_and_per_account_whatever_the_credential() -> No
                 ),
             )
     assert allocate_as(core, "ann.tablet", 4, now=102.0) == 0
+
+
+def test_a_credential_with_a_quota_of_its_own_is_capped_by_it_and_by_the_total() -> None:
+    core = owned_core(
+        {"op": 5}, max_allocations_per_device=1, max_allocations_per_user=2, max_allocations=7
+    )
+    # One operator credential holds five allocations, past the device's one and the account's two.
+    assert [allocate_as(core, "op.bench", port) for port in range(1, 7)] == [0] * 5 + [486]
+    assert allocate_as(core, "ann.laptop", 10) == 0  # the others keep their own quotas
+    assert allocate_as(core, "ann.laptop", 11) == 486
+    assert allocate_as(core, "bob.laptop", 12) == 0
+    assert allocate_as(core, "eve.laptop", 13) == 486  # seven in all: the total caps everyone
+    assert len(core.allocations) == 7
+    # Releasing them all gives the operator its five again.
+    for client in list(core.allocations):
+        core.drop_client(client)
+    assert [allocate_as(core, "op.bench", port) for port in range(20, 26)] == [0] * 5 + [486]
 
 
 def core_nonce(core: TurnCore, client: Client) -> bytes:

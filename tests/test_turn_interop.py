@@ -78,7 +78,10 @@ def uclient(
     user: str = "bench",
     password: str = "secret",
     peer_host: str = "127.0.0.1",
+    clients: int = 5,
 ) -> tuple[int, str]:
+    """``turnutils_uclient``: ``clients`` allocations (``-m``), 100 messages each to the echo
+    peer; its exit code and output."""
     result = subprocess.run(
         [
             "turnutils_uclient",
@@ -93,7 +96,7 @@ def uclient(
             "-r",
             str(peer_port),
             "-m",
-            "5",
+            str(clients),
             "-n",
             "100",
             "-l",
@@ -117,6 +120,13 @@ def received(output: str) -> tuple[int, int]:
     assert found, output[-2000:]
     sent, got = found[-1]
     return int(sent), int(got)
+
+
+def relayed_without_loss(code: int, output: str, clients: int = 5) -> None:
+    assert code == 0, output[-2000:]
+    assert received(output) == (100 * clients, 100 * clients)
+    assert "Total lost packets 0 (0.000000%)" in output
+    assert "error 486" not in output
 
 
 @pytest.mark.parametrize(
@@ -191,46 +201,46 @@ def test_a_devices_ephemeral_credentials_work_and_expire(tmp_path: Path, peer: i
         assert isinstance(servers, list)
         assert servers[0]["urls"] == [f"stun:127.0.0.1:{turn_port}"]
         turn = servers[1]
-        assert turn["urls"] == [f"turn:127.0.0.1:{turn_port}?transport=udp"]
-        code, output = uclient(turn_port, peer, user=turn["username"], password=turn["credential"])
-        assert code == 0, output[-2000:]
-        assert received(output) == (500, 500)
+        # No certificate: UDP and TCP, no turns: URL.
+        assert turn["urls"] == [
+            f"turn:127.0.0.1:{turn_port}?transport=udp",
+            f"turn:127.0.0.1:{turn_port}?transport=tcp",
+        ]
+        for flags in ((), ("-t",)):
+            code, output = uclient(
+                turn_port, peer, *flags, user=turn["username"], password=turn["credential"]
+            )
+            relayed_without_loss(code, output)
         # The same name with an expiry in the past is refused.
         expired = "1:" + turn["username"].split(":", 1)[1]
         code, output = uclient(turn_port, peer, user=expired, password=turn["credential"])
         assert code != 0 or received(output)[1] == 0
 
 
+def test_an_operator_credential_has_a_quota_of_its_own(tmp_path: Path, peer: int) -> None:
+    """A static user holds more allocations than a device may (16): 24 clients at once relay
+    without a refusal; ``turn.max_allocations_per_static_user`` still caps it."""
+    turn_port = free_port()
+    with turn_server(tmp_path, turn_port) as server:
+        code, output = uclient(turn_port, peer, clients=24)
+        relayed_without_loss(code, output, clients=24)
+        assert server.terminate() == 0
+    turn_port = free_port()
+    env = {"YGG_TURN_MAX_ALLOCATIONS_PER_STATIC_USER": "4"}
+    with turn_server(tmp_path, turn_port, env=env):
+        code, output = uclient(turn_port, peer, clients=8)
+        assert code != 0
+        assert "error 486" in output
+
+
 def test_turn_over_tls(tmp_path: Path, peer: int) -> None:
-    import datetime
+    """coturn's client over TLS (``-S``) and over TCP, channels and Send indications, with the
+    static user and with the ephemeral credentials of a device that was offered ``turns:``."""
+    from tests.test_turn_tls import Authority, install
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    leaf = Authority().issue("localhost")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    install(leaf, cert_file, key_file)
     turn_port, tls_port = free_port(), free_port()
     env = {
         "YGG_TURN_TLS_PORT": str(tls_port),
@@ -239,6 +249,30 @@ def test_turn_over_tls(tmp_path: Path, peer: int) -> None:
     }
     with turn_server(tmp_path, turn_port, env=env) as server:
         assert any(e.get("listener") == "turns" for e in server.log())
-        code, output = uclient(tls_port, peer, "-t", "-S")
-        assert code == 0, output[-2000:]
-        assert received(output) == (500, 500)
+        for port, flags in [
+            (tls_port, ("-t", "-S")),
+            (tls_port, ("-t", "-S", "-s")),
+            (turn_port, ("-t",)),
+        ]:
+            code, output = uclient(port, peer, *flags)
+            relayed_without_loss(code, output)
+
+        async def fetch() -> dict[str, object]:
+            async with httpx.AsyncClient(base_url=server.api_url) as http:
+                dev = await sign_in(
+                    http, tmp_path / "data" / "outbox", "tls@example.org", device_body=device("cam")
+                )
+                response = await dev.get("/api/v1/devices/cam/ice-servers")
+                assert response.status_code == 200
+                body: dict[str, object] = response.json()
+                return body
+
+        servers = trio.run(fetch)["ice_servers"]
+        assert isinstance(servers, list)
+        turn = servers[1]
+        assert turn["urls"][2] == f"turns:127.0.0.1:{tls_port}?transport=tcp"
+        code, output = uclient(
+            tls_port, peer, "-t", "-S", user=turn["username"], password=turn["credential"]
+        )
+        relayed_without_loss(code, output)
+        assert server.terminate() == 0

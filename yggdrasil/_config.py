@@ -98,7 +98,12 @@ class TurnConfig(_Section, frozen=True):
     """CIDRs a relay may reach despite the deny list (tests, special deployments)."""
     tls_port: Port = 5349
     """TURN over TLS, served only when ``tls_cert_file`` and ``tls_key_file`` are set."""
+    tls_public_port: Port = 0
+    """The TLS port devices are told (``turns:``) when something in front of the server takes
+    TLS connections on another port (a TCP load balancer or port forward on 443); 0: the bound
+    ``tls_port``."""
     tls_cert_file: str = ""
+    """PEM certificate chain for ``public_host``; a changed file is used for new connections."""
     tls_key_file: str = ""
     credential_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 24 * 3600
     """Lifetime of the ephemeral credentials issued to devices."""
@@ -106,6 +111,9 @@ class TurnConfig(_Section, frozen=True):
     max_allocations_per_user: Positive = 64
     """Allocations of one account (all its devices' credentials; a static user is an account)."""
     max_allocations_per_device: Positive = 16
+    max_allocations_per_static_user: Positive = 256
+    """Allocations of one of ``static_users`` (instead of the per-account and per-device
+    quotas); ``max_allocations`` still caps them all."""
     default_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 600
     max_lifetime_s: Annotated[int, msgspec.Meta(ge=60)] = 3600
     unauthenticated_answers_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0

@@ -87,28 +87,41 @@ class DirectChannel:
             self.client.close_inbox(self.peer)
 
 
+_TURN_ORDER = {("turn", "udp"): 0, ("turn", "tcp"): 1, ("turns", "tcp"): 2}
+"""aioice takes one TURN server: UDP when offered, else TCP, else TLS (RFC 7065 URLs)."""
+
+
 def _agent(ice_servers: IceServers, *, controlling: bool, relay_only: bool) -> aioice.Connection:
     stun: tuple[str, int] | None = None
-    turn: tuple[str, int] | None = None
-    username = password = None
+    turn: tuple[int, tuple[str, int], str | None, str | None] | None = None
     for server in ice_servers:
         for url in server.get("urls", []):
             scheme, _, rest = url.partition(":")
-            host_port = urlsplit(f"//{rest.split('?', 1)[0]}")
+            address, _, query = rest.partition("?")
+            host_port = urlsplit(f"//{address}")
             if host_port.hostname is None or host_port.port is None:
                 continue
             where = (host_port.hostname, host_port.port)
             if scheme == "stun" and stun is None:
                 stun = where
-            elif scheme == "turn" and turn is None and "transport=tcp" not in url:
-                turn, username, password = where, server.get("username"), server.get("credential")
+                continue
+            transport = "udp" if scheme == "turn" else "tcp"
+            for parameter in query.split("&"):
+                name, _, value = parameter.partition("=")
+                if name == "transport":
+                    transport = value.lower()
+            rank = _TURN_ORDER.get((scheme, transport))
+            if rank is not None and (turn is None or rank < turn[0]):
+                turn = (rank, where, server.get("username"), server.get("credential"))
     policy = aioice.TransportPolicy.RELAY if relay_only else aioice.TransportPolicy.ALL
     return aioice.Connection(
         ice_controlling=controlling,
         stun_server=stun,
-        turn_server=turn,
-        turn_username=username,
-        turn_password=password,
+        turn_server=None if turn is None else turn[1],
+        turn_username=None if turn is None else turn[2],
+        turn_password=None if turn is None else turn[3],
+        turn_ssl=turn is not None and turn[0] == 2,
+        turn_transport="udp" if turn is None or turn[0] == 0 else "tcp",
         use_ipv6=False,
         transport_policy=policy,
     )

@@ -11,6 +11,7 @@ import aioice.ice
 
 from .._config import TurnConfig
 from .._errors import ConfigError
+from ._tls import check_tls
 
 _WILDCARDS = {"", "0.0.0.0", "::"}
 
@@ -77,7 +78,8 @@ def _check_ip(key: str, value: str, version: int) -> None:
 
 def check_addresses(config: TurnConfig) -> None:
     """:class:`ConfigError` unless each configured relay address is a specific address of its
-    family."""
+    family, and the TLS certificate and key, if set, load (before anything starts)."""
     _check_ip("turn.relay_ip", config.relay_ip, 4)
     _check_ip("turn.external_ip", config.external_ip, 4)
     _check_ip("turn.relay_ip_v6", config.relay_ip_v6, 6)
+    check_tls(config.tls_cert_file, config.tls_key_file)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from stun_turn import long_term_key
+from stun_turn import Owner, long_term_key
 
 from .._config import TurnConfig
 
@@ -38,15 +38,24 @@ def issue_credentials(
     return TurnCredentials(username, ephemeral_password(secret, username), ttl_s)
 
 
+def static_users(config: TurnConfig) -> dict[str, str]:
+    """The configured ``user:password`` pairs (entries without both parts are ignored)."""
+    found: dict[str, str] = {}
+    for entry in config.static_users:
+        user, _, password = entry.partition(":")
+        if user and password:
+            found[user] = password
+    return found
+
+
 def key_lookup(
     config: TurnConfig, secret: bytes, *, clock: Callable[[], float] = time.time
 ) -> Callable[[str, float], bytes | None]:
     """``key_for(username, now)`` for the TURN core: static users first, then ephemeral ones."""
-    static: dict[str, bytes] = {}
-    for entry in config.static_users:
-        user, _, password = entry.partition(":")
-        if user and password:
-            static[user] = long_term_key(user, config.realm, password)
+    static = {
+        user: long_term_key(user, config.realm, password)
+        for user, password in static_users(config).items()
+    }
 
     def key_for(username: str, now: float) -> bytes | None:
         key = static.get(username)
@@ -60,14 +69,24 @@ def key_lookup(
     return key_for
 
 
-def owner_of(username: str) -> tuple[str, str]:
-    """The account and the device behind a TURN username, for the allocation quotas.
+def owner_lookup(config: TurnConfig) -> Callable[[str], Owner]:
+    """``owner_of(username)`` for the allocation quotas.
 
-    Ephemeral credentials name both; any other username (a static user) is its own account and
-    device.
+    A static user (looked up first, as by :func:`key_lookup`) is an account and a device of its
+    own, with a quota of its own, ``max_allocations_per_static_user``: an operator's test client
+    or a benchmark opens more allocations than one device would. Ephemeral credentials name the
+    account and the device; they share the per-account and per-device quotas.
     """
-    expiry, colon, subject = username.partition(":")
-    parts = subject.split("/")
-    if colon and expiry.isdigit() and len(parts) == 3 and all(parts):
-        return f"user:{parts[0]}", f"device:{subject}"
-    return f"static:{username}", f"static:{username}"
+    static = set(static_users(config))
+    static_quota = config.max_allocations_per_static_user
+
+    def owner_of(username: str) -> Owner:
+        if username in static:
+            return Owner(f"static:{username}", f"static:{username}", static_quota)
+        expiry, colon, subject = username.partition(":")
+        parts = subject.split("/")
+        if colon and expiry.isdigit() and len(parts) == 3 and all(parts):
+            return Owner(f"user:{parts[0]}", f"device:{subject}")
+        return Owner(f"other:{username}", f"other:{username}")
+
+    return owner_of

@@ -4,7 +4,6 @@ it."""
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import Any
 
 import trio
@@ -14,7 +13,8 @@ from stun_turn import PeerPolicy, TurnCore, TurnListener, TurnSettings, TurnStat
 
 from .._config import TurnConfig
 from ._addresses import own_addresses, turn_addresses
-from ._credentials import issue_credentials, key_lookup, owner_of
+from ._credentials import issue_credentials, key_lookup, owner_lookup
+from ._tls import ReloadingContext
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class TurnService:
     peer policy that the relays and the gateway's WebRTC agent both obey (``peers``, where the
     gateway also registers the server's own WebRTC endpoints), and the secret of the ephemeral
     credentials. Each run of the child binds a fresh :class:`TurnListener`; ``listener`` is the
-    latest one, ``None`` before the first run.
+    latest one, ``None`` before the first run. With a certificate and key configured, ``tls`` is
+    the TLS context of new connections, reloaded when the files change (raises
+    :class:`ConfigError` here if they do not load).
     """
 
     def __init__(self, config: TurnConfig, *, host: str, secret: bytes) -> None:
@@ -43,6 +45,9 @@ class TurnService:
         """The public address of the relays -> the one they bind to, for the server's own ICE
         checks toward them."""
         self._relays = {canonical(a) for a in (relay, advertised, config.relay_ip_v6) if a}
+        self.tls: ReloadingContext | None = None
+        if config.tls_cert_file and config.tls_key_file:
+            self.tls = ReloadingContext(config.tls_cert_file, config.tls_key_file)
         self.listener: TurnListener | None = None
 
     @property
@@ -53,17 +58,38 @@ class TurnService:
             return self.listener.address
         return self.host, self.config.port
 
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """Where TURN over TLS listens (bound, or configured before the child runs); ``None``
+        without a certificate."""
+        if self.tls is None:
+            return None
+        if self.listener is not None and self.listener.tls_address is not None:
+            return self.listener.tls_address
+        return self.host, self.config.tls_port
+
     def stats(self) -> TurnStats | None:
         """The counters of the running TURN core, for the metrics."""
         core = None if self.listener is None else self.listener.core
         return None if core is None else core.stats
 
+    def turn_urls(self) -> list[str]:
+        """The TURN URLs devices are given, in the order to try them (RFC 7065): UDP, TCP on the
+        same port, and TLS (``turns:``) with a certificate, on ``tls_public_port`` if set (a load
+        balancer or port forward on 443, say), else on the bound ``tls_port``. All name
+        ``public_host``, which is the name the certificate must carry."""
+        where = _host_port(self.addresses.public, self.address[1])
+        urls = [f"turn:{where}?transport=udp", f"turn:{where}?transport=tcp"]
+        tls = self.tls_address
+        if tls is not None:
+            port = self.config.tls_public_port or tls[1]
+            urls.append(f"turns:{_host_port(self.addresses.public, port)}?transport=tcp")
+        return urls
+
     def ice_servers(self, user_id: str, network_id: str, device_id: str) -> dict[str, Any]:
         """The ICE-server JSON for one device of an account: the STUN and TURN URLs, and fresh
         ephemeral credentials for that device."""
-        host = self.addresses.public
-        port = self.address[1]
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = _host_port(self.addresses.public, self.address[1])
         credentials = issue_credentials(
             self.secret, f"{user_id}/{network_id}/{device_id}", self.config.credential_ttl_s
         )
@@ -71,7 +97,7 @@ class TurnService:
             "ice_servers": [
                 {"urls": [f"stun:{where}"]},
                 {
-                    "urls": [f"turn:{where}?transport=udp"],
+                    "urls": self.turn_urls(),
                     "username": credentials.username,
                     "credential": credentials.password,
                 },
@@ -90,11 +116,6 @@ class TurnService:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind a listener and serve STUN/TURN on it until cancelled (every socket closes)."""
         config = self.config
-        context = None
-        if config.tls_cert_file and config.tls_key_file:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
         relay, advertised, _ = self.addresses
         listener = TurnListener(
             self.host,
@@ -104,7 +125,7 @@ class TurnService:
             relay_host_v6=config.relay_ip_v6,
             external_ip=advertised,
             tls_port=config.tls_port,
-            ssl_context=context,
+            ssl_context=self.tls,
         )
         core = TurnCore(
             TurnSettings(
@@ -122,7 +143,7 @@ class TurnService:
             open_relay=listener.open_relay,
             peer_allowed=self.peers.allowed,
             service=self.peers.service,
-            owner_of=owner_of,
+            owner_of=owner_lookup(config),
             relay_families=listener.relay_families,
         )
         self.listener = listener
@@ -140,6 +161,10 @@ class TurnService:
                     extra={"listener": "turns", "url": tls_url},
                 )
             task_status.started()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def turn_child(turn: TurnService) -> ChildSpec:
