@@ -386,7 +386,7 @@ async def test_config_example_documents_every_setting_and_loads_back(tmp_path: P
     defaults = msgspec.to_builtins(Config())
     for section, values in defaults.items():
         assert f"[{section}]" in text
-        struct = type(getattr(Config(), section))
+        struct: type[msgspec.Struct] = type(getattr(Config(), section))
         for key in values:
             if key == "providers":
                 continue

@@ -15,6 +15,7 @@ mistake in the command or configuration, 1 for anything else.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,7 @@ from .devices import Device
 from .store import MAX_PAGE, AuditLog, Page, migrate, open_database
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 KEYS_COMMAND = "enrolment-keys"
 COMMANDS = {"users", "devices", KEYS_COMMAND, "enrollment-keys", "networks", "config", "status"}
@@ -197,6 +199,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
     except YggdrasilError as exc:
         _fail(exc.message)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, never a traceback (the log has it at debug level)
+        log.debug("%s failed", args.command, exc_info=exc)
+        _fail(f"{args.command} failed: {exc}")
         return 1
 
 
