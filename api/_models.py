@@ -10,11 +10,14 @@ from yggdrasil import (
     Authorization,
     Device,
     EnrollmentKey,
+    EnrollmentKeyInfo,
     Invalid,
     Network,
+    NetworkInfo,
     NewDevice,
     Session,
     User,
+    UserDetail,
 )
 
 DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -131,8 +134,49 @@ class NetworkQuery(_In, frozen=True):
     network_id: OpaqueId | None = None
 
 
+Cursor = Annotated[str, msgspec.Meta(max_length=256)]
+PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class PageQuery(_In, frozen=True):
+    cursor: Cursor | None = None
+    limit: PageLimit = 50
+
+
 class UserQuery(_In, frozen=True):
-    email: Email
+    q: Annotated[str, msgspec.Meta(min_length=1, max_length=254)] | None = None
+    """Part of an e-mail address (any case), or a whole user id."""
+    email: Email | None = None
+    """A whole e-mail address."""
+    status: Literal["active", "suspended", "deleted"] | None = None
+    """Only users of this status; by default every account not deleted."""
+    cursor: Cursor | None = None
+    limit: PageLimit = 50
+
+
+class AdminDeviceQuery(_In, frozen=True):
+    user_id: OpaqueId | None = None
+    network_id: OpaqueId | None = None
+    device_id: DeviceId | None = None
+    cursor: Cursor | None = None
+    limit: PageLimit = 50
+
+
+class AdminNetworkQuery(_In, frozen=True):
+    user_id: OpaqueId | None = None
+    """Only the networks this user belongs to."""
+    cursor: Cursor | None = None
+    limit: PageLimit = 50
+
+
+class AdminKeyQuery(_In, frozen=True):
+    user_id: OpaqueId | None = None
+    """Only the keys this user created."""
+    network_id: OpaqueId | None = None
+    usable: bool = False
+    """Only the keys that can still be redeemed."""
+    cursor: Cursor | None = None
+    limit: PageLimit = 50
 
 
 # ----------------------------------------------------------------------------- responses
@@ -144,6 +188,9 @@ DeviceOut = Device
 SessionOut = Session
 EnrollmentKeyOut = EnrollmentKey
 AuthorizationOut = Authorization
+EnrollmentKeyInfoOut = EnrollmentKeyInfo
+NetworkInfoOut = NetworkInfo
+UserDetailOut = UserDetail
 
 
 class Accepted(msgspec.Struct):
@@ -163,8 +210,19 @@ class DeviceList(msgspec.Struct):
     items: list[DeviceOut]
 
 
-class UserList(msgspec.Struct):
+class UserPage(msgspec.Struct):
     items: list[UserOut]
+    next_cursor: str | None
+
+
+class NetworkInfoPage(msgspec.Struct):
+    items: list[NetworkInfoOut]
+    next_cursor: str | None
+
+
+class EnrollmentKeyPage(msgspec.Struct):
+    items: list[EnrollmentKeyInfoOut]
+    next_cursor: str | None
 
 
 class Export(msgspec.Struct):

@@ -19,11 +19,13 @@ from ._models import (
     DeviceUpdateIn,
     EnrollmentKeyIn,
     EnrollmentKeyOut,
+    EnrollmentKeyPage,
     IceServers,
     NetworkIn,
     NetworkList,
     NetworkOut,
     NetworkQuery,
+    PageQuery,
     WebRtcAnswer,
     WebRtcOffer,
     convert,
@@ -83,6 +85,58 @@ def install(
         principal = guard.principal()
         network = await guard.domain().store.get_network(principal.scope, network_id)
         return convert(network, NetworkOut)  # type: ignore[no-any-return]
+
+    @app.put("/api/v1/networks/<network_id>")
+    @tag(["networks"])
+    @validate_request(NetworkIn)
+    @validate_response(NetworkOut, 200)
+    @errors(400, 403, 404, 413, 422, 503)
+    async def rename_network(network_id: str, data: NetworkIn) -> NetworkOut:
+        """Rename a network (its owner only)."""
+        principal = guard.principal()
+        network = await guard.domain().store.networks.rename_network(
+            principal.scope, network_id, data.name
+        )
+        return convert(network, NetworkOut)  # type: ignore[no-any-return]
+
+    @app.delete("/api/v1/networks/<network_id>")
+    @tag(["networks"])
+    @no_content
+    @errors(403, 404, 409, 503)
+    async def delete_network(network_id: str) -> Response:
+        """Delete a network (its owner only) with its devices and enrolment keys; the devices'
+        tokens stop working and their sessions end at once. The home network goes only with the
+        account (409 ``home_network``)."""
+        principal = guard.principal()
+        at, revoked = await guard.domain().account_data.delete_network(principal.scope, network_id)
+        for subject in revoked:
+            guard.revoke(subject, at)
+        return Response(b"", status=204)
+
+    @app.get("/api/v1/networks/<network_id>/enrollment-keys")
+    @tag(["networks"])
+    @validate_querystring(PageQuery)
+    @validate_response(EnrollmentKeyPage, 200)
+    @errors(404, 422, 503)
+    async def list_enrollment_keys(network_id: str, query_args: PageQuery) -> EnrollmentKeyPage:
+        """The enrolment keys the caller created for this network (never their secrets), with
+        their ``status``: ``usable``, ``used`` or ``expired`` (revoked keys are expired)."""
+        principal = guard.principal()
+        page = await guard.domain().account_data.enrollment_keys(
+            principal.scope, network_id, cursor=query_args.cursor, limit=query_args.limit
+        )
+        return convert(page, EnrollmentKeyPage)  # type: ignore[no-any-return]
+
+    @app.delete("/api/v1/networks/<network_id>/enrollment-keys/<key_id>")
+    @tag(["networks"])
+    @no_content
+    @errors(404, 409, 503)
+    async def revoke_enrollment_key(network_id: str, key_id: str) -> Response:
+        """Revoke one of the caller's enrolment keys: it can no longer be redeemed (409
+        ``key_used`` if it already was; revoking an expired key changes nothing)."""
+        principal = guard.principal()
+        await guard.domain().account_data.revoke_enrollment_key(principal.scope, network_id, key_id)
+        return Response(b"", status=204)
 
     @app.post("/api/v1/networks/<network_id>/enrollment-keys")
     @tag(["networks"])

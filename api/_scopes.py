@@ -80,7 +80,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/networks"): NETWORK,
     ("POST", "/api/v1/networks"): ACCOUNT,
     ("GET", "/api/v1/networks/<network_id>"): NETWORK,
+    ("PUT", "/api/v1/networks/<network_id>"): ACCOUNT,
+    ("DELETE", "/api/v1/networks/<network_id>"): ACCOUNT,
     ("POST", "/api/v1/networks/<network_id>/enrollment-keys"): ACCOUNT,
+    ("GET", "/api/v1/networks/<network_id>/enrollment-keys"): ACCOUNT,
+    ("DELETE", "/api/v1/networks/<network_id>/enrollment-keys/<key_id>"): ACCOUNT,
     # devices
     ("GET", "/api/v1/devices"): NETWORK,
     ("POST", "/api/v1/devices"): ACCOUNT,
@@ -94,6 +98,17 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/reactivate"): OPERATOR,
     ("GET", "/api/admin/users/<user_id>/devices"): OPERATOR,
+    ("GET", "/api/admin/users/<user_id>"): OPERATOR,
+    ("DELETE", "/api/admin/users/<user_id>"): OPERATOR,
+    ("GET", "/api/admin/devices"): OPERATOR,
+    ("GET", "/api/admin/networks/<network_id>/devices/<device_id>"): OPERATOR,
+    ("DELETE", "/api/admin/networks/<network_id>/devices/<device_id>"): OPERATOR,
+    ("GET", "/api/admin/networks"): OPERATOR,
+    ("GET", "/api/admin/networks/<network_id>"): OPERATOR,
+    ("PUT", "/api/admin/networks/<network_id>"): OPERATOR,
+    ("DELETE", "/api/admin/networks/<network_id>"): OPERATOR,
+    ("GET", "/api/admin/enrollment-keys"): OPERATOR,
+    ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

@@ -375,7 +375,7 @@ async def test_operator_routes(http: httpx.AsyncClient, outbox: Path, server: Ru
     assert error_code(blocked) == "account_suspended"
     entries = await domain.store.audit_entries(limit=100)
     actions = [e.action for e in entries if e.actor == operator.session["user_id"]]
-    assert {"admin.find_user", "admin.list_devices", "admin.suspended"} <= set(actions)
+    assert {"admin.list_users", "admin.list_devices", "admin.suspended"} <= set(actions)
     await domain.store.verify_audit_chain()
 
 

@@ -18,7 +18,7 @@ from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
-TENANT_PARAMS = {"device_id", "network_id", "user_id"}
+TENANT_PARAMS = {"device_id", "key_id", "network_id", "user_id"}
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
 
 # A valid body for every route with an id that takes one: without it the request would stop at
@@ -26,6 +26,8 @@ PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public confi
 BODIES: dict[tuple[str, str], Any] = {
     ("put", "/api/v1/devices/{device_id}"): {"name": "pwned", "metadata": {"x": 1}},
     ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
+    ("put", "/api/v1/networks/{network_id}"): {"name": "pwned"},
+    ("put", "/api/admin/networks/{network_id}"): {"name": "pwned"},
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -50,6 +52,12 @@ BODIES: dict[tuple[str, str], Any] = {
     },
 }
 IGNORED_HEADERS = {"date"}
+
+
+def unsealed(export: dict[str, Any]) -> dict[str, Any]:
+    """A data export without the audit entries' place in the chain (the sealer assigns it)."""
+    audit = [{k: v for k, v in e.items() if k != "seq"} for e in export["audit_log"]]
+    return {**export, "audit_log": audit}
 
 
 def snapshot(response: httpx.Response) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
@@ -85,8 +93,10 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     assert (await alice.post("/api/v1/devices", json=device("laptop"))).status_code == 201
     lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
     await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
+    key = await alice.post(f"/api/v1/networks/{alice_home}/enrollment-keys", json={"ttl_s": 600})
     alice_ids = {
         "device_id": "laptop",
+        "key_id": key.json()["key_id"],
         "network_id": alice_home,
         "user_id": alice.session["user_id"],
     }
@@ -211,3 +221,62 @@ async def test_a_foreign_network_in_the_query_looks_like_a_missing_one(
         ]
         assert answers[0] == answers[1]
         assert answers[0][0] == 404
+
+
+async def test_another_users_networks_and_keys_look_like_missing_ones(
+    world: tuple[httpx.AsyncClient, Path],
+) -> None:
+    """Renaming or deleting another user's network, listing its keys, or revoking their key -
+    even through one's own network - answers exactly as for ids that do not exist, and changes
+    nothing."""
+    http, outbox = world
+    alice = await sign_in(http, outbox, "alice5@example.org")
+    lab = (await alice.post("/api/v1/networks", json={"name": "Observatory"})).json()["network_id"]
+    created = await alice.post(f"/api/v1/networks/{lab}/enrollment-keys", json={"ttl_s": 600})
+    key_id = created.json()["key_id"]
+    before = (await alice.get("/api/v1/users/me/export")).json()
+    bob = await sign_in(http, outbox, "bob5@example.org")
+    bob_home = (await bob.get("/api/v1/users/me")).json()["home_network_id"]
+    bob_lab = (await bob.post("/api/v1/networks", json={"name": "b"})).json()["network_id"]
+    made_up_network, made_up_key = f"n_{secrets.token_hex(8)}", f"ek_{secrets.token_hex(8)}"
+    for method, foreign, missing, body in (
+        ("PUT", f"/api/v1/networks/{lab}", f"/api/v1/networks/{made_up_network}", {"name": "x"}),
+        ("DELETE", f"/api/v1/networks/{lab}", f"/api/v1/networks/{made_up_network}", None),
+        (
+            "GET",
+            f"/api/v1/networks/{lab}/enrollment-keys",
+            f"/api/v1/networks/{made_up_network}/enrollment-keys",
+            None,
+        ),
+        (
+            "DELETE",
+            f"/api/v1/networks/{lab}/enrollment-keys/{key_id}",
+            f"/api/v1/networks/{made_up_network}/enrollment-keys/{made_up_key}",
+            None,
+        ),
+        # Her key through his own networks: the key's id does not reach across.
+        (
+            "DELETE",
+            f"/api/v1/networks/{bob_home}/enrollment-keys/{key_id}",
+            f"/api/v1/networks/{bob_home}/enrollment-keys/{made_up_key}",
+            None,
+        ),
+        (
+            "DELETE",
+            f"/api/v1/networks/{bob_lab}/enrollment-keys/{key_id}",
+            f"/api/v1/networks/{bob_lab}/enrollment-keys/{made_up_key}",
+            None,
+        ),
+    ):
+        answers = [
+            snapshot(await bob.request(method, path, json=body)) for path in (foreign, missing)
+        ]
+        assert answers[0] == answers[1], (method, foreign, answers)
+        assert answers[0][0] == 404, (method, foreign, answers)
+    listed = (await bob.get(f"/api/v1/networks/{bob_home}/enrollment-keys")).json()
+    assert listed == {"items": [], "next_cursor": None}
+    after = (await alice.get("/api/v1/users/me/export")).json()
+    assert unsealed(after) == unsealed(before)
+    keys = (await alice.get(f"/api/v1/networks/{lab}/enrollment-keys")).json()["items"]
+    assert [(k["key_id"], k["status"]) for k in keys] == [(key_id, "usable")]
+    assert (await alice.get(f"/api/v1/networks/{lab}")).json()["name"] == "Observatory"

@@ -45,7 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"yggdrasil"},
 }
 # The composition root may import everything.
-COMPOSITION_ROOT = {"yggdrasil/server.py", "yggdrasil/cli.py"}
+COMPOSITION_ROOT = {"yggdrasil/server.py", "yggdrasil/cli.py", "yggdrasil/_admin_cli.py"}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -105,13 +105,16 @@ EXPORTS: dict[str, set[str]] = {
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
         "AuditEntry",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
-        "DomainHandle", "EnrollmentKey", "Forbidden", "GatewayConfig", "HashingBusy", "Invalid",
+        "DomainHandle", "EnrollmentKey", "EnrollmentKeyInfo", "Forbidden", "GatewayConfig",
+        "HashingBusy", "Invalid",
         "InvalidCode", "InvalidGrant", "InvalidKey", "InvalidToken", "LimitsConfig", "MAX_PAGE",
-        "Mail", "MailQueueFull", "Mailer", "Metrics", "Network", "NewDevice", "NotFound", "Oidc",
+        "Mail", "MailQueueFull", "Mailer", "Metrics", "Network", "NetworkInfo", "NewDevice",
+        "NotFound", "Oidc",
         "OidcFailed", "Operators", "Page", "PostgresDatabase", "Principal", "ProviderUnavailable",
         "RateLimited", "RateLimiter", "Scope", "Secrets", "Session", "SqliteDatabase", "Store",
         "StoreError", "StoreUnavailable", "TokenService", "Tx", "Unavailable", "UniqueViolation",
-        "User", "VERSION", "YggdrasilError", "current_version", "device_address", "load_config",
+        "User", "UserDetail", "VERSION", "YggdrasilError", "current_version", "device_address",
+        "load_config",
         "load_or_create", "migrate", "network_address", "normalize_email", "provider_address",
         "service_address", "tenant_of", "tenant_rule", "open_asyncio_thread",
     },
@@ -136,19 +139,21 @@ EXPORTS: dict[str, set[str]] = {
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "yggdrasil.accounts": {
-        "AccountData", "AccountSuspended", "Accounts", "Authorization", "EnrollmentKey",
-        "InvalidCode", "InvalidGrant", "InvalidKey", "Oidc", "OidcFailed", "Operators",
-        "ProviderUnavailable", "Session", "User", "UserStore", "insert_user", "normalize_email",
+        "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
+        "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
+        "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
+        "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
         "revoke_device_tokens",
     },
     "yggdrasil.devices": {
         "Device", "DeviceStore", "DeviceUpdate", "NewDevice", "RevokeDevice", "WorldType",
-        "claim_device", "delete_devices_of_user", "devices_of_user", "insert_device",
-        "scoped_device",
+        "claim_device", "delete_devices_of_user", "device_ids_of_network", "devices_of_user",
+        "find_devices", "insert_device", "remove_device", "scoped_device",
     },
     "yggdrasil.networks": {
-        "Network", "NetworkStore", "insert_network", "is_member", "member_role", "networks_of_user",
-        "remove_user_from_networks", "require_member",
+        "Network", "NetworkInfo", "NetworkStore", "all_networks", "delete_network_row",
+        "insert_network", "is_member", "member_role", "network_info", "networks_of_user",
+        "remove_user_from_networks", "require_member", "set_network_name",
     },
     "yggdrasil.store": {
         "MAX_PAGE", "AuditChainBroken", "AuditEntry", "AuditLog", "Database", "Page",
@@ -297,6 +302,7 @@ CAPABILITIES: dict[str, set[str]] = {
 COMPOSITION = {
     "yggdrasil",
     "yggdrasil.__main__",
+    "yggdrasil._admin_cli",
     "yggdrasil._domain",
     "yggdrasil.cli",
     "yggdrasil.server",

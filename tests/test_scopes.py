@@ -46,7 +46,11 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/networks"): NETWORK,
     ("POST", "/api/v1/networks"): ACCOUNT,
     ("GET", "/api/v1/networks/{network_id}"): NETWORK,
+    ("PUT", "/api/v1/networks/{network_id}"): ACCOUNT,
+    ("DELETE", "/api/v1/networks/{network_id}"): ACCOUNT,
     ("POST", "/api/v1/networks/{network_id}/enrollment-keys"): ACCOUNT,
+    ("GET", "/api/v1/networks/{network_id}/enrollment-keys"): ACCOUNT,
+    ("DELETE", "/api/v1/networks/{network_id}/enrollment-keys/{key_id}"): ACCOUNT,
     ("GET", "/api/v1/devices"): NETWORK,
     ("POST", "/api/v1/devices"): ACCOUNT,
     ("GET", "/api/v1/devices/{device_id}"): NETWORK,
@@ -58,6 +62,17 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
     ("GET", "/api/admin/users/{user_id}/devices"): {"operator"},
+    ("GET", "/api/admin/users/{user_id}"): {"operator"},
+    ("DELETE", "/api/admin/users/{user_id}"): {"operator"},
+    ("GET", "/api/admin/devices"): {"operator"},
+    ("GET", "/api/admin/networks/{network_id}/devices/{device_id}"): {"operator"},
+    ("DELETE", "/api/admin/networks/{network_id}/devices/{device_id}"): {"operator"},
+    ("GET", "/api/admin/networks"): {"operator"},
+    ("GET", "/api/admin/networks/{network_id}"): {"operator"},
+    ("PUT", "/api/admin/networks/{network_id}"): {"operator"},
+    ("DELETE", "/api/admin/networks/{network_id}"): {"operator"},
+    ("GET", "/api/admin/enrollment-keys"): {"operator"},
+    ("DELETE", "/api/admin/enrollment-keys/{key_id}"): {"operator"},
 }
 # Routes whose admitted call ends the caller (or its account, or its device): each such call
 # gets callers of its own.
@@ -65,6 +80,8 @@ DESTRUCTIVE = {
     ("POST", "/api/v1/auth/logout"),
     ("DELETE", "/api/v1/users/me"),
     ("DELETE", "/api/v1/devices/{device_id}"),
+    ("DELETE", "/api/admin/users/{user_id}"),
+    ("DELETE", "/api/admin/networks/{network_id}/devices/{device_id}"),
 }
 
 
@@ -108,6 +125,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "device_id": "laptop" if sibling else "phone",
         "network_id": ids["home"],
         "user_id": ids["target"],
+        "key_id": "ek_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

@@ -44,6 +44,7 @@ from .accounts import (
     AccountSuspended,
     Authorization,
     EnrollmentKey,
+    EnrollmentKeyInfo,
     InvalidCode,
     InvalidGrant,
     InvalidKey,
@@ -53,10 +54,11 @@ from .accounts import (
     ProviderUnavailable,
     Session,
     User,
+    UserDetail,
     normalize_email,
 )
 from .devices import Device, DeviceUpdate, NewDevice
-from .networks import Network
+from .networks import Network, NetworkInfo
 from .store import (
     MAX_PAGE,
     AuditChainBroken,
@@ -89,6 +91,7 @@ __all__ = [
     "Domain",
     "DomainHandle",
     "EnrollmentKey",
+    "EnrollmentKeyInfo",
     "Forbidden",
     "GatewayConfig",
     "HashingBusy",
@@ -103,6 +106,7 @@ __all__ = [
     "Mailer",
     "Metrics",
     "Network",
+    "NetworkInfo",
     "NewDevice",
     "NotFound",
     "Oidc",
@@ -126,6 +130,7 @@ __all__ = [
     "Unavailable",
     "UniqueViolation",
     "User",
+    "UserDetail",
     "YggdrasilError",
     "current_version",
     "device_address",

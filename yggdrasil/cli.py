@@ -15,7 +15,7 @@ import trio
 from actors import Escalated
 from relay.client import device_cli
 
-from . import server
+from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
 from ._config import Config, load_config
 from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(rotate)
 
     device_cli.add_commands(commands)
+    _admin_cli.add_commands(commands, _common)
     return parser
 
 
@@ -183,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"yggdrasil: {exc.message}", file=sys.stderr)
         return 2
     configure(config.log.level, config.log.format)
+    if args.command in _admin_cli.COMMANDS:
+        return _admin_cli.run(args, config)
     try:
         if args.command == "serve":
             trio.run(_serve, config)

@@ -1,5 +1,6 @@
 """Accounts: users, sign-in (e-mail codes, OpenID Connect, enrolment keys), sessions and
-their revocation, a user's own data (export, deletion), and what operators may do.
+their revocation, a user's own data (export, deletion, their networks and keys), what removing
+an account, a network or a device entails, and what operators may do.
 
 Owns the ``users``, ``login_codes``, ``refresh_tokens``, ``token_revocations``,
 ``enrollment_keys``, ``identities`` and ``oauth_states`` tables. A device that signs in is
@@ -17,26 +18,34 @@ from ._accounts import (
     Session,
     normalize_email,
 )
+from ._keys import EnrollmentKeyInfo, KeyUsed
 from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
+from ._operator_tools import CLI_OPERATOR, UserDetail
 from ._operators import Operators
+from ._removal import HomeNetwork
 from ._revocations import revoke_device_tokens
 from ._users import User, UserStore, insert_user
 
 __all__ = [
+    "CLI_OPERATOR",
     "AccountData",
     "AccountSuspended",
     "Accounts",
     "Authorization",
     "EnrollmentKey",
+    "EnrollmentKeyInfo",
+    "HomeNetwork",
     "InvalidCode",
     "InvalidGrant",
     "InvalidKey",
+    "KeyUsed",
     "Oidc",
     "OidcFailed",
     "Operators",
     "ProviderUnavailable",
     "Session",
     "User",
+    "UserDetail",
     "UserStore",
     "insert_user",
     "normalize_email",

@@ -1,4 +1,5 @@
-"""A user's own account data: profile, GDPR export, and deletion."""
+"""A user's own account data: profile, GDPR export, deletion; their networks' deletion and
+their enrolment keys."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from typing import Any
 
 import msgspec
 
-from .._errors import NotFound
+from .._errors import Forbidden, NotFound
 from .._ids import now_ms
-from ..devices import delete_devices_of_user, devices_of_user
-from ..networks import networks_of_user, remove_user_from_networks
-from ..store import Database, Row, Scope, Tx, append_audit, audit_entries_about
-from ._revocations import revoke_user_tokens
+from ..devices import devices_of_user
+from ..networks import networks_of_user, require_member
+from ..store import Database, Page, Row, Scope, Tx, append_audit, audit_entries_about
+from ._keys import EnrollmentKeyInfo, list_keys, next_cursor, page_args, revoke_key
+from ._removal import delete_account, delete_network
 from ._users import User, _user
 
 
@@ -92,37 +94,82 @@ class AccountData:
 
     async def delete(self, scope: Scope) -> int:
         """Delete the account: everything user-linked is removed or pseudonymized, every token
-        revoked, in one transaction. Returns the revocation time (ms).
-
-        The users row stays as a pseudonym (random id, no e-mail, no name) so that the audit log,
-        which must never change, keeps pointing at something; it identifies no one any more.
+        revoked, in one transaction (:func:`delete_account`). Returns the revocation time (ms).
         """
         user_id, at = scope.user_id, now_ms()
 
         async def work(tx: Tx) -> None:
-            email = await tx.fetchval(
-                "SELECT email FROM users WHERE user_id = $1 AND status != 'deleted'", user_id
-            )
-            exists = await tx.fetchval(
-                "SELECT 1 FROM users WHERE user_id = $1 AND status != 'deleted'", user_id
-            )
-            if not exists:
-                raise NotFound()
-            await revoke_user_tokens(tx, user_id, at)
-            await tx.execute("DELETE FROM refresh_tokens WHERE user_id = $1", user_id)
-            await tx.execute("DELETE FROM identities WHERE user_id = $1", user_id)
-            if email is not None:
-                await tx.execute("DELETE FROM login_codes WHERE email = $1", email)
-            await tx.execute("DELETE FROM enrollment_keys WHERE created_by = $1", user_id)
-            await delete_devices_of_user(tx, user_id)
-            await remove_user_from_networks(tx, user_id)
-            await tx.execute(
-                "UPDATE users SET email = NULL, display_name = '', status = 'deleted',"
-                " home_network_id = NULL, updated_at = $2 WHERE user_id = $1",
-                user_id,
-                at,
-            )
+            await delete_account(tx, user_id, at)
             await append_audit(tx, user_id, "user.delete", user_id)
 
         await self.db.write(work)
         return at
+
+    # ----------------------------------------------------------------- their networks
+
+    async def delete_network(self, scope: Scope, network_id: str) -> tuple[int, list[str]]:
+        """Delete one of the principal's networks (its owner only; not their home network) with
+        its devices, whose tokens are revoked. The revocation time (ms) and revoked subjects.
+
+        A network the principal is no member of is :class:`NotFound`, exactly as one that does
+        not exist."""
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot delete networks")
+        at = now_ms()
+
+        async def work(tx: Tx) -> list[str]:
+            await _require_owner(tx, scope, network_id, "delete it")
+            revoked = await delete_network(tx, network_id, at)
+            await append_audit(tx, scope.user_id, "network.delete", network_id)
+            return revoked
+
+        return at, await self.db.write(work)
+
+    # ----------------------------------------------------------------- their enrolment keys
+
+    async def enrollment_keys(
+        self, scope: Scope, network_id: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[EnrollmentKeyInfo]:
+        """The enrolment keys the principal created for one of their networks, oldest first."""
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot list enrolment keys")
+        after = page_args(cursor, limit)
+
+        async def work(tx: Tx) -> list[EnrollmentKeyInfo]:
+            await require_member(tx, scope.user_id, network_id)
+            return await list_keys(
+                tx,
+                at=now_ms(),
+                created_by=scope.user_id,
+                network_id=network_id,
+                after=after,
+                limit=limit + 1,
+            )
+
+        keys = await self.db.read(work)
+        more = len(keys) > limit
+        keys = keys[:limit]
+        return Page(keys, next_cursor(keys[-1].created_at, keys[-1].key_id) if more else None)
+
+    async def revoke_enrollment_key(
+        self, scope: Scope, network_id: str, key_id: str
+    ) -> EnrollmentKeyInfo:
+        """Revoke a key the principal created for one of their networks; someone else's key,
+        or one of another network, is :class:`NotFound` like one that does not exist."""
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot revoke enrolment keys")
+        at = now_ms()
+
+        async def work(tx: Tx) -> EnrollmentKeyInfo:
+            await require_member(tx, scope.user_id, network_id)
+            key = await revoke_key(tx, key_id, at, created_by=scope.user_id, network_id=network_id)
+            await append_audit(tx, scope.user_id, "enrollment_key.revoke", key_id)
+            return key
+
+        return await self.db.write(work)
+
+
+async def _require_owner(tx: Tx, scope: Scope, network_id: str, what: str) -> None:
+    role = await require_member(tx, scope.user_id, network_id)
+    if role != "owner":
+        raise Forbidden(f"only the network's owner can {what}")

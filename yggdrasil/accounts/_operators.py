@@ -8,6 +8,7 @@ from .._errors import Forbidden, NotFound
 from .._ids import now_ms
 from ..devices import Device, devices_of_user
 from ..store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
+from ._operator_tools import OperatorTools
 from ._revocations import revoke_user_tokens
 from ._users import User, _user
 
@@ -17,7 +18,7 @@ def _require_operator(scope: Scope) -> None:
         raise Forbidden("operators only")
 
 
-class Operators:
+class Operators(OperatorTools):
     def __init__(self, db: Database) -> None:
         self.db = db
 

@@ -13,8 +13,11 @@ from ._devices import (
     WorldType,
     claim_device,
     delete_devices_of_user,
+    device_ids_of_network,
     devices_of_user,
+    find_devices,
     insert_device,
+    remove_device,
     scoped_device,
 )
 
@@ -27,7 +30,10 @@ __all__ = [
     "WorldType",
     "claim_device",
     "delete_devices_of_user",
+    "device_ids_of_network",
     "devices_of_user",
+    "find_devices",
     "insert_device",
+    "remove_device",
     "scoped_device",
 ]

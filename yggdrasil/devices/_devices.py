@@ -171,6 +171,62 @@ async def delete_devices_of_user(tx: Tx, user_id: str) -> None:
     await tx.execute("DELETE FROM devices WHERE user_id = $1", user_id)
 
 
+async def remove_device(
+    tx: Tx, network_id: str, device_id: str, at: int, revoke: RevokeDevice
+) -> None:
+    """Delete one device and end its credentials as of ``at``, inside ``tx``: what deleting a
+    device means, for its user and for operators alike (who checked who may; the caller
+    audits). :class:`NotFound` if there is no such device."""
+    deleted = await tx.execute(
+        "DELETE FROM devices WHERE network_id = $1 AND device_id = $2", network_id, device_id
+    )
+    if deleted != 1:
+        raise NotFound()
+    await revoke(tx, network_id, device_id, at)
+
+
+async def device_ids_of_network(tx: Tx, network_id: str) -> list[str]:
+    """The ids of every device in ``network_id`` (a network's deletion ends their credentials)."""
+    rows = await tx.fetch(
+        "SELECT device_id FROM devices WHERE network_id = $1 ORDER BY device_id", network_id
+    )
+    return [row["device_id"] for row in rows]
+
+
+async def find_devices(
+    tx: Tx,
+    *,
+    user_id: str | None = None,
+    network_id: str | None = None,
+    device_id: str | None = None,
+    after: tuple[str, str] | None = None,
+    limit: int,
+) -> list[Device]:
+    """Devices in every network, for operators (who are checked by their caller), by network
+    and id: those of ``user_id``, in ``network_id``, with the id ``device_id``, after ``after``
+    (``network_id``, ``device_id``), at most ``limit``."""
+    conditions: list[str] = []
+    args: list[object] = []
+    for column, value in (
+        ("user_id", user_id),
+        ("network_id", network_id),
+        ("device_id", device_id),
+    ):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    if after is not None:
+        args.extend(after)
+        net, dev = f"${len(args) - 1}", f"${len(args)}"
+        conditions.append(f"(network_id > {net} OR (network_id = {net} AND device_id > {dev}))")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    args.append(limit)
+    rows = await tx.fetch(
+        f"SELECT * FROM devices{where} ORDER BY network_id, device_id LIMIT ${len(args)}", *args
+    )
+    return [_device(row) for row in rows]
+
+
 # --------------------------------------------------------------------- the repository
 
 
@@ -289,14 +345,7 @@ class DeviceStore:
 
         async def work(tx: Tx) -> None:
             await require_member(tx, scope.user_id, network_id)
-            deleted = await tx.execute(
-                "DELETE FROM devices WHERE network_id = $1 AND device_id = $2",
-                network_id,
-                device_id,
-            )
-            if deleted != 1:
-                raise NotFound()
-            await self._revoke(tx, network_id, device_id, at)
+            await remove_device(tx, network_id, device_id, at, self._revoke)
             await append_audit(tx, scope.user_id, "device.delete", f"{network_id}/{device_id}")
 
         await self.db.write(work)

@@ -141,3 +141,112 @@ class NetworkStore:
         if row is None:
             raise NotFound()
         return Network(**row)
+
+    async def rename_network(self, scope: Scope, network_id: str, name: str) -> Network:
+        """Rename one of the principal's networks (its owner only; not from a device's token).
+
+        A network the principal is no member of is :class:`NotFound`, exactly as one that does
+        not exist; a member who is not the owner gets :class:`Forbidden`."""
+        if scope.network_id is not None:
+            raise Forbidden("a device's token cannot rename networks")
+
+        async def work(tx: Tx) -> Row:
+            role = await require_member(tx, scope.user_id, network_id)
+            if role != "owner":
+                raise Forbidden("only the network's owner can rename it")
+            await set_network_name(tx, network_id, name)
+            await append_audit(tx, scope.user_id, "network.rename", network_id)
+            row = await tx.fetchrow(
+                "SELECT n.network_id, n.name, m.role, n.created_at FROM networks n"
+                " JOIN memberships m ON m.network_id = n.network_id"
+                " WHERE m.user_id = $1 AND n.network_id = $2",
+                scope.user_id,
+                network_id,
+            )
+            assert row is not None
+            return row
+
+        return Network(**await self.db.write(work))
+
+
+# --------------------------------------------------------------------- for operators and deletion
+
+
+class NetworkInfo(msgspec.Struct, frozen=True):
+    """A network as operators see it: who owns it and how many belong to it."""
+
+    network_id: str
+    name: str
+    owner_id: str
+    members: int
+    created_at: int
+
+
+_INFO = (
+    "SELECT n.network_id, n.name, n.owner_id, n.created_at,"
+    " (SELECT COUNT(*) FROM memberships m WHERE m.network_id = n.network_id) AS members"
+    " FROM networks n"
+)
+
+
+def _info(row: Row) -> NetworkInfo:
+    return NetworkInfo(
+        network_id=row["network_id"],
+        name=row["name"],
+        owner_id=row["owner_id"],
+        members=int(row["members"]),
+        created_at=int(row["created_at"]),
+    )
+
+
+async def set_network_name(tx: Tx, network_id: str, name: str) -> None:
+    """Rename ``network_id`` inside ``tx`` (the caller checked who may); :class:`NotFound` if
+    it does not exist. Not audited here: the caller says who did it."""
+    changed = await tx.execute(
+        "UPDATE networks SET name = $2 WHERE network_id = $1", network_id, name
+    )
+    if changed != 1:
+        raise NotFound()
+
+
+async def delete_network_row(tx: Tx, network_id: str) -> None:
+    """Delete ``network_id`` inside ``tx``, and with it (by the schema's cascades) its
+    memberships, devices and enrolment keys; :class:`NotFound` if it does not exist.
+
+    Only for the accounts room's network deletion, which ends the devices' credentials first."""
+    deleted = await tx.execute("DELETE FROM networks WHERE network_id = $1", network_id)
+    if deleted != 1:
+        raise NotFound()
+
+
+async def network_info(tx: Tx, network_id: str) -> NetworkInfo:
+    """One network for an operator (who is checked by the caller); :class:`NotFound`."""
+    row = await tx.fetchrow(_INFO + " WHERE n.network_id = $1", network_id)
+    if row is None:
+        raise NotFound()
+    return _info(row)
+
+
+async def all_networks(
+    tx: Tx, *, member: str | None = None, after: tuple[int, str] | None = None, limit: int
+) -> list[NetworkInfo]:
+    """Networks for an operator (checked by the caller), oldest first: all of them, or those
+    ``member`` belongs to; those after ``after`` (``created_at``, ``network_id``), at most
+    ``limit``."""
+    conditions: list[str] = []
+    args: list[object] = []
+    if member is not None:
+        args.append(member)
+        conditions.append(is_member("n.network_id", f"${len(args)}"))
+    if after is not None:
+        args.extend(after)
+        at, ident = f"${len(args) - 1}", f"${len(args)}"
+        conditions.append(
+            f"(n.created_at > {at} OR (n.created_at = {at} AND n.network_id > {ident}))"
+        )
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    args.append(limit)
+    rows = await tx.fetch(
+        f"{_INFO}{where} ORDER BY n.created_at, n.network_id LIMIT ${len(args)}", *args
+    )
+    return [_info(row) for row in rows]
