@@ -164,9 +164,7 @@ async def test_admin_grant_of_an_unknown_user_on_sqlite(tmp_path: Path) -> None:
     migrated = await _run("migrate", "--data-dir", str(data), "--log-level", "warning")
     assert migrated.returncode == 0, migrated.stderr
     line = await fails("admin", "grant", "ghost@example.org", "--data-dir", str(data), status=1)
-    assert line == (
-        f"yggdrasil: no user with the e-mail address ghost@example.org in {data}/yggdrasil.sqlite3"
-    )
+    assert line == f"yggdrasil: no such user ghost@example.org in {data}/yggdrasil.sqlite3"
 
 
 @pytest.mark.postgres
@@ -179,7 +177,7 @@ async def test_admin_grant_of_an_unknown_user_on_postgres(pg_database: str) -> N
     assert migrated.returncode == 0, migrated.stderr
     line = await fails("admin", "grant", "Ghost@Example.org", "--database-url", pg_database,
                        status=1)  # fmt: skip
-    assert line == f"yggdrasil: no user with the e-mail address Ghost@Example.org in {pg_database}"
+    assert line == f"yggdrasil: no such user Ghost@Example.org in {pg_database}"
 
 
 # ------------------------------------------------------------------ 4, 5, 8, 10: bad values

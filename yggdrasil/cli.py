@@ -25,7 +25,7 @@ from relay.client import device_cli
 from . import server
 from ._asyncio_thread import open_asyncio_thread
 from ._config import Config, load_config
-from ._errors import ConfigError, NotFound, YggdrasilError, sole_exception
+from ._errors import ConfigError, NotFound, StoreUnavailable, YggdrasilError, sole_exception
 from ._logging import configure
 from ._secrets import rotate_signing_key
 from ._version import VERSION
@@ -193,7 +193,7 @@ async def _grant(config: Config, email: str, role: Literal["user", "operator"]) 
         try:
             return await Operators(db).grant_role(email, role)
         except NotFound:
-            raise NotFound(f"no user with the e-mail address {email} in {where}") from None
+            raise NotFound(f"no such user {email} in {where}") from None
 
     where = _redacted(config.database.url) if config.database.url else str(sqlite)
     return await _with_database(config, work)
@@ -275,6 +275,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     match exc:
         case ConfigError():
             return exc.message, 2
+        case StoreUnavailable():
+            return f"store unavailable: {exc.message}", 1
         case YggdrasilError():
             return exc.message, 1
         case Escalated():

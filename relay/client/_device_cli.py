@@ -43,6 +43,8 @@ from ._client import (
     _sole,
 )
 
+ACCOUNT_FILE = "yggdrasil-account.json"
+
 
 class DeviceCliError(Exception):
     """A failure of a ``yggdrasil device`` task, already in words for the user (one line)."""
@@ -84,9 +86,9 @@ def add_commands(
     login.add_argument("--gateway", default="ws://127.0.0.1:8081", help="the device gateway")
     login.add_argument(
         "--account",
-        default="yggdrasil-account.json",
         metavar="FILE",
-        help="the account's own session, reused by the next login (yggdrasil-account.json)",
+        help="the account's own session, reused by the next login"
+        " (yggdrasil-account.json beside the credentials)",
     )
     login.add_argument("--email", help="needed when --account holds no session (yet)")
     login.add_argument("--device-id", required=True)
@@ -263,7 +265,8 @@ class _Api:
 def _login(args: argparse.Namespace, path: Path) -> int:
     with httpx.Client(base_url=args.api, timeout=30) as http:
         api = _Api(http, args.api)
-        account = _account_session(args, api, Path(args.account))
+        account_file = Path(args.account) if args.account else path.with_name(ACCOUNT_FILE)
+        account = _account_session(args, api, account_file)
         network_id = args.network_id
         if not network_id:
             me = api.get("cannot read your account", "/api/v1/users/me", account.access_token)
