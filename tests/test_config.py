@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import aioice.ice
@@ -39,20 +40,84 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "needle"),
+    ("text", "message"),
     [
-        ("[api]\nprot = 1\n", "prot"),
-        ("[apii]\nport = 1\n", "apii"),
-        ("[api]\nport = 70000\n", "port"),
-        ('[log]\nformat = "xml"\n', "format"),
-        ("[api\n", "not valid TOML"),
+        ("[api]\nprot = 1\n", "[api] unknown key 'prot'"),
+        ("[apii]\nport = 1\n", "unknown section [apii]"),
+        ("[api]\nport = 70000\n", "[api] port: expected `int` <= 65535"),
+        ('[api]\nport = "18240"\n', "[api] port: expected `int`, got `str`"),
+        ('[server]\ngrace_s = "2"\n', "[server] grace_s: expected `float`, got `str`"),
+        ('[gateway]\nwebrtc = "false"\n', "[gateway] webrtc: expected `bool`, got `str`"),
+        ('[turn]\nallow_peers = "10.0.0.0/8"\n', "[turn] allow_peers: expected `array`"),
+        ('[log]\nformat = "xml"\n', "[log] format: invalid enum value 'xml'"),
+        (
+            '[oidc.providers.g]\nissuer = "x"\nclient_id = 1\nredirect_uris = []\n',
+            "[oidc.providers.g] client_id: expected `str`, got `int`",
+        ),
+        ("[api\n", "is not valid TOML"),
     ],
 )
-def test_bad_file_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
+def test_bad_file_names_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(ConfigError) as info:
         load_config(path)
+    assert info.value.message.startswith(f"{path}: {message}") or (
+        message == "is not valid TOML" and message in info.value.message
+    )
+
+
+def test_environment_values_are_text_converted_to_the_key_type() -> None:
+    config = load_config(
+        environ={
+            "YGG_API_PORT": "18240",
+            "YGG_SERVER_GRACE_S": "2.5",
+            "YGG_GATEWAY_WEBRTC": "false",
+            "YGG_LOG_FORMAT": "json",
+        }
+    )
+    assert (config.api.port, config.server.grace_s) == (18240, 2.5)
+    assert config.gateway.webrtc is False
+    assert config.log.format == "json"
+    with pytest.raises(ConfigError, match="YGG_API_PORT='eighty': expected `int`, got `str`"):
+        load_config(environ={"YGG_API_PORT": "eighty"})
+    with pytest.raises(ConfigError, match="YGG_API_PORT='70000': expected `int` <= 65535"):
+        load_config(environ={"YGG_API_PORT": "70000"})
+
+
+def test_flags_out_of_range_are_named() -> None:
+    with pytest.raises(ConfigError, match=re.escape("invalid api.port: expected `int` <= 65535")):
+        load_config(overrides={"api": {"port": 70000}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"server": {"host": "999.1.1.1"}}, "server.host must be an IP address"),
+        ({"server": {"host": "localhost"}}, "server.host must be an IP address"),
+        ({"turn": {"allow_peers": ["10.0.0.0/33"]}}, "turn.allow_peers: '10.0.0.0/33'"),
+        ({"api": {"trusted_proxies": ["proxy"]}}, "api.trusted_proxies: 'proxy'"),
+        ({"turn": {"static_users": ["nopassword"]}}, "turn.static_users: the entry for user"),
+        ({"turn": {"static_users": ["ops:"]}}, "the entry for user 'ops'"),
+        ({"turn": {"static_users": [":secret"]}}, "the entry for user ''"),
+    ],
+)
+def test_values_that_do_not_parse_are_refused(
+    overrides: dict[str, dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(overrides=overrides)
+    assert "secret" not in info.value.message  # a password is never repeated
+
+
+def test_good_values_pass() -> None:
+    config = load_config(
+        overrides={
+            "server": {"host": "::"},
+            "turn": {"allow_peers": ["10.0.0.1/8", "::1/128"], "static_users": ["a:b:c"]},
+        }
+    )
+    assert config.turn.static_users == ["a:b:c"]
 
 
 def test_unknown_environment_variable_is_named() -> None:
@@ -76,10 +141,10 @@ def test_cli_rejects_bad_configuration(
     assert "YGG_API_PROT" in capsys.readouterr().err
 
 
-def test_cli_rejects_unsupported_bus(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_rejects_unsupported_bus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["serve", "--data-dir", str(tmp_path), "--bus-url", "nats://127.0.0.1:4222"]
     assert main(argv) == 2
-    assert "bus.url" in caplog.text
+    assert "bus.url needs database.url" in capsys.readouterr().err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

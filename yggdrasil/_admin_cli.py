@@ -30,10 +30,8 @@ from ._asyncio_thread import open_asyncio_thread
 from ._config import Config
 from ._config_text import example_config, render_config
 from ._errors import (
-    ConfigError,
     Invalid,
     NotFound,
-    StoreUnavailable,
     YggdrasilError,
     sole_exception,
 )
@@ -183,7 +181,9 @@ def add_commands(
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Run one of this module's commands; the exit status. Failures are one line on stderr."""
+    """Run one of this module's commands; the exit status. A mistake in the command is one line
+    on stderr and exit 2 here; every other failure propagates to ``cli.main``, which prints its
+    one line (and, with ``--debug``, the traceback)."""
     try:
         if args.command == "config":
             print(render_config(config) if args.task == "show" else example_config(), end="")
@@ -191,21 +191,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if args.command == "status":
             return _status(config, args.url, args.timeout)
         return _run_store_command(args, config)
-    except (UsageError, ConfigError, Invalid) as exc:
+    except (UsageError, Invalid) as exc:
         _fail(exc.message if isinstance(exc, YggdrasilError) else str(exc))
         return 2
-    except StoreUnavailable as exc:
-        _fail(f"the data store is unavailable: {exc.message}")
-        return 1
-    except YggdrasilError as exc:
-        _fail(exc.message)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # one line, never a traceback (the log has it at debug level)
-        log.debug("%s failed", args.command, exc_info=exc)
-        _fail(f"{args.command} failed: {exc}")
-        return 1
 
 
 def _fail(message: str) -> None:

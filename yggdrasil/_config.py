@@ -6,9 +6,10 @@ Every section rejects unknown keys, naming the key. Environment variables are
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -269,6 +270,8 @@ _SECTIONS: dict[str, type[_Section]] = {
 
 
 def _environment_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The ``YGG_`` variables, each converted to its key's type (environment values are text:
+    ``"8080"`` becomes the integer 8080); a value that does not convert is refused by name."""
     layer: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith("YGG_"):
@@ -277,13 +280,20 @@ def _environment_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         typ = _SECTIONS.get(section)
         if typ is None or key not in typ.__struct_fields__:
             raise ConfigError(f"unknown configuration variable {name}")
-        layer.setdefault(section, {})[key] = _list_or_text(name, typ, key, value)
+        hint = typing.get_type_hints(typ, include_extras=True)[key]
+        text = _list_or_text(name, hint, value)
+        try:
+            layer.setdefault(section, {})[key] = msgspec.convert(text, hint, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{name}={value!r}: {_detail(exc)}") from None
     return layer
 
 
-def _list_or_text(name: str, section: type, key: str, value: str) -> Any:
+def _list_or_text(name: str, hint: Any, value: str) -> Any:
     """A list setting from the environment: a JSON array, or items separated by commas."""
-    if typing.get_origin(typing.get_type_hints(section).get(key)) is not list:
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is not list:
         return value
     if value.strip().startswith("["):
         try:
@@ -301,15 +311,105 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
             base[key] = dict(value) if isinstance(value, Mapping) else value
 
 
+def _detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message without its location: ``expected `int`, got `str```."""
+    text = str(exc).split(" - at `$", 1)[0]
+    return text[:1].lower() + text[1:]
+
+
+def _where(exc: msgspec.ValidationError) -> list[str]:
+    """The path msgspec names (``$.api.port`` -> ``["api", "port"]``), empty at the top."""
+    _, _, path = str(exc).partition(" - at `$")
+    return [part for part in path.rstrip("`").split(".") if part]
+
+
+def _unknown(exc: msgspec.ValidationError) -> str | None:
+    text = str(exc)
+    if text.startswith("Object contains unknown field `"):
+        return text.split("`", 2)[1]
+    return None
+
+
+def _file_error(
+    path: str | Path, exc: msgspec.ValidationError, within: Sequence[str] = ()
+) -> ConfigError:
+    """``ygg.toml: [api] port: expected `int`, got `str```, or an unknown section or key.
+    ``within``: the table that was validated on its own (``oidc.providers.<name>``)."""
+    where, unknown = [*within, *_where(exc)], _unknown(exc)
+    if unknown is not None:
+        if not where:
+            return ConfigError(f"{path}: unknown section [{unknown}]")
+        return ConfigError(f"{path}: [{'.'.join(where)}] unknown key {unknown!r}")
+    if len(where) < 2:
+        return ConfigError(f"{path}: [{'.'.join(where)}] {_detail(exc)}")
+    section, key = ".".join(where[:-1]), where[-1]
+    return ConfigError(f"{path}: [{section}] {key}: {_detail(exc)}")
+
+
+def _check_file(path: str | Path, data: dict[str, Any]) -> None:
+    """The file's values have their keys' types (TOML has types: no conversion here)."""
+    oidc = data.get("oidc")
+    providers = oidc.get("providers") if isinstance(oidc, dict) else None
+    if isinstance(providers, dict):
+        # msgspec names a table under a dict key "[...]": each provider on its own names it.
+        for name, provider in providers.items():
+            try:
+                msgspec.convert(provider, OidcProviderConfig, strict=True)
+            except msgspec.ValidationError as exc:
+                raise _file_error(path, exc, ("oidc", "providers", name)) from None
+    try:
+        msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _file_error(path, exc) from None
+
+
+def _error(exc: msgspec.ValidationError) -> ConfigError:
+    where, unknown = _where(exc), _unknown(exc)
+    if unknown is not None:
+        return ConfigError(f"unknown configuration key {'.'.join([*where, unknown])}")
+    return ConfigError(f"invalid {'.'.join(where) or 'configuration'}: {_detail(exc)}")
+
+
+def _check_values(config: Config) -> None:
+    """What a type cannot say: addresses, networks and credentials that must parse."""
+    try:
+        ipaddress.ip_address(config.server.host)
+    except ValueError:
+        raise ConfigError(
+            "server.host must be an IP address (0.0.0.0 or :: for every interface),"
+            f" not {config.server.host!r}"
+        ) from None
+    for key, networks in (
+        ("api.trusted_proxies", config.api.trusted_proxies),
+        ("turn.allow_peers", config.turn.allow_peers),
+    ):
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}: {network!r} is not a CIDR (like 10.0.0.0/8)") from None
+    for entry in config.turn.static_users:
+        user, colon, password = entry.partition(":")
+        if not user or not colon or not password:
+            # Never echo what may be a password: only the part before the colon.
+            raise ConfigError(
+                f"turn.static_users: the entry for user {user!r} is not USER:PASSWORD"
+                " (both parts are needed)"
+            )
+
+
 def load_config(
     path: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Build the configuration; raises :class:`ConfigError` naming the offending key or variable.
+    """Build the configuration; raises :class:`ConfigError` naming the offending file, section
+    and key, variable or setting.
 
-    ``overrides`` are the command-line flags, as ``{"section": {"key": value}}``.
+    A file's values must have their key's type (``port = "8080"`` is refused); ``YGG_``
+    variables are text and converted. ``overrides`` are the command-line flags, as
+    ``{"section": {"key": value}}``.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -320,10 +420,12 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _check_file(path, data)
     _merge(data, _environment_layer(environ or {}))
     _merge(data, overrides or {})
     try:
-        # strict=False lets "8080" from the environment become the integer 8080.
-        return msgspec.convert(data, Config, strict=False)
+        config = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        raise _error(exc) from None
+    _check_values(config)
+    return config

@@ -40,6 +40,15 @@ class ConfigError(YggdrasilError):
     default_message = "invalid configuration"
 
 
+class ListenError(YggdrasilError):
+    """A listener cannot bind its address (in use, not permitted): the server does not start.
+    Not a configuration error: the configuration may be right and the port taken by another
+    program."""
+
+    code = "listen_error"
+    default_message = "cannot bind a listener"
+
+
 class StoreError(YggdrasilError):
     code = "store_error"
     default_message = "store error"

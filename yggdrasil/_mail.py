@@ -49,14 +49,23 @@ class SmtpTarget(msgspec.Struct, frozen=True):
 
 
 def parse_smtp_url(url: str) -> SmtpTarget:
-    parts = urlsplit(url)
+    """:class:`ConfigError` (which never repeats the URL: it may hold a password) unless ``url``
+    names a scheme we speak, a host and a valid port."""
     modes = {"smtp": ("plain", 25), "smtp+starttls": ("starttls", 587), "smtps": ("tls", 465)}
-    if parts.scheme not in modes or not parts.hostname:
-        raise ConfigError("mail.smtp_url must be smtp://, smtp+starttls:// or smtps://host[:port]")
+    try:
+        parts = urlsplit(url)
+        hostname, explicit_port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number or past 65535, a broken [IPv6] host
+        raise ConfigError("mail.smtp_url has an invalid host or port") from None
+    if parts.scheme not in modes:
+        raise ConfigError("mail.smtp_url must start with smtp://, smtp+starttls:// or smtps://")
+    if not hostname:
+        raise ConfigError("mail.smtp_url names no host (smtp://host[:port])")
     mode, default_port = modes[parts.scheme]
+    port = explicit_port or default_port
     return SmtpTarget(
-        host=parts.hostname,
-        port=parts.port or default_port,
+        host=hostname,
+        port=port,
         mode=mode,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,

@@ -5,8 +5,10 @@ Ed25519 in RFC 9864), the ``kid`` chooses among the current and retired keys, an
 ``exp``, ``iat`` and the header ``typ`` (``at+jwt``, RFC 9068) are always checked. Every failure
 raises the same :class:`InvalidToken`, so a client learns nothing about why.
 
-Revocation without a database read: a map from subject (``user:<id>``, ``device:<net>/<dev>``,
-``family:<id>``) to the millisecond before which tokens of that subject are refused. It is filled
+Revocation without a database read: a map from subject (``user:<id>``, every token of a user and
+their devices; ``account:<id>``, the user's own tokens but not their devices';
+``device:<net>/<dev>``; ``family:<id>``) to the millisecond before which tokens of that subject are
+refused. It is filled
 from the ``token_revocations`` table at start-up and kept current by the revocation sync job.
 """
 
@@ -220,6 +222,8 @@ class TokenService:
         subjects = [f"user:{principal.user_id}", f"family:{principal.family_id}"]
         if principal.device_id is not None:
             subjects.append(f"device:{principal.network_id}/{principal.device_id}")
+        else:
+            subjects.append(f"account:{principal.user_id}")
         return any(principal.issued_ms < self._not_before.get(s, 0) for s in subjects)
 
 
@@ -239,6 +243,11 @@ def _optional_text(value: object) -> str | None:
 
 def user_subject(user_id: str) -> str:
     return f"user:{user_id}"
+
+
+def account_subject(user_id: str) -> str:
+    """The user's own tokens (a browser, a CLI), not those of their devices."""
+    return f"account:{user_id}"
 
 
 def device_subject(network_id: str, device_id: str) -> str:

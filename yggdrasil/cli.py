@@ -1,4 +1,10 @@
-"""The ``yggdrasil`` command line."""
+"""The ``yggdrasil`` command line.
+
+Every failure is one line on standard error, ``yggdrasil: <what and where>``, and an exit status:
+2 for a configuration error (and for bad arguments, as argparse does), 1 for anything that went
+wrong at run time, 130 after Ctrl-C. ``--debug`` (before or after the command) adds the
+traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -18,12 +25,12 @@ from relay.client import device_cli
 from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
 from ._config import Config, load_config
-from ._errors import ConfigError, NotFound, StoreUnavailable, sole_exception
+from ._errors import ConfigError, NotFound, StoreUnavailable, YggdrasilError, sole_exception
 from ._logging import configure
 from ._secrets import rotate_signing_key
 from ._version import VERSION
 from .accounts import Operators
-from .store import Database, migrate, open_database
+from .store import Database, Tx, migrate, open_database
 
 log = logging.getLogger("yggdrasil")
 T = TypeVar("T")
@@ -45,7 +52,16 @@ _FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
+def _debug(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """``--debug`` on the top-level parser and on each command (where it must not reset what
+    the top level set: hence SUPPRESS)."""
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show the traceback of a failure"
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
+    _debug(parser)
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
     parser.add_argument("--data-dir", metavar="DIR", help="data directory (./yggdrasil-data)")
     parser.add_argument("--database-url", metavar="URL", help="postgresql://... (default SQLite)")
@@ -58,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="yggdrasil", description="The central server of the Edda device network."
     )
     parser.add_argument("--version", action="version", version=f"yggdrasil {VERSION}")
+    _debug(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
@@ -100,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(rotate)
 
-    device_cli.add_commands(commands)
+    device_cli.add_commands(commands, debug=_debug)
     _admin_cli.add_commands(commands, _common)
     return parser
 
@@ -150,7 +167,8 @@ async def _serve_until_signalled(config: Config) -> None:
 
 async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
     server.check(config)
-    server.prepare_data_dir(config)
+    if not config.database.url:  # SQLite lives in the data directory; PostgreSQL needs none
+        server.prepare_data_dir(config)
 
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
@@ -164,58 +182,118 @@ async def _migrate(config: Config) -> list[int]:
     return await _with_database(config, migrate)
 
 
-async def _grant(config: Config, email: str, role: Literal["user", "operator"]) -> str:
-    async def work(db: Database) -> str:
-        await migrate(db)
-        user = await Operators(db).grant_role(email, role)
-        return user.user_id
+async def _grant(config: Config, email: str, role: Literal["user", "operator"]) -> bool:
+    sqlite = config.data_path / "yggdrasil.sqlite3"
+    if not config.database.url and not sqlite.exists():
+        raise ConfigError(f"no database at {sqlite}: is --data-dir (or --database-url) right?")
 
+    async def work(db: Database) -> bool:
+        if not await _has_schema(db):  # a wrong URL: do not fill that database with tables
+            raise ConfigError(f"{where} holds no Yggdrasil data: is the URL right?")
+        await migrate(db)
+        try:
+            return await Operators(db).grant_role(email, role)
+        except NotFound:
+            raise NotFound(f"no such user {email} in {where}") from None
+
+    where = _redacted(config.database.url) if config.database.url else str(sqlite)
     return await _with_database(config, work)
+
+
+async def _has_schema(db: Database) -> bool:
+    """Whether migrations ever ran in ``db`` (a wrong database has no ``schema_migrations``)."""
+    query = (
+        "SELECT to_regclass('schema_migrations') IS NOT NULL"
+        if db.dialect == "postgres"
+        else "SELECT COUNT(*) FROM sqlite_master"
+        " WHERE type = 'table' AND name = 'schema_migrations'"
+    )
+
+    async def read(tx: Tx) -> bool:
+        return bool(await tx.fetchval(query))
+
+    return await db.read(read)
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}{at}{host}" if at else url
+
+
+def _rotate(config: Config) -> None:
+    if not (config.data_path / "secrets" / "signing-key.pem").exists():
+        raise ConfigError(
+            f"no signing key in {config.data_path / 'secrets'}: is --data-dir right?"
+            " ('yggdrasil serve' creates the key)"
+        )
+    old, new = rotate_signing_key(config.data_path)
+    print(f"new signing key {new}; key {old} is retired and still verifies its tokens")
+    print("restart the server to sign with the new key")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; failures raise (``main`` turns them into one line)."""
+    if args.command == "device":
+        configure("warning", "text")
+        return device_cli.run(args)
+    config = _config(args)
+    configure(config.log.level, config.log.format)
+    if args.command in _admin_cli.COMMANDS:
+        return _admin_cli.run(args, config)
+    if args.command == "serve":
+        trio.run(_serve, config)
+    elif args.command == "migrate":
+        applied = trio.run(_migrate, config)
+        print(f"applied {len(applied)} migration(s): {applied}" if applied else "up to date")
+    elif args.command == "admin":
+        if trio.run(_grant, config, args.email, args.role):
+            print(f"{args.email} now has the role {args.role}; their own tokens were revoked")
+        else:
+            print(f"{args.email} has the role {args.role} already; nothing changed")
+    else:
+        _rotate(config)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "device":
-        configure("warning", "text")
-        return device_cli.run(args)
     try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(f"yggdrasil: {exc.message}", file=sys.stderr)
-        return 2
-    configure(config.log.level, config.log.format)
-    if args.command in _admin_cli.COMMANDS:
-        return _admin_cli.run(args, config)
-    try:
-        if args.command == "serve":
-            trio.run(_serve, config)
-        elif args.command == "migrate":
-            applied = trio.run(_migrate, config)
-            print(f"applied {len(applied)} migration(s): {applied}" if applied else "up to date")
-        elif args.command == "admin":
-            user_id = trio.run(_grant, config, args.email, args.role)
-            print(
-                f"{args.email} ({user_id}) now has the role {args.role}; their tokens were revoked"
-            )
-        else:
-            old, new = rotate_signing_key(config.data_path)
-            print(f"new signing key {new}; key {old} is retired and still verifies its tokens")
-            print("restart the server to sign with the new key")
-    except ConfigError as exc:
-        log.error("%s", exc.message)
-        return 2
-    except NotFound:
-        log.error("no such user")
-        return 1
-    except StoreUnavailable as exc:
-        log.error("store unavailable: %s", exc.message)
-        return 1
-    except Escalated as exc:
-        log.error("giving up: %s", exc)
-        return 1
+        return _run(args)
     except KeyboardInterrupt:
         return 130
-    return 0
+    except Exception as exc:
+        failure = sole_exception(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(failure, KeyboardInterrupt):
+            return 130
+        if args.debug:
+            traceback.print_exception(failure)
+        line, status = describe(failure)
+        print(f"yggdrasil: {' '.join(line.split())}", file=sys.stderr, flush=True)
+        return status
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """One line for a failure, and the exit status: 2 for configuration errors, else 1."""
+    match exc:
+        case ConfigError():
+            return exc.message, 2
+        case StoreUnavailable():
+            return f"store unavailable: {exc.message}", 1
+        case YggdrasilError():
+            return exc.message, 1
+        case Escalated():
+            cause = exc.__cause__
+            return f"giving up: {exc}" + (f": {_one_line(cause)}" if cause else ""), 1
+        case OSError() if exc.strerror:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"{exc.strerror.lower()}{where}", 1
+    return f"unexpected error: {_one_line(exc)} (--debug shows the traceback)", 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def run() -> None:

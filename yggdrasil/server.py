@@ -27,6 +27,7 @@ the new store (through the :class:`DomainHandle`, which raises ``StoreUnavailabl
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -48,17 +49,17 @@ from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._domain import DomainHandle, store_child
-from ._errors import ConfigError, sole_exception
+from ._errors import ConfigError, ListenError, sole_exception
 from ._hashing import configure as configure_hashing
 from ._logging import set_instance
-from ._mail import Mailer, mail_child
+from ._mail import Mailer, mail_child, parse_smtp_url
 from ._metrics import Metrics
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
-from .store import check_database
+from .store import PostgresDatabase, check_database
 from .turn import TurnService, check_addresses, turn_child
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,59 @@ def check(config: Config) -> None:
                 "bus.url needs database.url: the instances of a cluster share one PostgreSQL"
             )
     check_addresses(config.turn)
+    if config.mail.smtp_url:
+        parse_smtp_url(config.mail.smtp_url)
+
+
+def _listeners(config: Config) -> list[tuple[str, int, socket.SocketKind]]:
+    """Every listener's (name, port, kind) that binds ``server.host`` at start-up."""
+    found = [
+        ("API", config.api.port, socket.SOCK_STREAM),
+        ("gateway", config.gateway.port, socket.SOCK_STREAM),
+        ("TURN", config.turn.port, socket.SOCK_DGRAM),
+        ("TURN", config.turn.port, socket.SOCK_STREAM),
+    ]
+    if config.turn.tls_cert_file and config.turn.tls_key_file:
+        found.append(("TURN over TLS", config.turn.tls_port, socket.SOCK_STREAM))
+    return found
+
+
+def check_listeners(config: Config) -> None:
+    """Bind each listener's address for a moment, before anything starts: a port in use is
+    :class:`ListenError` naming the listener and its address; a host that is not this
+    machine's, or two listeners on one port, :class:`ConfigError`. Port 0 (any free port)
+    always binds."""
+    host = config.server.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    taken: dict[tuple[socket.SocketKind, int], str] = {}
+    for name, port, kind in _listeners(config):
+        if port == 0:
+            continue
+        other = taken.setdefault((kind, port), name)
+        if other != name:
+            raise ConfigError(f"the {other} and the {name} are both configured on port {port}")
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        if name.startswith("TURN"):  # STUN/TURN listens on UDP and TCP
+            where += " (UDP)" if kind == socket.SOCK_DGRAM else " (TCP)"
+        try:
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    # as the listeners do: a closed connection's TIME_WAIT does not count
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                if kind == socket.SOCK_STREAM:
+                    probe.listen()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"the {name} port {where} is in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(
+                    f"server.host {host} is not an address of this machine"
+                    f" (the {name} cannot bind {where})"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise ListenError(f"the {name} may not bind {where}: permission denied") from None
+            raise ListenError(f"the {name} cannot bind {where}: {exc.strerror}") from None
 
 
 def prepare_data_dir(config: Config) -> Path:
@@ -219,20 +273,27 @@ async def serve(
 ) -> None:
     """Run one instance until ``stop`` is set, then shut down gracefully.
 
-    Raises :class:`ConfigError` before starting anything if the configuration cannot run, and
-    ``actors.Escalated`` if the tree gives up.
+    Raises :class:`ConfigError` before starting anything if the configuration cannot run
+    (PostgreSQL refusing the database or role included), :class:`ListenError` if a port is in
+    use, and ``actors.Escalated`` if the tree gives up.
     """
     check(config)
-    instance_id = _instance_id(config)
-    set_instance(instance_id)
-    log.info("yggdrasil %s starting, instance %s", VERSION, instance_id)
-    data_dir = prepare_data_dir(config)
-    secrets = load_or_create(data_dir)
+    check_listeners(config)
 
     async def run_tree() -> None:
         # asyncpg and nats-py run on a loop thread of their own (the bridge); aiortc's WebRTC
         # objects on trio-asyncio, inside trio's loop.
         async with open_asyncio_thread() as bridge:
+            if config.database.url:  # a missing database or role is reported before all else
+                await PostgresDatabase.check_access(
+                    config.database.url,
+                    bridge,
+                    timeout_s=min(config.database.query_timeout_s, 5.0),
+                )
+            instance_id = _instance_id(config)
+            set_instance(instance_id)
+            log.info("yggdrasil %s starting, instance %s", VERSION, instance_id)
+            secrets = load_or_create(prepare_data_dir(config))
             root, services = build(config, secrets, instance_id, bridge)
             try:
                 async with trio.open_nursery() as nursery:

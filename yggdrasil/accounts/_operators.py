@@ -9,7 +9,7 @@ from .._ids import now_ms
 from ..devices import Device, devices_of_user
 from ..store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
 from ._operator_tools import OperatorTools
-from ._revocations import revoke_user_tokens
+from ._revocations import revoke_account_tokens, revoke_user_tokens
 from ._users import User, _user
 
 
@@ -71,23 +71,31 @@ class Operators(OperatorTools):
 
         return await self.db.write(work)
 
-    async def grant_role(self, email: str, role: Literal["user", "operator"]) -> User:
-        """For the command line (``yggdrasil admin grant``): there is no API to become operator."""
+    async def grant_role(self, email: str, role: Literal["user", "operator"]) -> bool:
+        """For the command line (``yggdrasil admin grant``): there is no API to become operator.
 
-        async def work(tx: Tx) -> Row:
-            changed = await tx.execute(
-                "UPDATE users SET role = $2, updated_at = $3 WHERE email = $1",
-                email.strip().lower(),
-                role,
-                now_ms(),
+        Whether the role changed; :class:`NotFound` for an unknown address. A change revokes the
+        user's own tokens (they carry the role) and not their devices': a device acts only as
+        itself, whatever its user's role, so its sessions stay up."""
+        address = email.strip().lower()
+
+        async def work(tx: Tx) -> bool:
+            row = await tx.fetchrow(
+                "SELECT user_id, role FROM users WHERE email = $1 AND status != 'deleted'", address
             )
-            if changed != 1:
+            if row is None:
                 raise NotFound()
-            row = await tx.fetchrow("SELECT * FROM users WHERE email = $1", email.strip().lower())
-            assert row is not None
-            # Tokens carry the role: the old ones must not outlive the change.
-            await revoke_user_tokens(tx, row["user_id"], now_ms())
+            if row["role"] == role:
+                return False
+            at = now_ms()
+            await tx.execute(
+                "UPDATE users SET role = $2, updated_at = $3 WHERE user_id = $1",
+                row["user_id"],
+                role,
+                at,
+            )
+            await revoke_account_tokens(tx, row["user_id"], at)
             await append_audit(tx, "cli", f"admin.grant_{role}", row["user_id"])
-            return row
+            return True
 
-        return _user(await self.db.write(work))
+        return await self.db.write(work)

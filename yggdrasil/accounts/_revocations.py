@@ -45,3 +45,17 @@ async def revoke_user_tokens(tx: Tx, user_id: str, at: int) -> None:
     )
     await set_revocation(tx, f"user:{user_id}", at)
     await append_audit(tx, "system", "token.revoke", f"user:{user_id}")
+
+
+async def revoke_account_tokens(tx: Tx, user_id: str, at: int) -> None:
+    """The user's own tokens (signed in without a device), as of ``at``; their devices keep
+    theirs. For a role change: the role is in the user's tokens, while a device's token acts
+    only as that device, whatever the role."""
+    await tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = $2"
+        " WHERE user_id = $1 AND device_id IS NULL AND revoked_at IS NULL",
+        user_id,
+        at,
+    )
+    await set_revocation(tx, f"account:{user_id}", at)
+    await append_audit(tx, "system", "token.revoke", f"account:{user_id}")

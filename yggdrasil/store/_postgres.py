@@ -28,7 +28,7 @@ import asyncpg
 import trio
 
 from .._asyncio_thread import AsyncioThread
-from .._errors import StoreUnavailable, UniqueViolation
+from .._errors import ConfigError, StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
 )
+
+
+# Answers that no retry changes: the URL names a database or role that is not there, or the
+# password is wrong. They are configuration errors, reported at once.
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.ClientConfigurationError,
+)
+
+
+def _refused(url: str, exc: BaseException) -> ConfigError:
+    """``PostgreSQL at postgresql://user@host/db: database "db" does not exist``; never the
+    password."""
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
+        return ConfigError(f"database.url {_redact(url)} is not a valid PostgreSQL URL: {exc}")
+    return ConfigError(f"PostgreSQL at {_redact(url)}: {exc}")
 
 
 class _PostgresTx:
@@ -108,9 +125,28 @@ class PostgresDatabase:
 
         try:
             pool = await bridge.run(create)
+        except _REFUSED as exc:
+            raise _refused(url, exc) from None
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
         return cls(pool, url, query_timeout_s, bridge)
+
+    @staticmethod
+    async def check_access(url: str, bridge: AsyncioThread, *, timeout_s: float) -> None:
+        """One connection, closed at once: :class:`ConfigError` if the server refuses the
+        database, role or password of ``url``. An unreachable server passes (opening the
+        store retries it)."""
+
+        async def connect() -> None:
+            connection = await asyncpg.connect(url, timeout=timeout_s)
+            await connection.close(timeout=timeout_s)
+
+        try:
+            await bridge.run(connect)
+        except _REFUSED as exc:
+            raise _refused(url, exc) from None
+        except _UNAVAILABLE:
+            pass
 
     async def read(self, work: Work[T]) -> T:
         return await self._run(self._read_unit, work)
