@@ -233,6 +233,20 @@ class OidcConfig(_Section, frozen=True):
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    access: bool = True
+    """One line per HTTP request of the API (method, path, status, duration, client)."""
+
+
+class OperatorConfig(_Section, frozen=True):
+    """The operator listener: ``/metrics`` for Prometheus, apart from the public API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Loopback by default, whatever ``server.host`` is: metrics are for operators only."""
+    port: Port = 9464
+    token: str = ""
+    """When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (a listener reachable
+    beyond the host)."""
 
 
 class Config(_Section, frozen=True):
@@ -247,6 +261,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
 
     @property
     def data_path(self) -> Path:
@@ -265,6 +280,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "limits": LimitsConfig,
     "oidc": OidcConfig,
     "log": LogConfig,
+    "operator": OperatorConfig,
 }
 
 

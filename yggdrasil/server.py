@@ -3,6 +3,7 @@
 ::
 
     root (rest_for_one)
+    ├── operator         /metrics on a listener of its own (loopback by default), if enabled
     ├── mail             delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
     ├── store            opens SQLite or PostgreSQL, applies migrations, fills the domain handle
     ├── bus              the router's link to other instances: NATS, or in-process for a single one
@@ -39,7 +40,7 @@ import trio
 import trio_asyncio
 
 from actors import ChildSpec, Codec, Placement, Router, Strategy, Supervisor
-from api import ApiServer, api_server
+from api import ApiServer, OperatorServer, api_server, operator_server
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, gateway_child, network_actors
 
@@ -80,6 +81,8 @@ class Services:
     turn: TurnService
     gateway: Gateway
     api: ApiServer
+    operator: OperatorServer | None = None
+    """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,12 @@ class Running:
     @property
     def gateway_url(self) -> str:
         return self.services.gateway.url
+
+    @property
+    def operator_url(self) -> str:
+        """Where ``/metrics`` is served (empty when the operator listener is disabled)."""
+        operator = self.services.operator
+        return "" if operator is None else operator.url
 
 
 def check(config: Config) -> None:
@@ -170,11 +179,18 @@ def build(
         webrtc=gateway.accept_webrtc,
     )
     networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    operator = operator_server(config, metrics)
 
     grace = config.server.grace_s
+    # The operator listener comes first: metrics are there while the store is still connecting,
+    # and a restart of the store leaves it alone.
+    operator_children = (
+        [] if operator is None else [ChildSpec("operator", operator.serve, graceful=True)]
+    )
     root = Supervisor(
         "root",
         [
+            *operator_children,
             mail_child(mailer),
             store_child(
                 domain,
@@ -206,7 +222,18 @@ def build(
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
-        config, secrets, metrics, router, tokens, mailer, domain, revocations, turn, gateway, api
+        config,
+        secrets,
+        metrics,
+        router,
+        tokens,
+        mailer,
+        domain,
+        revocations,
+        turn,
+        gateway,
+        api,
+        operator,
     )
     return root, services
 
