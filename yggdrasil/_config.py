@@ -241,9 +241,11 @@ class OperatorConfig(_Section, frozen=True):
     """The operator listener: ``/metrics`` for Prometheus, apart from the public API."""
 
     enabled: bool = True
+    """Serve the operator listener; false: no listener and no metrics endpoint at all."""
     host: str = "127.0.0.1"
     """Loopback by default, whatever ``server.host`` is: metrics are for operators only."""
     port: Port = 9464
+    """0 picks a free port. Not 9090, which is Prometheus's own."""
     token: str = ""
     """When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (a listener reachable
     beyond the host)."""
