@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 from quart import Response, g, request
-from quart_schema import Info, QuartSchema, document_response, hide, tag, validate_response
+from quart_schema import Info, QuartSchema, document_response, tag, validate_response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -31,8 +31,6 @@ from ._errors import ErrorBody
 from ._json import BoundedJSONProvider
 from ._openapi import CompleteOpenAPIProvider
 from ._scopes import check_routes
-
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
@@ -159,12 +157,6 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             await domain.store.db.ping()
             return Ready("ready", domain.store.db.dialect)
         raise StoreUnavailable("the data store did not answer in time")
-
-    @app.get("/metrics")
-    @hide
-    async def metrics() -> Response:
-        """Prometheus text exposition: process, HTTP, actors, supervisors."""
-        return Response(ctx.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     check_routes((rule.rule, rule.methods or ()) for rule in app.url_map.iter_rules())
     return app

@@ -75,15 +75,7 @@ class Guard:
         """The client's address: the socket peer, or - behind a trusted proxy - the nearest
         address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
         peer = request.remote_addr or "unknown"
-        if not self._proxies or not _inside(peer, self._proxies):
-            return peer
-        hops = [
-            h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()
-        ]
-        for hop in reversed(hops):
-            if not _inside(hop, self._proxies):
-                return hop
-        return peer
+        return client_address(peer, request.headers.get("X-Forwarded-For", ""), self._proxies)
 
     def authorize(
         self, method: str, rule: str, path_args: Mapping[str, Any], network_id: str | None
@@ -155,7 +147,22 @@ class Guard:
         return self._domain.get()
 
 
-def _inside(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def client_address(peer: str, forwarded_for: str, proxies: Networks) -> str:
+    """``peer``, or - when it is one of the trusted ``proxies`` - the nearest address of the
+    ``X-Forwarded-For`` header ``forwarded_for`` that is not itself a trusted proxy."""
+    if not proxies or not _inside(peer, proxies):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _inside(hop, proxies):
+            return hop
+    return peer
+
+
+def _inside(address: str, networks: Networks) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -56,7 +56,6 @@ ROUTES: dict[tuple[str, str], Access] = {
     # operations and documents
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/"): PUBLIC,
     ("GET", "/docs"): PUBLIC,

@@ -90,7 +90,7 @@ def start_server(
     """``yggdrasil serve`` on a data directory, every listener on a free port, logging JSON to
     ``log_path``; returns the process and each listener's URL once the API and the gateway
     listen (``RuntimeError`` with the log if it stops first). ``YGG_`` variables of this process
-    are not passed on: only ``env``'s."""
+    are not passed on: only ``env``'s (the operator listener is on a free port too)."""
     import json
     import os
     import time
@@ -101,7 +101,7 @@ def start_server(
             serve_command(data_dir, *args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**clean, **(env or {})},
+            env={**clean, "YGG_OPERATOR_PORT": "0", **(env or {})},
             preexec_fn=raise_fd_limit,
         )
     urls: dict[str, str] = {}

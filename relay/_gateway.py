@@ -188,12 +188,14 @@ class Gateway:
     async def _handle(self, request: WebSocketRequest) -> None:
         if not self._origin_allowed(request):
             self.rejected += 1
+            _refused(403, "origin not allowed")
             await request.reject(403, body=_error_body("forbidden", "origin not allowed"))
             return
         try:
             principal = self._authenticate(request)
         except InvalidToken as exc:
             self.rejected += 1
+            _refused(401, exc.message)
             await request.reject(
                 401,
                 extra_headers=[(b"www-authenticate", b'Bearer error="invalid_token"')],
@@ -202,12 +204,14 @@ class Gateway:
             return
         if principal.device_id is None or principal.network_id is None:
             self.rejected += 1
+            _refused(403, "not a device's token")
             await request.reject(
                 403, body=_error_body("forbidden", "only a device's token opens a session")
             )
             return
         if self._per_user[principal.user_id] >= self.config.max_sessions_per_user:
             self.rejected += 1
+            _refused(429, "too many sessions for this account")
             await request.reject(
                 429, body=_error_body("rate_limited", "too many sessions for this account")
             )
@@ -216,11 +220,14 @@ class Gateway:
         self.accepted += 1
         self._per_user[principal.user_id] += 1
         try:
-            await self._run(ws, principal, MAX_FRAME_BYTES)
+            await self._run(ws, principal, MAX_FRAME_BYTES, "websocket")
         finally:
             self._release(principal)
 
-    async def _run(self, transport: Transport, principal: Principal, max_frame_bytes: int) -> None:
+    async def _run(
+        self, transport: Transport, principal: Principal, max_frame_bytes: int, kind: str
+    ) -> None:
+        """Run one session on ``transport`` (a ``kind``: websocket or webrtc) to its end."""
         assert principal.network_id is not None
         network_id = principal.network_id
         quota, count = self._quotas.get(network_id) or (
@@ -238,6 +245,18 @@ class Gateway:
             max_frame_bytes=max_frame_bytes,
         )
         self.sessions[session.session_id] = session
+        log.info(
+            "session=%s device=%s connected over %s",
+            session.session_id,
+            session.device_id,
+            kind,
+            extra={
+                "session": session.session_id,
+                "device": session.device_id,
+                "network": network_id,
+                "transport": kind,
+            },
+        )
         try:
             await session.serve(self.router)
         except Exception:
@@ -345,12 +364,19 @@ class Gateway:
                 log.info("webrtc negotiation for a device ended: %s", exc.reason)
                 return
             self.accepted += 1
-            await self._run(transport, principal, transport.max_message_bytes)
+            await self._run(transport, principal, transport.max_message_bytes, "webrtc")
         finally:
             if services is not None:
                 for host, port in endpoints:
                     services.discard_service(host, port)
             self._release(principal)
+
+
+def _refused(status: int, why: str) -> None:
+    """One line per refused handshake: the status and why, never the token."""
+    log.info(
+        "device handshake refused with %d: %s", status, why, extra={"status": status, "why": why}
+    )
 
 
 def gateway_child(gateway: Gateway, host: str, port: int, *, shutdown_s: float) -> ChildSpec:

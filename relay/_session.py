@@ -241,6 +241,19 @@ class DeviceSession(Actor):
     def interrupt(self, envelope: Envelope) -> None:
         match envelope.body:
             case Replace(session_id=session_id) if session_id != self.session_id:
+                if not self._closing:
+                    log.info(
+                        "session=%s device=%s replaced by session=%s",
+                        self.session_id,
+                        self.device_id,
+                        session_id,
+                        extra={
+                            "session": self.session_id,
+                            "device": self.device_id,
+                            "network": self.network_id,
+                            "replaced_by": session_id,
+                        },
+                    )
                 self.close(CLOSE_REPLACED, "replaced by a new session")
             case Revoke():
                 self.close(CLOSE_REVOKED, "revoked")
@@ -277,11 +290,21 @@ class DeviceSession(Actor):
                         await self.transport.send_message(encode(self._last))
                 await self.transport.aclose(self.close_code, self.close_reason)
             self.closed.set()
+            # A device's own close reason is its text: one line, whatever it holds.
+            reason = "".join(c if c.isprintable() else "?" for c in self.close_reason)
             log.info(
-                "session=%s device closed code=%d reason=%s",
+                "session=%s device=%s disconnected code=%d reason=%s",
                 self.session_id,
+                self.device_id,
                 self.close_code,
-                self.close_reason,
+                reason,
+                extra={
+                    "session": self.session_id,
+                    "device": self.device_id,
+                    "network": self.network_id,
+                    "code": self.close_code,
+                    "reason": reason,
+                },
             )
 
     async def _hello(self) -> None:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from benchmarks._harness import serve_command
@@ -26,6 +27,7 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
     overrides.setdefault("api", {})["port"] = 0
     overrides.setdefault("gateway", {})["port"] = 0
     overrides.setdefault("turn", {})["port"] = 0
+    overrides.setdefault("operator", {})["port"] = 0
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     config = load_config(overrides=overrides)
@@ -38,6 +40,14 @@ async def running_server(data_dir: Path, **sections: Mapping[str, Any]) -> Async
             yield running
         finally:
             stop.set()
+
+
+async def scrape(running: Running) -> str:
+    """The instance's ``/metrics``, from its operator listener."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{running.operator_url}/metrics")
+    response.raise_for_status()
+    return response.text
 
 
 class ServerProcess:
@@ -53,6 +63,17 @@ class ServerProcess:
     @property
     def gateway_url(self) -> str:
         return self.urls["gateway"]
+
+    @property
+    def operator_url(self) -> str:
+        """The operator listener (``/metrics``)."""
+        return self.urls["operator"]
+
+    def metrics(self) -> str:
+        """``/metrics``, from the operator listener."""
+        response = httpx.get(f"{self.operator_url}/metrics", timeout=10)
+        response.raise_for_status()
+        return response.text
 
     def log(self) -> list[dict[str, Any]]:
         entries = []
@@ -72,11 +93,12 @@ class ServerProcess:
 def server_process(
     data_dir: Path, *extra: str, env: Mapping[str, str] | None = None, start_timeout_s: float = 30
 ) -> Iterator[ServerProcess]:
-    """``yggdrasil serve --api-port 0`` as a subprocess; waits for its API and gateway to
-    listen."""
+    """``yggdrasil serve --api-port 0`` as a subprocess (its operator listener on port 0 too,
+    unless ``env`` says otherwise); waits for its API and gateway to listen."""
     log_path = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
     command = serve_command(data_dir, *extra)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    environment["YGG_OPERATOR_PORT"] = "0"
     environment.update(env or {})
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import running_server
+from tests.servers import running_server, scrape
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -30,7 +30,7 @@ async def test_health_ready_metrics_openapi(data_dir: Path) -> None:
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "store": "sqlite"}
 
-        metrics = await http.get("/metrics")
+        metrics = await http.get(f"{running.operator_url}/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
         text = metrics.text
@@ -64,7 +64,7 @@ async def test_errors_have_one_shape(data_dir: Path) -> None:
         assert_error(not_allowed, 405, "method_not_allowed")
         assert "GET" in not_allowed.headers["allow"]
         assert_error(await http.post("/healthz", content=b"x" * 4096), 413, "payload_too_large")
-        metrics = (await http.get("/metrics")).text
+        metrics = await scrape(running)
         assert 'route="unmatched",status="404"' in metrics
 
 

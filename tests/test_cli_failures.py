@@ -111,6 +111,27 @@ async def test_a_port_in_use_names_the_listener_and_its_address(
     assert not data.exists()  # found before anything was written
 
 
+async def test_the_operator_port_in_use_is_named_too(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with occupied(socket.SOCK_STREAM) as port:
+        line = await fails(
+            "serve", "--data-dir", str(data), *FREE_PORTS, status=1,
+            env={"YGG_OPERATOR_PORT": str(port)},
+        )  # fmt: skip
+    assert line == f"yggdrasil: the operator listener port 127.0.0.1:{port} is in use"
+    assert not data.exists()
+
+
+async def test_an_operator_host_that_is_no_address_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    line = await fails(
+        "serve", "--data-dir", str(tmp_path / "d"), *FREE_PORTS, status=2,
+        env={"YGG_OPERATOR_HOST": "metrics.example"},
+    )  # fmt: skip
+    assert "operator.host must be an IP address" in line
+
+
 async def test_two_listeners_on_one_port_are_a_configuration_error(tmp_path: Path) -> None:
     port = str(closed_port())
     line = await fails(

@@ -48,7 +48,8 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
         with httpx.Client(base_url=server.api_url, timeout=10) as http:
             assert http.get("/healthz").json() == {"status": "ok"}
             assert http.get("/readyz").json() == {"status": "ready", "store": "sqlite"}
-            assert "yggdrasil_http_requests_total" in http.get("/metrics").text
+            assert http.get("/metrics").status_code == 404  # operators only, on their listener
+            assert "yggdrasil_http_requests_total" in server.metrics()
             assert "/healthz" in http.get("/openapi.json").json()["paths"]
         user_id = add_user(data_dir, "kept@example.org")  # a write while the server runs
         started = time.monotonic()
@@ -56,7 +57,7 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
         assert time.monotonic() - started < 10
         messages = [entry.get("msg", "") for entry in server.log()]
         listening = [e for e in server.log() if "listening on" in str(e.get("msg", ""))]
-        assert sorted(e["listener"] for e in listening) == ["api", "gateway", "turn"]
+        assert sorted(e["listener"] for e in listening) == ["api", "gateway", "operator", "turn"]
         assert all(not e["url"].endswith(":0") for e in listening)
         assert any("received SIGTERM" in m for m in messages)
         assert messages[-1] == "yggdrasil stopped"

@@ -98,8 +98,8 @@ EXPORTS: dict[str, set[str]] = {
         "Urgent", "actor_spec", "anyone", "is_urgent",
     },
     "api": {
-        "ApiContext", "ApiServer", "ErrorBody", "ErrorDetail", "api_server", "create_app",
-        "error_response", "serve_api",
+        "ApiContext", "ApiServer", "ErrorBody", "ErrorDetail", "OperatorServer", "api_server",
+        "create_app", "create_operator_app", "error_response", "operator_server", "serve_api",
     },
     "yggdrasil": {
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",

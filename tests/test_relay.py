@@ -31,7 +31,7 @@ from relay.protocol import (
 )
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
-from tests.servers import running_server
+from tests.servers import running_server, scrape
 from yggdrasil import network_address
 from yggdrasil.server import Running
 
@@ -280,5 +280,5 @@ async def test_network_actors_start_on_first_use_and_stop_when_idle(data_dir: Pa
             while router.is_local(network):  # noqa: ASYNC110 - the actor stops on its own timer
                 await trio.sleep(0.05)
         assert router.statistics().activated == 1
-        metrics = (await http.get("/metrics")).text
+        metrics = await scrape(running)
         assert "yggdrasil_gateway_sessions_accepted_total 1.0" in metrics

@@ -19,7 +19,7 @@ from wsproto.events import Request as WsRequest
 from relay.protocol import Ack, Deliver, Hello, Nack, Send, encode
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import close_code, raw_device
-from tests.servers import running_server
+from tests.servers import running_server, scrape
 
 
 @asynccontextmanager
@@ -228,7 +228,7 @@ async def test_slow_readers_are_bounded_in_bytes_and_the_furthest_behind_is_shed
             # Throttled first: the stalled devices were refused at their own bound.
             assert "overloaded" in outcome.values()
             assert gateway.queued.shed == 1
-            metrics = (await http.get("/metrics")).text
+            metrics = await scrape(running)
             assert "yggdrasil_gateway_sessions_shed_total 1.0" in metrics
             assert peak <= total
             for session in gateway.sessions.values():

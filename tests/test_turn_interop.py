@@ -143,7 +143,7 @@ def test_uclient_relays_through_yggdrasil_without_loss(
         assert code == 0, output[-2000:]
         assert received(output) == (500, 500)
         assert "Total lost packets 0 (0.000000%)" in output
-        metrics = httpx.get(f"{server.api_url}/metrics").text
+        metrics = server.metrics()
         assert re.search(r"yggdrasil_turn_allocations_created_total [1-9]", metrics)
         assert server.terminate() == 0
 
@@ -177,7 +177,7 @@ def test_the_deny_list_keeps_relays_off_loopback(tmp_path: Path, peer: int) -> N
     with turn_server(tmp_path, turn_port, allow_loopback=False) as server:
         code, output = uclient(turn_port, peer)
         assert code != 0 or received(output)[1] == 0  # nothing reached the loopback peer
-        metrics = httpx.get(f"{server.api_url}/metrics").text
+        metrics = server.metrics()
         assert re.search(r"yggdrasil_turn_refused_peers_total [1-9]", metrics)
 
 

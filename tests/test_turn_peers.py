@@ -25,7 +25,7 @@ from stun_turn import (
     unpack_error_code,
 )
 from tests.clients import RELAXED_LIMITS, device, sign_in
-from tests.servers import running_server
+from tests.servers import running_server, scrape
 
 REFUSED = [
     "192.0.0.100",  # IETF protocol assignments: relayed before this list was data
@@ -119,7 +119,7 @@ async def test_a_device_cannot_open_its_relay_towards_special_addresses(data_dir
             assert answers == dict.fromkeys(REFUSED, 403)
             # The same relay may reach a public address (a permission sends nothing to it).
             assert await client.permit("8.8.8.8") == 200
-        metrics = (await http.get("/metrics")).text
+        metrics = await scrape(running)
         refused = re.search(r"yggdrasil_turn_refused_peers_total (\d+)", metrics)
         assert refused is not None
         assert int(refused.group(1)) >= len(REFUSED)

@@ -22,7 +22,7 @@ from wsproto.events import Request as WsRequest
 from relay._wsguard import FrameScanner, Violation
 from relay.protocol import Hello, Welcome, decode_server_frame, encode
 from tests.clients import RELAXED_LIMITS, device, sign_in
-from tests.servers import running_server
+from tests.servers import running_server, scrape
 
 HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
 LIMIT = 1024 * 1024
@@ -211,5 +211,5 @@ async def test_the_gateway_fails_a_violating_client_at_once(
         # The device's session ended with the connection, and it can come back.
         async with upgraded(running.gateway_url, phone.session["access_token"]):
             pass
-        metrics = (await http.get("/metrics")).text
+        metrics = await scrape(running)
         assert "yggdrasil_gateway_protocol_violations_total 1.0" in metrics

@@ -234,6 +234,22 @@ class OidcConfig(_Section, frozen=True):
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    access: bool = True
+    """One line per HTTP request of the API (method, path, status, duration, client)."""
+
+
+class OperatorConfig(_Section, frozen=True):
+    """The operator listener: ``/metrics`` for Prometheus, apart from the public API."""
+
+    enabled: bool = True
+    """Serve the operator listener; false: no listener and no metrics endpoint at all."""
+    host: str = "127.0.0.1"
+    """Loopback by default, whatever ``server.host`` is: metrics are for operators only."""
+    port: Port = 9464
+    """0 picks a free port. Not 9090, which is Prometheus's own."""
+    token: str = ""
+    """When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (a listener reachable
+    beyond the host)."""
 
 
 class Config(_Section, frozen=True):
@@ -248,6 +264,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
 
     @property
     def data_path(self) -> Path:
@@ -266,6 +283,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "limits": LimitsConfig,
     "oidc": OidcConfig,
     "log": LogConfig,
+    "operator": OperatorConfig,
 }
 
 
@@ -372,13 +390,13 @@ def _error(exc: msgspec.ValidationError) -> ConfigError:
 
 def _check_values(config: Config) -> None:
     """What a type cannot say: addresses, networks and credentials that must parse."""
-    try:
-        ipaddress.ip_address(config.server.host)
-    except ValueError:
-        raise ConfigError(
-            "server.host must be an IP address (0.0.0.0 or :: for every interface),"
-            f" not {config.server.host!r}"
-        ) from None
+    for key, host in (("server.host", config.server.host), ("operator.host", config.operator.host)):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{key} must be an IP address (0.0.0.0 or :: for every interface), not {host!r}"
+            ) from None
     for key, networks in (
         ("api.trusted_proxies", config.api.trusted_proxies),
         ("turn.allow_peers", config.turn.allow_peers),

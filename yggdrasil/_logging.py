@@ -67,7 +67,8 @@ def configure(level: str = "info", fmt: str = "text") -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Access logs repeat what /metrics counts; hypercorn's errors still come through.
-    # hypercorn's "Running on" repeats our own listener line.
+    # The API's access log is ours (logger "api.access", with the fields of every other line);
+    # hypercorn's own stays quiet, its errors still come through. hypercorn's "Running on"
+    # repeats our own listener line.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 ::
 
     root (rest_for_one)
+    ├── operator         /metrics on a listener of its own (loopback by default), if enabled
     ├── mail             delivers queued e-mail (SMTP, or files in <data-dir>/outbox)
     ├── store            opens SQLite or PostgreSQL, applies migrations, fills the domain handle
     ├── bus              the router's link to other instances: NATS, or in-process for a single one
@@ -40,7 +41,7 @@ import trio
 import trio_asyncio
 
 from actors import ChildSpec, Codec, Placement, Router, Strategy, Supervisor
-from api import ApiServer, api_server
+from api import ApiServer, OperatorServer, api_server, operator_server
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, gateway_child, network_actors
 
@@ -81,6 +82,8 @@ class Services:
     turn: TurnService
     gateway: Gateway
     api: ApiServer
+    operator: OperatorServer | None = None
+    """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ class Running:
     @property
     def gateway_url(self) -> str:
         return self.services.gateway.url
+
+    @property
+    def operator_url(self) -> str:
+        """Where ``/metrics`` is served (empty when the operator listener is disabled)."""
+        operator = self.services.operator
+        return "" if operator is None else operator.url
 
 
 def check(config: Config) -> None:
@@ -111,36 +120,41 @@ def check(config: Config) -> None:
         parse_smtp_url(config.mail.smtp_url)
 
 
-def _listeners(config: Config) -> list[tuple[str, int, socket.SocketKind]]:
-    """Every listener's (name, port, kind) that binds ``server.host`` at start-up."""
+def _listeners(config: Config) -> list[tuple[str, str, int, socket.SocketKind]]:
+    """Every listener's (name, host, port, kind) that binds at start-up."""
+    host = config.server.host
     found = [
-        ("API", config.api.port, socket.SOCK_STREAM),
-        ("gateway", config.gateway.port, socket.SOCK_STREAM),
-        ("TURN", config.turn.port, socket.SOCK_DGRAM),
-        ("TURN", config.turn.port, socket.SOCK_STREAM),
+        ("API", host, config.api.port, socket.SOCK_STREAM),
+        ("gateway", host, config.gateway.port, socket.SOCK_STREAM),
+        ("TURN", host, config.turn.port, socket.SOCK_DGRAM),
+        ("TURN", host, config.turn.port, socket.SOCK_STREAM),
     ]
     if config.turn.tls_cert_file and config.turn.tls_key_file:
-        found.append(("TURN over TLS", config.turn.tls_port, socket.SOCK_STREAM))
+        found.append(("TURN over TLS", host, config.turn.tls_port, socket.SOCK_STREAM))
+    if config.operator.enabled:
+        found.append(
+            ("operator listener", config.operator.host, config.operator.port, socket.SOCK_STREAM)
+        )
     return found
 
 
 def check_listeners(config: Config) -> None:
     """Bind each listener's address for a moment, before anything starts: a port in use is
     :class:`ListenError` naming the listener and its address; a host that is not this
-    machine's, or two listeners on one port, :class:`ConfigError`. Port 0 (any free port)
+    machine's, or two listeners on one address, :class:`ConfigError`. Port 0 (any free port)
     always binds."""
-    host = config.server.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    taken: dict[tuple[socket.SocketKind, int], str] = {}
-    for name, port, kind in _listeners(config):
+    taken: dict[tuple[socket.SocketKind, str, int], str] = {}
+    for name, host, port, kind in _listeners(config):
         if port == 0:
             continue
-        other = taken.setdefault((kind, port), name)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        other = taken.setdefault((kind, host, port), name)
         if other != name:
             raise ConfigError(f"the {other} and the {name} are both configured on port {port}")
         where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         if name.startswith("TURN"):  # STUN/TURN listens on UDP and TCP
             where += " (UDP)" if kind == socket.SOCK_DGRAM else " (TCP)"
+        setting = "operator.host" if name == "operator listener" else "server.host"
         try:
             with socket.socket(family, kind) as probe:
                 if kind == socket.SOCK_STREAM:
@@ -154,7 +168,7 @@ def check_listeners(config: Config) -> None:
                 raise ListenError(f"the {name} port {where} is in use") from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise ConfigError(
-                    f"server.host {host} is not an address of this machine"
+                    f"{setting} {host} is not an address of this machine"
                     f" (the {name} cannot bind {where})"
                 ) from None
             if exc.errno == errno.EACCES:
@@ -224,11 +238,18 @@ def build(
         webrtc=gateway.accept_webrtc,
     )
     networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    operator = operator_server(config, metrics)
 
     grace = config.server.grace_s
+    # The operator listener comes first: metrics are there while the store is still connecting,
+    # and a restart of the store leaves it alone.
+    operator_children = (
+        [] if operator is None else [ChildSpec("operator", operator.serve, graceful=True)]
+    )
     root = Supervisor(
         "root",
         [
+            *operator_children,
             mail_child(mailer),
             store_child(
                 domain,
@@ -260,7 +281,18 @@ def build(
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
-        config, secrets, metrics, router, tokens, mailer, domain, revocations, turn, gateway, api
+        config,
+        secrets,
+        metrics,
+        router,
+        tokens,
+        mailer,
+        domain,
+        revocations,
+        turn,
+        gateway,
+        api,
+        operator,
     )
     return root, services
 
