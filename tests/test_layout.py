@@ -82,6 +82,7 @@ SUBPACKAGES = (
     "relay.client",
     "relay.protocol",
     "yggdrasil.accounts",
+    "yggdrasil.billing",
     "yggdrasil.devices",
     "yggdrasil.networks",
     "yggdrasil.store",
@@ -163,6 +164,7 @@ EXPORTS: dict[str, set[str]] = {
         "seal_audit_forever",
         "to_json",
     },
+    "yggdrasil.billing": set(),
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
         "turn_child",
@@ -298,6 +300,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.devices": {"yggdrasil.networks"},
     "yggdrasil.accounts": {"yggdrasil.networks", "yggdrasil.devices"},
     "yggdrasil.turn": set(),
+    "yggdrasil.billing": set(),
 }
 COMPOSITION = {
     "yggdrasil",

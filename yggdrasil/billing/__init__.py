@@ -1,0 +1,20 @@
+"""Money: the double-entry ledger, idempotent money operations, payment methods and providers,
+webhooks, subscriptions, invoices and payouts.
+
+One room, several parts, each in modules of its own that own their tables and SQL:
+
+- the ledger (``_ledger``, ``_idempotency``): integer cents, balanced postings, immutable
+  entries, holds; every operation one transaction keyed by an idempotency key;
+- payments (``_providers``, ``_sandbox``, ``_stripe``, ``_paypal``, ``_methods``, ``_webhooks``):
+  the payment-provider seam and its implementations, stored payment methods (provider tokens
+  only), webhook verification and deduplication;
+- subscriptions (``_plans``, ``_subscriptions``, ``_usage``, ``_invoices``, ``_renewals``);
+- payouts (``_payouts``): schedules, minimums, KYC, netting.
+
+Accounts of the ledger are named ``user:<user_id>:<kind>`` (balance, held, earnings, payable,
+receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external:<provider>``
+(money entering or leaving through a payment provider); the sum over all accounts is zero after
+every transaction.
+"""
+
+__all__: list[str] = []
