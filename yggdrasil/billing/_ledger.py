@@ -510,8 +510,9 @@ class Ledger:
         status: HoldStatus,
         *,
         key: str | None,
+        now: int | None = None,
     ) -> Hold:
-        at = now_ms()
+        at = now_ms() if now is None else now
         owner = "" if user_id is None else " AND user_id = $4"
         # The reconciliation closes only expired holds; a release closes any open hold.
         when = " AND expires_at < $2" if status == "expired" else ""
@@ -572,9 +573,9 @@ class Ledger:
             ids = await self.db.read(due)
             for hold_id in ids:
 
-                async def expire(tx: Tx, hold_id: str = hold_id) -> bool:
+                async def expire(tx: Tx, hold_id: str = hold_id, at: int = at) -> bool:
                     try:
-                        await self._close(tx, hold_id, None, "expired", key=None)
+                        await self._close(tx, hold_id, None, "expired", key=None, now=at)
                     except (HoldClosed, NotFound, ExceedsHold):
                         return False  # closed meanwhile
                     return True

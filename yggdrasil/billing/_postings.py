@@ -153,7 +153,10 @@ def check_postings(kind: str, postings: list[Posting]) -> None:
             raise UnbalancedPostings("amounts are integer cents")
         if amount == 0 or abs(amount) > MAX_AMOUNT:
             raise UnbalancedPostings(f"a posting of {amount} cents")
-        sign_of(posting.account)
+        try:
+            sign_of(posting.account)
+        except ValueError as exc:
+            raise UnbalancedPostings(str(exc)) from None
     if sum(p.amount for p in postings) != 0:
         raise UnbalancedPostings("the postings do not add up to zero")
     for marker, sign in KIND_RULES.get(kind, ()):
