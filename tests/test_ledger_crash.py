@@ -170,10 +170,13 @@ async def test_sigkill_during_settlements_loses_and_doubles_nothing(
                     )
             for user in users:
                 entries = await all_entries(user)
-                mine = [r for r in sent if r.user is user and r.answer is not None]
-                done = [r for r in mine if r.answer is not None and r.answer[0] in (200, 201)]
-                deposits = {r.answer[1]["transaction_id"] for r in done if "process" in r.path}
-                captures = {r.answer[1]["transaction_id"] for r in done if "capture" in r.path}
+                done = [
+                    (r.path, r.answer[1])
+                    for r in sent
+                    if r.user is user and r.answer is not None and r.answer[0] in (200, 201)
+                ]
+                deposits = {a["transaction_id"] for path, a in done if "process" in path}
+                captures = {a["transaction_id"] for path, a in done if "capture" in path}
                 booked = {e["transaction_id"] for e in entries}
                 assert deposits <= booked
                 assert captures <= booked
@@ -184,8 +187,8 @@ async def test_sigkill_during_settlements_loses_and_doubles_nothing(
                 ) == len(captures)
                 balance = (await user.get("/api/v1/billing/balance")).json()
                 assert balance["held"] == 0
-                paid = sum(r.answer[1]["amount"] for r in done if "process" in r.path)
-                spent = sum(r.answer[1]["amount"] for r in done if "capture" in r.path)
+                paid = sum(a["amount"] for path, a in done if "process" in path)
+                spent = sum(a["amount"] for path, a in done if "capture" in path)
                 assert balance["balance"] == paid - spent
         await trio.to_thread.run_sync(server.terminate)
 
