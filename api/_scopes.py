@@ -92,6 +92,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    # the ledger: the account's own money, never a device's token
+    ("GET", "/api/v1/billing/balance"): ACCOUNT,
+    ("GET", "/api/v1/billing/entries"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds"): ACCOUNT,
+    ("GET", "/api/v1/billing/holds/<hold_id>"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds/<hold_id>/capture"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds/<hold_id>/release"): ACCOUNT,
+    ("POST", "/api/v1/payments/process"): ACCOUNT,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,

@@ -164,7 +164,16 @@ EXPORTS: dict[str, set[str]] = {
         "seal_audit_forever",
         "to_json",
     },
-    "yggdrasil.billing": set(),
+    "yggdrasil.billing": {
+        "KIND_RULES", "MAX_AMOUNT", "SIGN_RULES", "Balances", "Capture", "Cents", "Charge",
+        "Codec", "Collected", "Collector", "Deposit", "Entry", "ExceedsHold", "ExceedsRefundable",
+        "Hold", "HoldClosed", "IdempotencyKeyRequired", "IdempotencyKeyReused",
+        "InsufficientFunds", "InvalidAmount", "Ledger", "LedgerCheck", "Netting", "NettingOff",
+        "Payout", "Posting", "Refund", "SandboxCollector", "UnbalancedPostings", "check_cents",
+        "check_key", "company_account", "compute_cost", "external_account", "fee", "idempotent",
+        "post", "purge_idempotency_keys", "run_once", "sign_of", "split", "stored_answer",
+        "struct_codec", "user_account",
+    },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
         "turn_child",
@@ -388,6 +397,13 @@ TABLE_OWNERS: dict[str, str] = {
     "enrollment_keys": "yggdrasil.accounts",
     "oauth_states": "yggdrasil.accounts",
     "token_revocations": "yggdrasil.accounts",
+    "ledger_transactions": "yggdrasil.billing",
+    "ledger_entries": "yggdrasil.billing",
+    "ledger_balances": "yggdrasil.billing",
+    "ledger_holds": "yggdrasil.billing",
+    "ledger_refundables": "yggdrasil.billing",
+    "ledger_netting": "yggdrasil.billing",
+    "idempotency_keys": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

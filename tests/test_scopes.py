@@ -58,6 +58,13 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/devices/{device_id}"): OWN_DEVICE,
     ("GET", "/api/v1/devices/{device_id}/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/webrtc"): {"device:self"},
+    ("GET", "/api/v1/billing/balance"): ACCOUNT,
+    ("GET", "/api/v1/billing/entries"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds"): ACCOUNT,
+    ("GET", "/api/v1/billing/holds/{hold_id}"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds/{hold_id}/capture"): ACCOUNT,
+    ("POST", "/api/v1/billing/holds/{hold_id}/release"): ACCOUNT,
+    ("POST", "/api/v1/payments/process"): ACCOUNT,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -126,6 +133,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "network_id": ids["home"],
         "user_id": ids["target"],
         "key_id": "ek_none",
+        "hold_id": "hd_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

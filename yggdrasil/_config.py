@@ -252,6 +252,23 @@ class OperatorConfig(_Section, frozen=True):
     beyond the host)."""
 
 
+class LedgerConfig(_Section, frozen=True):
+    """The double-entry ledger: amounts are integer cents of one currency."""
+
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    """ISO 4217 code of the currency every amount is in."""
+    company_fee_bp: Annotated[int, msgspec.Meta(ge=1000, le=1500)] = 1000
+    """The company's share of a marketplace settlement in basis points (1000 = 10 %), rounded
+    half up to a whole cent; the provider earns the rest."""
+    hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 24 * 3600)] = 3600
+    """How long a hold (pre-authorization) stays open; past it, the reconciliation at start-up
+    and every ``reconcile_interval_s`` releases what was not captured."""
+    reconcile_interval_s: Seconds = 60.0
+    """How often expired holds are released and expired idempotency keys removed."""
+    idempotency_ttl_s: Annotated[int, msgspec.Meta(ge=24 * 3600)] = 24 * 3600
+    """How long the answer to a money-moving request is kept for replays (at least a day)."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -265,6 +282,7 @@ class Config(_Section, frozen=True):
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
+    ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
 
     @property
     def data_path(self) -> Path:
@@ -284,6 +302,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "oidc": OidcConfig,
     "log": LogConfig,
     "operator": OperatorConfig,
+    "ledger": LedgerConfig,
 }
 
 

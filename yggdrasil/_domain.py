@@ -25,6 +25,7 @@ from ._errors import StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
+from .billing import Collector, Ledger, SandboxCollector
 from .devices import DeviceStore
 from .networks import NetworkStore
 from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
@@ -73,6 +74,10 @@ class Domain:
     oidc: Oidc
     account_data: AccountData
     operators: Operators
+    ledger: Ledger
+    collector: Collector
+    """Takes money in for ``POST /api/v1/payments/process``: the sandbox (test mode) until a
+    payment provider is configured."""
 
     @classmethod
     def build(
@@ -93,6 +98,8 @@ class Domain:
             oidc=Oidc(accounts, config.oidc),
             account_data=AccountData(db),
             operators=Operators(db),
+            ledger=Ledger(db, config.ledger),
+            collector=SandboxCollector(),
         )
 
 
@@ -141,10 +148,16 @@ def store_child(
         try:
             applied = await migrate(db)
             built = Domain.build(db, tokens, mailer, config, on_revoke=on_revoke)
+            # Holds that expired while no instance ran (a crash in the middle of a settlement)
+            # give their money back before the API answers again.
+            released = await built.ledger.reconcile_holds()
+            if released:
+                log.info("released %d expired holds at start-up", released)
             domain.fill(built)
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
+                nursery.start_soon(built.ledger.maintain_forever)
                 task_status.started()
                 await stopping.wait()
                 nursery.cancel_scope.cancel()
