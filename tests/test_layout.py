@@ -164,7 +164,14 @@ EXPORTS: dict[str, set[str]] = {
         "seal_audit_forever",
         "to_json",
     },
-    "yggdrasil.billing": set(),
+    "yggdrasil.billing": {
+        "MAX_WEBHOOK_BYTES", "MICRO_DEPOSITS_CENTS", "ChargeableMethod", "MethodCheck",
+        "MicroDepositsMismatch", "NewMethod", "NotVerified", "PayPalProvider", "PaymentDeclined",
+        "PaymentError", "PaymentInvalid", "PaymentMethod", "PaymentMethods", "PaymentProvider",
+        "PaymentProviderUnavailable", "Payments", "ProviderCharge", "ProviderPayout",
+        "ProviderRefund", "SandboxProvider", "StripeProvider", "WebhookEvent", "WebhookOutcome",
+        "WebhookRefused", "Webhooks", "card_data_in", "open_providers",
+    },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
         "turn_child",
@@ -388,6 +395,9 @@ TABLE_OWNERS: dict[str, str] = {
     "enrollment_keys": "yggdrasil.accounts",
     "oauth_states": "yggdrasil.accounts",
     "token_revocations": "yggdrasil.accounts",
+    "payment_methods": "yggdrasil.billing",
+    "payment_webhook_events": "yggdrasil.billing",
+    "payment_provider_objects": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

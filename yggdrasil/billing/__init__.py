@@ -17,4 +17,58 @@ receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external
 every transaction.
 """
 
-__all__: list[str] = []
+from ._methods import (
+    ChargeableMethod,
+    MicroDepositsMismatch,
+    NewMethod,
+    NotVerified,
+    PaymentMethod,
+    PaymentMethods,
+    card_data_in,
+)
+from ._payments import Payments, open_providers
+from ._paypal import PayPalProvider
+from ._providers import (
+    MethodCheck,
+    PaymentDeclined,
+    PaymentError,
+    PaymentInvalid,
+    PaymentProvider,
+    PaymentProviderUnavailable,
+    ProviderCharge,
+    ProviderPayout,
+    ProviderRefund,
+)
+from ._sandbox import MICRO_DEPOSITS_CENTS, SandboxProvider
+from ._stripe import StripeProvider
+from ._webhooks import MAX_WEBHOOK_BYTES, WebhookEvent, WebhookOutcome, WebhookRefused, Webhooks
+
+__all__ = [
+    "MAX_WEBHOOK_BYTES",
+    "MICRO_DEPOSITS_CENTS",
+    "ChargeableMethod",
+    "MethodCheck",
+    "MicroDepositsMismatch",
+    "NewMethod",
+    "NotVerified",
+    "PayPalProvider",
+    "PaymentDeclined",
+    "PaymentError",
+    "PaymentInvalid",
+    "PaymentMethod",
+    "PaymentMethods",
+    "PaymentProvider",
+    "PaymentProviderUnavailable",
+    "Payments",
+    "ProviderCharge",
+    "ProviderPayout",
+    "ProviderRefund",
+    "SandboxProvider",
+    "StripeProvider",
+    "WebhookEvent",
+    "WebhookOutcome",
+    "WebhookRefused",
+    "Webhooks",
+    "card_data_in",
+    "open_providers",
+]
