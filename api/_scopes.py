@@ -92,6 +92,16 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    # payments (webhooks: authenticated by the provider's signature over the body)
+    ("GET", "/api/v1/payments/providers"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods/<method_id>"): ACCOUNT,
+    ("DELETE", "/api/v1/payments/methods/<method_id>"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/<method_id>/default"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/<method_id>/verify"): ACCOUNT,
+    ("POST", "/api/v1/payments/webhooks/stripe"): PUBLIC,
+    ("POST", "/api/v1/payments/webhooks/paypal"): PUBLIC,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,

@@ -58,6 +58,15 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/devices/{device_id}"): OWN_DEVICE,
     ("GET", "/api/v1/devices/{device_id}/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/webrtc"): {"device:self"},
+    ("GET", "/api/v1/payments/providers"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods/{method_id}"): ACCOUNT,
+    ("DELETE", "/api/v1/payments/methods/{method_id}"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/{method_id}/default"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/{method_id}/verify"): ACCOUNT,
+    ("POST", "/api/v1/payments/webhooks/stripe"): ANYONE,
+    ("POST", "/api/v1/payments/webhooks/paypal"): ANYONE,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -126,6 +135,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "network_id": ids["home"],
         "user_id": ids["target"],
         "key_id": "ek_none",
+        "method_id": "pm_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)
