@@ -4,13 +4,17 @@ with the same key after timeouts and 5xx, and errors that surface as ours."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import stripe
 import trio
 import trio.lowlevel
 
+from benchmarks._harness import yggdrasil_command
 from tests.fake_http import Fault
 from tests.fake_paypal import CLIENT_ID, CLIENT_SECRET, FakePayPal
 from tests.fake_stripe import FakeStripe
@@ -312,3 +316,45 @@ async def test_a_token_that_expires_is_fetched_again(fake_paypal: FakePayPal) ->
         assert len(fake_paypal.tokens) == 2
     finally:
         await provider.aclose()
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def _cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    environment.update(env)
+    return subprocess.run(
+        [*yggdrasil_command(), *argv], env=environment, capture_output=True, timeout=60
+    )
+
+
+@pytest.mark.slow
+def test_config_show_masks_the_payment_secrets(tmp_path: Path) -> None:
+    secrets = {
+        "YGG_PAYMENTS_STRIPE_SECRET_KEY": "sk_test_do_not_print_1",
+        "YGG_PAYMENTS_STRIPE_WEBHOOK_SECRET": "whsec_do_not_print_2",
+        "YGG_PAYMENTS_PAYPAL_CLIENT_ID": "paypal-client-id",
+        "YGG_PAYMENTS_PAYPAL_CLIENT_SECRET": "do_not_print_3",
+    }
+    shown = _cli("config", "show", "--data-dir", str(tmp_path), env=secrets)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.decode()
+    assert "[payments]" in text
+    assert 'paypal_client_id = "paypal-client-id"' in text
+    for name, value in secrets.items():
+        if "SECRET" in name:
+            assert value not in text
+
+
+@pytest.mark.slow
+def test_a_paypal_id_without_its_secret_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    result = _cli(
+        "serve", "--data-dir", str(tmp_path), env={"YGG_PAYMENTS_PAYPAL_CLIENT_ID": "only-id"}
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "yggdrasil: payments: paypal_client_id and paypal_client_secret go together"
+    ]
