@@ -18,7 +18,7 @@ from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
-TENANT_PARAMS = {"device_id", "key_id", "network_id", "user_id"}
+TENANT_PARAMS = {"device_id", "key_id", "method_id", "network_id", "user_id"}
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
 
 # A valid body for every route with an id that takes one: without it the request would stop at
@@ -28,6 +28,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
     ("put", "/api/v1/networks/{network_id}"): {"name": "pwned"},
     ("put", "/api/admin/networks/{network_id}"): {"name": "pwned"},
+    ("post", "/api/v1/payments/methods/{method_id}/default"): {"purpose": "payer"},
+    ("post", "/api/v1/payments/methods/{method_id}/verify"): {"amounts_cents": [32, 45]},
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -90,6 +92,9 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     http, outbox = world
     alice = await sign_in(http, outbox, "alice@example.org")
     alice_home = (await alice.get("/api/v1/users/me")).json()["home_network_id"]
+    method = await alice.post(
+        "/api/v1/payments/methods", json={"kind": "sepa_debit", "token": "tok_sandbox_sepa"}
+    )
     assert (await alice.post("/api/v1/devices", json=device("laptop"))).status_code == 201
     lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
     await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
@@ -97,6 +102,7 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     alice_ids = {
         "device_id": "laptop",
         "key_id": key.json()["key_id"],
+        "method_id": method.json()["method_id"],
         "network_id": alice_home,
         "user_id": alice.session["user_id"],
     }

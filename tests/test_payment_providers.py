@@ -23,6 +23,7 @@ from yggdrasil.billing import (
     PaymentInvalid,
     PaymentProviderUnavailable,
     PayPalProvider,
+    SandboxProvider,
     StripeProvider,
 )
 
@@ -358,3 +359,42 @@ def test_a_paypal_id_without_its_secret_stops_the_start_in_one_line(tmp_path: Pa
     assert err.strip().splitlines() == [
         "yggdrasil: payments: paypal_client_id and paypal_client_secret go together"
     ]
+
+
+# ------------------------------------------------------------------------------------ sandbox
+
+
+async def test_the_sandbox_pays_declines_and_replays_by_key() -> None:
+    sandbox = SandboxProvider()
+    assert sandbox.test_mode is True
+    held = await sandbox.authorize("tok_sandbox_visa", 5000, "eur", key="hold-1")
+    assert (held.status, held.test_mode) == ("authorized", True)
+    assert await sandbox.authorize("tok_sandbox_visa", 5000, "eur", key="hold-1") == held
+    with pytest.raises(PaymentInvalid):
+        await sandbox.capture(held.reference, 5001, key="hold-1-capture-too-much")
+    captured = await sandbox.capture(held.reference, 3000, key="hold-1-capture")
+    assert (captured.status, captured.captured_cents) == ("succeeded", 3000)
+    assert await sandbox.capture(held.reference, 3000, key="hold-1-capture") == captured
+    with pytest.raises(PaymentInvalid):  # captured once; another key does not capture twice
+        await sandbox.capture(held.reference, 1000, key="hold-1-capture-again")
+    refund = await sandbox.refund(captured.refund_reference, 2000, key="refund-1")
+    assert refund.amount_cents == 2000
+    with pytest.raises(PaymentInvalid):
+        await sandbox.refund(captured.refund_reference, 1001, key="refund-2")
+    other = await sandbox.authorize("tok_sandbox_sepa", 100, "eur", key="hold-2")
+    assert (await sandbox.cancel(other.reference, key="hold-2-cancel")).status == "canceled"
+    charged = await sandbox.charge("tok_sandbox_paypal", 700, "eur", key="charge-1")
+    assert charged.captured_cents == 700
+    assert (await sandbox.payout("tok_sandbox_paypal", 900, "eur", key="payout-1")).status == (
+        "paid"
+    )
+    with pytest.raises(PaymentDeclined):
+        await sandbox.authorize("tok_sandbox_declined", 100, "eur", key="hold-3")
+    with pytest.raises(PaymentProviderUnavailable):
+        await sandbox.charge("tok_sandbox_unavailable", 100, "eur", key="charge-2")
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(PaymentInvalid):
+            await sandbox.charge("tok_sandbox_visa", bad, "eur", key=f"bad-{bad}")  # type: ignore[arg-type]
+    with pytest.raises(PaymentInvalid):
+        await sandbox.charge("tok_sandbox_visa", 100, "eur", key="")
+    await sandbox.aclose()

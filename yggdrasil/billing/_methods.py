@@ -260,6 +260,8 @@ class PaymentMethods:
         name = new.provider or self._defaults.get(new.kind)
         if name is None:
             raise Invalid(f"no enabled payment provider takes {new.kind}")
+        if name not in self._providers:
+            raise Invalid(f"the payment provider {name} is not enabled")
         provider = self._provider(name)
         if new.kind not in provider.kinds:
             raise Invalid(f"{name} does not take {new.kind}")

@@ -11,8 +11,9 @@ runs on a fresh machine (docs/payments.md lists them):
 - ``tok_sandbox_paypal``: a verified PayPal account; ``tok_sandbox_paypal_unverified``: one whose
   account check fails.
 
-Answers are remembered by idempotency key (the most recent :data:`_REMEMBERED`), like a real
-provider's: the same key answers the same result.
+Answers are remembered by idempotency key, like a real provider's: the same key answers the
+same result. Only the most recent :data:`_REMEMBERED` answers and payments are kept, in memory:
+a restart forgets them (test mode).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class SandboxProvider:
 
     def __init__(self) -> None:
         self._answers: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._charges: dict[str, ProviderCharge] = {}
+        self._charges: OrderedDict[str, ProviderCharge] = OrderedDict()
         self._refunded: dict[str, int] = {}
         log.warning("payments: the sandbox provider is enabled (TEST MODE: no money moves)")
 
@@ -181,6 +182,9 @@ class SandboxProvider:
             test_mode=True,
         )
         self._charges[reference] = charge
+        while len(self._charges) > _REMEMBERED:
+            forgotten, _ = self._charges.popitem(last=False)
+            self._refunded.pop(forgotten, None)
         return self._remember(operation, key, charge)  # type: ignore[no-any-return]
 
     def _charge(self, reference: str) -> ProviderCharge:
