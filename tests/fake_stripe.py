@@ -100,10 +100,12 @@ class FakeStripe(FakeServer):
             "next_action": None,
             "last_setup_error": None,
         }
-        if method == "pm_card_chargeDeclined":
+        if method == "pm_card_chargeDeclined":  # confirm=true: the decline is the answer
             intent["status"] = "requires_payment_method"
             intent["last_setup_error"] = {"type": "card_error", "code": "card_declined"}
-        elif method == "pm_sepa_debit":
+            self.setup_intents[intent["id"]] = intent
+            return _declined()
+        if method == "pm_sepa_debit":
             intent["status"] = "requires_action"
             intent["next_action"] = {
                 "type": "verify_with_microdeposits",

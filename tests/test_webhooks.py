@@ -339,3 +339,42 @@ async def test_webhooks_answer_404_until_configured(http: httpx.AsyncClient) -> 
             path, content=body, headers={"Stripe-Signature": stripe_signature(body, SECRET)}
         )
         assert response.status_code == 404
+
+
+async def test_methods_go_to_stripe_and_paypal_once_they_are_configured(world: World) -> None:
+    user = await sign_in(world.http, _outbox(world), "real@example.org")
+    providers = (await user.get("/api/v1/payments/providers")).json()
+    assert [p["name"] for p in providers["items"]] == ["sandbox", "stripe", "paypal"]
+    card = await user.post(
+        "/api/v1/payments/methods", json={"kind": "card", "token": "pm_card_visa"}
+    )
+    assert card.status_code == 201, card.text
+    assert (card.json()["provider"], card.json()["status"], card.json()["last4"]) == (
+        "stripe",
+        "verified",
+        "4242",
+    )
+    declined = await user.post(
+        "/api/v1/payments/methods", json={"kind": "card", "token": "pm_card_chargeDeclined"}
+    )
+    assert (declined.status_code, declined.json()["status"]) == (201, "failed")
+    account = await user.post(
+        "/api/v1/payments/methods",
+        json={"kind": "paypal", "token": "PAYPAL-VERIFIED", "purposes": ["payout"]},
+    )
+    assert account.status_code == 201, account.text
+    assert (account.json()["provider"], account.json()["status"], account.json()["email"]) == (
+        "paypal",
+        "verified",
+        "b***@example.com",
+    )
+    # The keys the providers saw are derived from the method ids.
+    assert world.stripe.keyed("/v1/setup_intents") == [
+        f"{card.json()['method_id']}-verify",
+        f"{declined.json()['method_id']}-verify",
+    ]
+    sandbox = await user.post(
+        "/api/v1/payments/methods",
+        json={"kind": "card", "token": "tok_sandbox_visa", "provider": "sandbox"},
+    )
+    assert sandbox.json()["provider"] == "sandbox"

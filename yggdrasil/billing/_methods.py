@@ -24,6 +24,7 @@ from ..store import Database, Row, Scope, Tx, append_audit
 from ._providers import (
     MethodCheck,
     MethodKind,
+    PaymentDeclined,
     PaymentInvalid,
     PaymentProvider,
     PaymentProviderUnavailable,
@@ -301,6 +302,8 @@ class PaymentMethods:
         except PaymentProviderUnavailable:
             log.info("payment method %s stays pending: the provider did not answer", method_id)
             return await self.get(scope, method_id)
+        except PaymentDeclined:
+            check = MethodCheck(status="failed", reason="declined")
         except BaseException:
             await self._forget(method_id)
             raise
@@ -425,7 +428,10 @@ class PaymentMethods:
         elif amounts_cents is not None:
             raise Invalid("only a pending SEPA account is confirmed with amounts")
         else:
-            check = await provider.verify_method(row["kind"], row["token"], key=key)
+            try:
+                check = await provider.verify_method(row["kind"], row["token"], key=key)
+            except PaymentDeclined:
+                check = MethodCheck(status="failed", reason="declined")
             if check.status == "failed":
                 failed += 1
         return await self._store_check(user_id, method_id, check, failed=failed)

@@ -125,13 +125,16 @@ class StripeProvider:
         }
         if kind == "sepa_debit":
             params["mandate_data"] = {"customer_acceptance": {"type": "offline"}}
-        intent = await self._call(
-            "a payment method check",
-            lambda: self._client.v1.setup_intents.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": key},
-            ),
-        )
+        try:
+            intent = await self._call(
+                "a payment method check",
+                lambda: self._client.v1.setup_intents.create_async(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": key},
+                ),
+            )
+        except PaymentDeclined:  # a card the issuer refuses: Stripe answers 402 card_error
+            return MethodCheck(status="failed", reason="card_declined", test_mode=self._test_mode)
         method = await self._call(
             "a payment method lookup",
             lambda: self._client.v1.payment_methods.retrieve_async(token),
