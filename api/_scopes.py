@@ -100,6 +100,16 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/billing/holds/<hold_id>/capture"): ACCOUNT,
     ("POST", "/api/v1/billing/holds/<hold_id>/release"): ACCOUNT,
     ("POST", "/api/v1/payments/process"): ACCOUNT,
+    # payments (webhooks: authenticated by the provider's signature over the body)
+    ("GET", "/api/v1/payments/providers"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods/<method_id>"): ACCOUNT,
+    ("DELETE", "/api/v1/payments/methods/<method_id>"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/<method_id>/default"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/<method_id>/verify"): ACCOUNT,
+    ("POST", "/api/v1/payments/webhooks/stripe"): PUBLIC,
+    ("POST", "/api/v1/payments/webhooks/paypal"): PUBLIC,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,

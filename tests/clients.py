@@ -128,3 +128,20 @@ async def next_event(client: DeviceClient, kind: type[Any], timeout_s: float = 1
             event = await client.events.get()
             if isinstance(event, kind):
                 return event
+
+
+async def with_test_card(user: User, token: str = "tok_sandbox_visa") -> User:
+    """``user`` with a verified sandbox card as their default payer method (what
+    ``POST /api/v1/payments/process`` and renewals charge)."""
+    response = await user.post("/api/v1/payments/methods", json={"kind": "card", "token": token})
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "verified", response.text
+    return user
+
+
+async def payer(
+    http: httpx.AsyncClient, outbox: Path, address: str, token: str = "tok_sandbox_visa"
+) -> User:
+    """A signed-in user with a verified test card (a sandbox token belongs to one user: a second
+    payer in one test takes ``tok_sandbox_mastercard``)."""
+    return await with_test_card(await sign_in(http, outbox, address), token)

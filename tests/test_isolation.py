@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import RELAXED_LIMITS, count_mail, device, read_code, sign_in
+from tests.clients import RELAXED_LIMITS, count_mail, device, read_code, sign_in, with_test_card
 from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
-TENANT_PARAMS = {"device_id", "key_id", "network_id", "user_id"}
+TENANT_PARAMS = {"device_id", "hold_id", "key_id", "method_id", "network_id", "user_id"}
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
 
 # A valid body for every route with an id that takes one: without it the request would stop at
@@ -28,6 +28,9 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
     ("put", "/api/v1/networks/{network_id}"): {"name": "pwned"},
     ("put", "/api/admin/networks/{network_id}"): {"name": "pwned"},
+    ("post", "/api/v1/payments/methods/{method_id}/default"): {"purpose": "payer"},
+    ("post", "/api/v1/payments/methods/{method_id}/verify"): {"amounts_cents": [32, 45]},
+    ("post", "/api/v1/billing/holds/{hold_id}/capture"): {"amount": 100},
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -90,13 +93,27 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     http, outbox = world
     alice = await sign_in(http, outbox, "alice@example.org")
     alice_home = (await alice.get("/api/v1/users/me")).json()["home_network_id"]
+    method = await alice.post(
+        "/api/v1/payments/methods", json={"kind": "sepa_debit", "token": "tok_sandbox_sepa"}
+    )
     assert (await alice.post("/api/v1/devices", json=device("laptop"))).status_code == 201
+    await with_test_card(alice)
+    paid = await alice.request(
+        "POST", "/api/v1/payments/process", json={"amount": 1000}, headers={"Idempotency-Key": "p"}
+    )
+    assert paid.status_code == 201, paid.text
+    hold = await alice.request(
+        "POST", "/api/v1/billing/holds", json={"amount": 500}, headers={"Idempotency-Key": "h"}
+    )
+    assert hold.status_code == 201, hold.text
     lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
     await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
     key = await alice.post(f"/api/v1/networks/{alice_home}/enrollment-keys", json={"ttl_s": 600})
     alice_ids = {
         "device_id": "laptop",
+        "hold_id": hold.json()["hold_id"],
         "key_id": key.json()["key_id"],
+        "method_id": method.json()["method_id"],
         "network_id": alice_home,
         "user_id": alice.session["user_id"],
     }
@@ -143,8 +160,10 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
                         (foreign_path, foreign_query),
                         (missing_path, missing_query),
                     ):
+                        # Money-moving routes need a key to reach their tenant check.
+                        key = {"Idempotency-Key": f"k{secrets.token_hex(8)}"}
                         response = await attacker.request(
-                            method.upper(), path, params=query, json=body
+                            method.upper(), path, params=query, json=body, headers=key
                         )
                         answers.append(snapshot(response))
                     assert answers[0] == answers[1], (method, template, answers)

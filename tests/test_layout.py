@@ -173,6 +173,13 @@ EXPORTS: dict[str, set[str]] = {
         "check_key", "company_account", "compute_cost", "external_account", "fee", "idempotent",
         "post", "purge_idempotency_keys", "run_once", "sign_of", "split", "stored_answer",
         "struct_codec", "user_account",
+        "MAX_WEBHOOK_BYTES", "MICRO_DEPOSITS_CENTS", "ChargeableMethod", "MethodCheck",
+        "MicroDepositsMismatch", "NewMethod", "NotVerified", "PayPalProvider", "PaymentDeclined",
+        "PaymentError", "PaymentInvalid", "PaymentMethod", "PaymentMethods", "PaymentProvider",
+        "PaymentProviderUnavailable", "Payments", "ProviderCharge", "ProviderPayout",
+        "ProviderRefund", "SandboxProvider", "StripeProvider", "WebhookEvent", "WebhookOutcome",
+        "WebhookRefused", "Webhooks", "card_data_in", "open_providers", "NoPaymentMethod",
+        "ProviderCollector",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -404,6 +411,9 @@ TABLE_OWNERS: dict[str, str] = {
     "ledger_refundables": "yggdrasil.billing",
     "ledger_netting": "yggdrasil.billing",
     "idempotency_keys": "yggdrasil.billing",
+    "payment_methods": "yggdrasil.billing",
+    "payment_webhook_events": "yggdrasil.billing",
+    "payment_provider_objects": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.clients import User, device, sign_in
+from tests.clients import User, device, payer, sign_in
 from yggdrasil.server import Running
 
 
@@ -24,7 +24,7 @@ async def money(user: User) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 async def test_process_books_a_payment_once_per_key(http: httpx.AsyncClient, outbox: Path) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
     first = await ada.request(
         "POST", "/api/v1/payments/process", json={"amount": 2500}, headers=key("pay-1")
     )
@@ -53,7 +53,7 @@ async def test_process_books_a_payment_once_per_key(http: httpx.AsyncClient, out
 async def test_bad_requests_get_clear_errors_and_change_nothing(
     http: httpx.AsyncClient, outbox: Path
 ) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
     ok = await ada.request(
         "POST", "/api/v1/payments/process", json={"amount": 1000}, headers=key("k")
     )
@@ -85,7 +85,7 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(
 
 
 async def test_holds_capture_and_release_over_http(http: httpx.AsyncClient, outbox: Path) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
     await ada.request("POST", "/api/v1/payments/process", json={"amount": 1000}, headers=key("p"))
     body = {"amount": 400, "purpose": "compute"}
     created = await ada.request("POST", "/api/v1/billing/holds", json=body, headers=key("h"))
@@ -110,7 +110,7 @@ async def test_holds_capture_and_release_over_http(http: httpx.AsyncClient, outb
 async def test_a_hundred_parallel_captures_over_http_capture_once(
     http: httpx.AsyncClient, outbox: Path, server: Running
 ) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
     await ada.request("POST", "/api/v1/payments/process", json={"amount": 700}, headers=key("p"))
     hold = (
         await ada.request("POST", "/api/v1/billing/holds", json={"amount": 700}, headers=key("h"))
@@ -138,7 +138,7 @@ async def test_a_hundred_parallel_captures_over_http_capture_once(
 async def test_a_hundred_parallel_duplicates_over_http_execute_once(
     http: httpx.AsyncClient, outbox: Path, server: Running
 ) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
     answers: list[tuple[int, bytes]] = []
 
     async def pay() -> None:
@@ -160,8 +160,8 @@ async def test_a_hundred_parallel_duplicates_over_http_execute_once(
 
 
 async def test_users_see_only_their_own_money(http: httpx.AsyncClient, outbox: Path) -> None:
-    ada = await sign_in(http, outbox, "ada@example.org")
-    bob = await sign_in(http, outbox, "bob@example.org")
+    ada = await payer(http, outbox, "ada@example.org")
+    bob = await payer(http, outbox, "bob@example.org", "tok_sandbox_mastercard")
     await ada.request("POST", "/api/v1/payments/process", json={"amount": 900}, headers=key("p"))
     hold = (
         await ada.request("POST", "/api/v1/billing/holds", json={"amount": 300}, headers=key("h"))

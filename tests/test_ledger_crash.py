@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.clients import User, sign_in
+from tests.clients import User, payer
 from tests.conftest import fresh_pg_database
 from tests.servers import ServerProcess, server_process
 from yggdrasil import AsyncioThread, Database, PostgresDatabase, SqliteDatabase
@@ -128,7 +128,8 @@ async def test_sigkill_during_settlements_loses_and_doubles_nothing(
         )
         async with httpx.AsyncClient(base_url=server.api_url, timeout=30) as http:
             users = [
-                await sign_in(http, data_dir / "outbox", f"payer{n}@example.org") for n in range(2)
+                await payer(http, data_dir / "outbox", f"payer{n}@example.org", token)
+                for n, token in enumerate(("tok_sandbox_visa", "tok_sandbox_mastercard"))
             ]
             sent = await settle(users, server)
         await trio.to_thread.run_sync(server.process.wait)

@@ -65,6 +65,15 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/billing/holds/{hold_id}/capture"): ACCOUNT,
     ("POST", "/api/v1/billing/holds/{hold_id}/release"): ACCOUNT,
     ("POST", "/api/v1/payments/process"): ACCOUNT,
+    ("GET", "/api/v1/payments/providers"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods"): ACCOUNT,
+    ("GET", "/api/v1/payments/methods/{method_id}"): ACCOUNT,
+    ("DELETE", "/api/v1/payments/methods/{method_id}"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/{method_id}/default"): ACCOUNT,
+    ("POST", "/api/v1/payments/methods/{method_id}/verify"): ACCOUNT,
+    ("POST", "/api/v1/payments/webhooks/stripe"): ANYONE,
+    ("POST", "/api/v1/payments/webhooks/paypal"): ANYONE,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -134,6 +143,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "user_id": ids["target"],
         "key_id": "ek_none",
         "hold_id": "hd_none",
+        "method_id": "pm_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

@@ -269,6 +269,41 @@ class LedgerConfig(_Section, frozen=True):
     """How long the answer to a money-moving request is kept for replays (at least a day)."""
 
 
+class PaymentsConfig(_Section, frozen=True):
+    """Payment providers (docs/payments.md). With nothing configured, the embedded sandbox
+    provider answers in test mode: no money moves anywhere."""
+
+    sandbox: bool = True
+    """Offer the sandbox provider (test mode, test tokens only). It is the default provider
+    unless Stripe or PayPal is configured; set false in production."""
+    stripe_secret_key: str = ""
+    """Stripe's secret API key (``sk_live_...`` or ``sk_test_...``); set: Stripe is enabled and is
+    the default provider for cards and SEPA debits."""
+    stripe_webhook_secret: str = ""
+    """The signing secret of the Stripe webhook endpoint (``whsec_...``); empty: Stripe's webhook
+    answers 404."""
+    stripe_api_base: str = "https://api.stripe.com"
+    """Where Stripe's API is reached (tests point it at a local fake)."""
+    paypal_client_id: str = ""
+    paypal_client_secret: str = ""
+    """Both set: PayPal is enabled (REST API, OAuth2 client credentials)."""
+    paypal_webhook_id: str = ""
+    """The id PayPal gave the webhook endpoint, which its signature check needs; empty: PayPal's
+    webhook answers 404."""
+    paypal_api_base: str = "https://api-m.paypal.com"
+    """``https://api-m.sandbox.paypal.com`` for PayPal's sandbox; tests use a local fake."""
+    timeout_s: Seconds = 20.0
+    """One attempt of one call to a provider; past it the attempt counts as failed."""
+    deadline_s: Seconds = 60.0
+    """One operation with a provider, retries included; past it the API answers 503."""
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    """Retries of a call that failed on the network or with a 5xx, with the same idempotency key."""
+    webhook_tolerance_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
+    """A webhook whose signed timestamp is further from now than this, either way, is refused."""
+    micro_deposit_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    """Wrong confirmations of a SEPA account's micro-deposits before its verification fails."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -283,6 +318,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
+    payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -303,6 +339,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "log": LogConfig,
     "operator": OperatorConfig,
     "ledger": LedgerConfig,
+    "payments": PaymentsConfig,
 }
 
 
@@ -425,6 +462,15 @@ def _check_values(config: Config) -> None:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}: {network!r} is not a CIDR (like 10.0.0.0/8)") from None
+    payments = config.payments
+    if bool(payments.paypal_client_id) != bool(payments.paypal_client_secret):
+        raise ConfigError("payments: paypal_client_id and paypal_client_secret go together")
+    for key, url in (
+        ("payments.stripe_api_base", payments.stripe_api_base),
+        ("payments.paypal_api_base", payments.paypal_api_base),
+    ):
+        if not url.startswith(("https://", "http://")) or "@" in url:
+            raise ConfigError(f"{key} must be an http(s) URL without credentials, not {url!r}")
     for entry in config.turn.static_users:
         user, colon, password = entry.partition(":")
         if not user or not colon or not password:

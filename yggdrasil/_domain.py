@@ -25,7 +25,7 @@ from ._errors import StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
-from .billing import Collector, Ledger, SandboxCollector
+from .billing import Collector, Ledger, PaymentProvider, Payments, ProviderCollector, open_providers
 from .devices import DeviceStore
 from .networks import NetworkStore
 from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
@@ -75,9 +75,10 @@ class Domain:
     account_data: AccountData
     operators: Operators
     ledger: Ledger
+    payments: Payments
     collector: Collector
-    """Takes money in for ``POST /api/v1/payments/process``: the sandbox (test mode) until a
-    payment provider is configured."""
+    """Takes money in for ``POST /api/v1/payments/process``: the user's default verified payer
+    method, through its provider (the sandbox's test tokens in test mode)."""
 
     @classmethod
     def build(
@@ -88,10 +89,13 @@ class Domain:
         config: Config,
         *,
         on_revoke: Callable[[str, int], None] | None = None,
+        payment_providers: dict[str, PaymentProvider] | None = None,
     ) -> Domain:
         """``on_revoke(subject, not_before_ms)``: how a revocation the accounts make reaches every
-        instance (by default only this process's token check)."""
+        instance (by default only this process's token check). ``payment_providers``: the open
+        providers (:func:`open_providers`), which the caller closes; none by default."""
         accounts = Accounts(db, tokens, mailer, config.auth, on_revoke=on_revoke)
+        payments = Payments(db, payment_providers or {}, config.payments)
         return cls(
             store=Store(db),
             accounts=accounts,
@@ -99,7 +103,8 @@ class Domain:
             account_data=AccountData(db),
             operators=Operators(db),
             ledger=Ledger(db, config.ledger),
-            collector=SandboxCollector(),
+            payments=payments,
+            collector=ProviderCollector(payments),
         )
 
 
@@ -147,25 +152,31 @@ def store_child(
         db = await open_database_retrying(config.database, config.data_path, bridge)
         try:
             applied = await migrate(db)
-            built = Domain.build(db, tokens, mailer, config, on_revoke=on_revoke)
-            # Holds that expired while no instance ran (a crash in the middle of a settlement)
-            # give their money back before the API answers again.
-            released = await built.ledger.reconcile_holds()
-            if released:
-                log.info("released %d expired holds at start-up", released)
-            domain.fill(built)
-            log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
-                nursery.start_soon(built.ledger.maintain_forever)
-                task_status.started()
-                await stopping.wait()
-                nursery.cancel_scope.cancel()
-            with trio.move_on_after(2):  # what was appended until now joins the chain
-                try:
-                    await built.store.audit_log.seal()
-                except StoreUnavailable:
-                    log.info("audit entries stay pending: the store is unreachable")
+            async with open_providers(config.payments) as providers:
+                built = Domain.build(
+                    db, tokens, mailer, config, on_revoke=on_revoke, payment_providers=providers
+                )
+                # Holds that expired while no instance ran (a crash in the middle of a
+                # settlement) give their money back before the API answers again.
+                released = await built.ledger.reconcile_holds()
+                if released:
+                    log.info("released %d expired holds at start-up", released)
+                domain.fill(built)
+                log.info(
+                    "store ready: %s (%d migrations applied now)", db.description, len(applied)
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
+                    nursery.start_soon(built.ledger.maintain_forever)
+                    task_status.started()
+                    await stopping.wait()
+                    nursery.cancel_scope.cancel()
+                with trio.move_on_after(2):  # what was appended until now joins the chain
+                    try:
+                        await built.store.audit_log.seal()
+                    except StoreUnavailable:
+                        log.info("audit entries stay pending: the store is unreachable")
+                domain.clear()  # before the providers close
         finally:
             domain.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(5):

@@ -17,6 +17,7 @@ receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external
 every transaction.
 """
 
+from ._collection import NoPaymentMethod, ProviderCollector
 from ._idempotency import (
     Codec,
     IdempotencyKeyRequired,
@@ -45,7 +46,18 @@ from ._ledger import (
     Payout,
     Refund,
 )
+from ._methods import (
+    ChargeableMethod,
+    MicroDepositsMismatch,
+    NewMethod,
+    NotVerified,
+    PaymentMethod,
+    PaymentMethods,
+    card_data_in,
+)
 from ._money import MAX_AMOUNT, Cents, InvalidAmount, check_cents, compute_cost, fee, split
+from ._payments import Payments, open_providers
+from ._paypal import PayPalProvider
 from ._postings import (
     KIND_RULES,
     SIGN_RULES,
@@ -58,16 +70,33 @@ from ._postings import (
     sign_of,
     user_account,
 )
+from ._providers import (
+    MethodCheck,
+    PaymentDeclined,
+    PaymentError,
+    PaymentInvalid,
+    PaymentProvider,
+    PaymentProviderUnavailable,
+    ProviderCharge,
+    ProviderPayout,
+    ProviderRefund,
+)
+from ._sandbox import MICRO_DEPOSITS_CENTS, SandboxProvider
 from ._seam import Collected, Collector, SandboxCollector
+from ._stripe import StripeProvider
+from ._webhooks import MAX_WEBHOOK_BYTES, WebhookEvent, WebhookOutcome, WebhookRefused, Webhooks
 
 __all__ = [
     "KIND_RULES",
     "MAX_AMOUNT",
+    "MAX_WEBHOOK_BYTES",
+    "MICRO_DEPOSITS_CENTS",
     "SIGN_RULES",
     "Balances",
     "Capture",
     "Cents",
     "Charge",
+    "ChargeableMethod",
     "Codec",
     "Collected",
     "Collector",
@@ -83,13 +112,38 @@ __all__ = [
     "InvalidAmount",
     "Ledger",
     "LedgerCheck",
+    "MethodCheck",
+    "MicroDepositsMismatch",
     "Netting",
     "NettingOff",
+    "NewMethod",
+    "NoPaymentMethod",
+    "NotVerified",
+    "PayPalProvider",
+    "PaymentDeclined",
+    "PaymentError",
+    "PaymentInvalid",
+    "PaymentMethod",
+    "PaymentMethods",
+    "PaymentProvider",
+    "PaymentProviderUnavailable",
+    "Payments",
     "Payout",
     "Posting",
+    "ProviderCharge",
+    "ProviderCollector",
+    "ProviderPayout",
+    "ProviderRefund",
     "Refund",
     "SandboxCollector",
+    "SandboxProvider",
+    "StripeProvider",
     "UnbalancedPostings",
+    "WebhookEvent",
+    "WebhookOutcome",
+    "WebhookRefused",
+    "Webhooks",
+    "card_data_in",
     "check_cents",
     "check_key",
     "company_account",
@@ -97,6 +151,7 @@ __all__ = [
     "external_account",
     "fee",
     "idempotent",
+    "open_providers",
     "post",
     "purge_idempotency_keys",
     "run_once",
