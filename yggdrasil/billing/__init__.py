@@ -17,4 +17,44 @@ receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external
 every transaction.
 """
 
-__all__: list[str] = []
+from ._charging import Charger, ChargeResult, SandboxCharger
+from ._invoices import Invoice, InvoiceLine, Invoices, issue_invoice, render_html
+from ._plans import Plan, Plans, Proration, add_months, prorate
+from ._renewals import Renewals, renew_forever
+from ._subscription_requests import SubscriptionRequests
+from ._subscriptions import (
+    PlanChange,
+    Subscribed,
+    Subscriptions,
+    SubscriptionView,
+)
+from ._usage import FeatureNotInPlan, QuotaExceeded, Usage, UsageMeter, UsageReport
+
+__all__ = [
+    # subscriptions
+    "ChargeResult",
+    "Charger",
+    "FeatureNotInPlan",
+    "Invoice",
+    "InvoiceLine",
+    "Invoices",
+    "Plan",
+    "PlanChange",
+    "Plans",
+    "Proration",
+    "QuotaExceeded",
+    "Renewals",
+    "SandboxCharger",
+    "Subscribed",
+    "SubscriptionRequests",
+    "SubscriptionView",
+    "Subscriptions",
+    "Usage",
+    "UsageMeter",
+    "UsageReport",
+    "add_months",
+    "issue_invoice",
+    "prorate",
+    "render_html",
+    "renew_forever",
+]
