@@ -24,7 +24,7 @@ from yggdrasil import (
     Unavailable,
 )
 
-from . import _admin, _errors, _pages, _resources, _users
+from . import _admin, _errors, _pages, _resources, _subscriptions, _users
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
@@ -102,6 +102,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice, ctx.webrtc)
     _admin.install(app, guard)
+    _subscriptions.install(app, guard)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

@@ -92,6 +92,16 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    # subscriptions, usage, invoices: the account's own
+    ("GET", "/api/v1/plans"): PUBLIC,
+    ("GET", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions"): ACCOUNT,
+    ("PUT", "/api/v1/subscriptions"): ACCOUNT,
+    ("DELETE", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions/resume"): ACCOUNT,
+    ("GET", "/api/v1/usage"): ACCOUNT,
+    ("GET", "/api/v1/invoices"): ACCOUNT,
+    ("GET", "/api/v1/invoices/<invoice_id>"): ACCOUNT,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,

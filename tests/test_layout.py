@@ -164,7 +164,14 @@ EXPORTS: dict[str, set[str]] = {
         "seal_audit_forever",
         "to_json",
     },
-    "yggdrasil.billing": set(),
+    "yggdrasil.billing": {
+        # subscriptions
+        "ChargeResult", "Charger", "FeatureNotInPlan", "Invoice", "InvoiceLine", "Invoices",
+        "Plan", "PlanChange", "Plans", "Proration", "QuotaExceeded", "Renewals", "SandboxCharger",
+        "Subscribed", "SubscriptionRequests", "SubscriptionView", "Subscriptions", "Usage",
+        "UsageMeter", "UsageReport", "add_months", "issue_invoice", "prorate", "render_html",
+        "renew_forever",
+    },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
         "turn_child",
@@ -388,6 +395,14 @@ TABLE_OWNERS: dict[str, str] = {
     "enrollment_keys": "yggdrasil.accounts",
     "oauth_states": "yggdrasil.accounts",
     "token_revocations": "yggdrasil.accounts",
+    "subscriptions": "yggdrasil.billing",
+    "subscription_leases": "yggdrasil.billing",
+    "subscription_requests": "yggdrasil.billing",
+    "subscription_usage": "yggdrasil.billing",
+    "token_consumptions": "yggdrasil.billing",
+    "subscription_charges": "yggdrasil.billing",
+    "invoices": "yggdrasil.billing",
+    "invoice_numbers": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

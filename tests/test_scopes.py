@@ -58,6 +58,15 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/devices/{device_id}"): OWN_DEVICE,
     ("GET", "/api/v1/devices/{device_id}/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/webrtc"): {"device:self"},
+    ("GET", "/api/v1/plans"): ANYONE,
+    ("GET", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions"): ACCOUNT,
+    ("PUT", "/api/v1/subscriptions"): ACCOUNT,
+    ("DELETE", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions/resume"): ACCOUNT,
+    ("GET", "/api/v1/usage"): ACCOUNT,
+    ("GET", "/api/v1/invoices"): ACCOUNT,
+    ("GET", "/api/v1/invoices/{invoice_id}"): ACCOUNT,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -126,6 +135,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "network_id": ids["home"],
         "user_id": ids["target"],
         "key_id": "ek_none",
+        "invoice_id": "inv_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

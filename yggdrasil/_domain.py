@@ -11,6 +11,7 @@ room) and the devices room does not import accounts.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from ._errors import StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
+from .billing import Plans, Subscriptions, UsageMeter, renew_forever
 from .devices import DeviceStore
 from .networks import NetworkStore
 from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
@@ -73,6 +75,11 @@ class Domain:
     oidc: Oidc
     account_data: AccountData
     operators: Operators
+    subscriptions: Subscriptions
+    """Plans, subscriptions, invoices and the renewal job; charges through the sandbox (test
+    mode) until the payment side is wired in."""
+    usage: UsageMeter
+    """Feature access and token quotas: what the rest of the server asks."""
 
     @classmethod
     def build(
@@ -93,6 +100,12 @@ class Domain:
             oidc=Oidc(accounts, config.oidc),
             account_data=AccountData(db),
             operators=Operators(db),
+            subscriptions=Subscriptions.build(db, config.subscriptions),
+            usage=UsageMeter(
+                db,
+                Plans(config.subscriptions),
+                key_ttl_ms=config.subscriptions.request_ttl_s * 1000,
+            ),
         )
 
 
@@ -145,6 +158,15 @@ def store_child(
             log.info("store ready: %s (%d migrations applied now)", db.description, len(applied))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
+                subscriptions = built.subscriptions
+                nursery.start_soon(
+                    functools.partial(
+                        renew_forever,
+                        subscriptions.renewals,
+                        config.subscriptions.renewal_interval_s,
+                        purges=[subscriptions.requests.purge, built.usage.purge],
+                    )
+                )
                 task_status.started()
                 await stopping.wait()
                 nursery.cancel_scope.cancel()

@@ -32,7 +32,7 @@ from ..store import Database, Row, Tx, append_audit
 from ._charging import Charger, ChargeResult
 from ._invoices import InvoiceLine, issue_invoice
 from ._plans import Plans, period_bounds
-from ._subscriptions import LeaseLost, claim_lease, day, drop_lease, release_lease
+from ._subscription_leases import LeaseLost, claim_lease, day, drop_lease, release_lease
 from ._usage import metered_tokens
 
 log = logging.getLogger(__name__)

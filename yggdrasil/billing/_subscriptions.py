@@ -18,22 +18,29 @@ key, so the provider answers with the first charge rather than taking the money 
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import msgspec
 import trio
 
+from .._config import SubscriptionsConfig
 from .._errors import Invalid, YggdrasilError
 from .._ids import new_id, now_ms
 from ..store import Database, Row, Tx, append_audit
-from ._charging import Charger, ChargeResult
-from ._invoices import InvoiceLine, issue_invoice
+from ._charging import Charger, ChargeResult, SandboxCharger
+from ._invoices import InvoiceLine, Invoices, issue_invoice
 from ._plans import FREE, Plan, Plans, Proration, period_bounds, prorate
-from ._subscription_requests import Finish, SubscriptionRequests
+from ._renewals import Renewals
+from ._subscription_leases import (
+    LeaseLost,
+    claim_lease,
+    current_row,
+    day,
+    drop_lease,
+    release_lease,
+)
+from ._subscription_requests import Finish, SubscriptionRequests, check_key
 
 T = TypeVar("T")
 
@@ -104,14 +111,6 @@ class PaymentUnavailable(YggdrasilError):
     status = 503
     code = "payment_unavailable"
     default_message = "the payment provider did not answer; nothing was charged, try again"
-
-
-class LeaseLost(YggdrasilError):
-    """This instance's hold on a user's billing lapsed and another took it: nothing written."""
-
-    status = 409
-    code = "billing_busy"
-    default_message = "another billing operation of this account took over; try again"
 
 
 # --------------------------------------------------------------------- views
@@ -189,67 +188,7 @@ def view(row: Row | None, plans: Plans) -> SubscriptionView:
     )
 
 
-def day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
-
-
 # --------------------------------------------------------------------- units of work
-
-
-async def current_row(tx: Tx, user_id: str) -> Row | None:
-    """``user_id``'s current (not ended) subscription row."""
-    return await tx.fetchrow(
-        "SELECT * FROM subscriptions WHERE user_id = $1 AND state <> 'ended'", user_id
-    )
-
-
-async def claim_lease(db: Database, user_id: str, lease_ms: int) -> str | None:
-    """Take ``user_id``'s billing lease for ``lease_ms``: its token, or ``None`` while another
-    holds it. One statement (an upsert that only replaces a lapsed lease), so two instances
-    claiming at once get one winner on either backend."""
-    token = secrets.token_hex(12)
-
-    async def claim(tx: Tx) -> str | None:
-        now = now_ms()
-        won = await tx.fetchval(
-            "INSERT INTO subscription_leases (user_id, token, lease_until) VALUES ($1, $2, $3)"
-            " ON CONFLICT (user_id) DO UPDATE SET token = excluded.token,"
-            " lease_until = excluded.lease_until"
-            " WHERE subscription_leases.lease_until < $4 RETURNING token",
-            user_id,
-            token,
-            now + lease_ms,
-            now,
-        )
-        return token if won == token else None
-
-    return await db.write(claim)
-
-
-async def release_lease(tx: Tx, user_id: str, token: str) -> None:
-    """Give the lease back inside the applying transaction; :class:`LeaseLost` (rolling it
-    back) if it is not ours any more."""
-    released = await tx.execute(
-        "DELETE FROM subscription_leases WHERE user_id = $1 AND token = $2", user_id, token
-    )
-    if released != 1:
-        raise LeaseLost()
-
-
-async def drop_lease(db: Database, user_id: str, token: str) -> None:
-    """Give the lease back after a failure (best effort: otherwise it lapses)."""
-    with (
-        trio.CancelScope(shield=True),
-        trio.move_on_after(5),
-        contextlib.suppress(YggdrasilError),
-    ):
-        await db.write(
-            lambda tx: tx.execute(
-                "DELETE FROM subscription_leases WHERE user_id = $1 AND token = $2",
-                user_id,
-                token,
-            )
-        )
 
 
 def check_charge(result: ChargeResult) -> ChargeResult:
@@ -273,6 +212,7 @@ class Subscriptions:
         plans: Plans,
         charger: Charger,
         requests: SubscriptionRequests,
+        config: SubscriptionsConfig,
         *,
         lease_ms: int,
         busy_wait_s: float = 5.0,
@@ -283,6 +223,27 @@ class Subscriptions:
         self.requests = requests
         self.lease_ms = lease_ms
         self._busy_wait_s = busy_wait_s
+        self.invoices = Invoices(db)
+        self.renewals = Renewals(db, plans, charger, config, lease_ms=lease_ms)
+        """The renewal job over the same charger (see ``_renewals``)."""
+
+    @classmethod
+    def build(
+        cls, db: Database, config: SubscriptionsConfig, charger: Charger | None = None
+    ) -> Subscriptions:
+        """The subscriptions of ``config`` over ``db``; ``charger`` defaults to the sandbox
+        (test mode: no money moves)."""
+        requests = SubscriptionRequests(
+            db, lease_ms=config.lease_s * 1000, ttl_ms=config.request_ttl_s * 1000
+        )
+        return cls(
+            db,
+            Plans(config),
+            charger or SandboxCharger(db),
+            requests,
+            config,
+            lease_ms=config.lease_s * 1000,
+        )
 
     async def current(self, user_id: str) -> SubscriptionView:
         return view(await self.db.read(lambda tx: current_row(tx, user_id)), self.plans)
@@ -300,10 +261,11 @@ class Subscriptions:
 
     # ------------------------------------------------------------- requests
 
-    async def subscribe(self, user_id: str, plan_id: str, *, key: str) -> Subscribed:
+    async def subscribe(self, user_id: str, plan_id: str, *, key: str | None) -> Subscribed:
         """Subscribe to ``plan_id`` from ``free``: the first period (a calendar month from now)
-        is charged at once. 402 declined, 409 already subscribed."""
+        is charged at once. 402 declined, 409 already subscribed; 400 without a ``key``."""
         plan = self._paid_plan(plan_id)
+        key = check_key(key)
 
         async def work(finish: Finish) -> Subscribed:
             return await self._leased(
@@ -322,10 +284,11 @@ class Subscriptions:
         assert row is not None
         return self._change_answer(True, old, plan, proration, None, view(row, self.plans))
 
-    async def change(self, user_id: str, plan_id: str, *, key: str) -> PlanChange:
+    async def change(self, user_id: str, plan_id: str, *, key: str | None) -> PlanChange:
         """Move the current subscription to ``plan_id`` at once, prorated (module docstring
         of ``_plans``); the period stays."""
         plan = self._paid_plan(plan_id)
+        key = check_key(key)
 
         async def work(finish: Finish) -> PlanChange:
             return await self._leased(
@@ -336,9 +299,10 @@ class Subscriptions:
             user_id, key, {"op": "change", "plan": plan.id}, work, PlanChange
         )
 
-    async def cancel(self, user_id: str, *, key: str) -> SubscriptionView:
+    async def cancel(self, user_id: str, *, key: str | None) -> SubscriptionView:
         """End the subscription at the end of its period (nothing is refunded; it stays usable
         until then)."""
+        key = check_key(key)
 
         async def work(finish: Finish) -> SubscriptionView:
             return await self._leased(
@@ -347,8 +311,9 @@ class Subscriptions:
 
         return await self.requests.run(user_id, key, {"op": "cancel"}, work, SubscriptionView)
 
-    async def resume(self, user_id: str, *, key: str) -> SubscriptionView:
+    async def resume(self, user_id: str, *, key: str | None) -> SubscriptionView:
         """Undo a cancellation before the period ends: it renews again."""
+        key = check_key(key)
 
         async def work(finish: Finish) -> SubscriptionView:
             return await self._leased(

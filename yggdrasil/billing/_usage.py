@@ -25,8 +25,8 @@ from .._errors import Forbidden, Invalid
 from .._ids import now_ms
 from ..store import Database, Row, Tx
 from ._plans import Plan, Plans
+from ._subscription_leases import current_row
 from ._subscription_requests import IdempotencyKeyReused, check_key
-from ._subscriptions import current_row
 
 CLOUD_LLM = "cloud_llm"
 MAX_TOKENS_PER_CALL = 10**9
