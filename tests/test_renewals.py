@@ -5,12 +5,19 @@ renewal with two jobs running at once or a rerun after a crash."""
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from tests.clients import RELAXED_LIMITS, sign_in
+from tests.conftest import fresh_pg_database
+from tests.servers import running_server
 from yggdrasil import Store, load_config
+from yggdrasil._ids import now_ms
 from yggdrasil.billing import (
     ChargeResult,
     Plans,
@@ -21,6 +28,7 @@ from yggdrasil.billing import (
     add_months,
 )
 from yggdrasil.billing._subscription_leases import claim_lease
+from yggdrasil.store import Tx
 
 CONFIG = load_config(
     overrides={"subscriptions": {"grace_s": 7 * 86400, "retry_after_s": [86400, 3 * 86400]}}
@@ -254,3 +262,57 @@ async def test_an_unanswered_charge_is_repeated_with_its_key(store: Store) -> No
     assert (await subs.current(ada)).status == "active"
     assert await subs.renewals.run_due(first.period_end) == Counter(renewed=1)
     assert len(await renewal_charges(sandbox, ada)) == 1
+
+
+async def test_the_running_server_renews_on_its_own(
+    backend: str, data_dir: Path, asyncio_loop: None
+) -> None:
+    """The job runs in the store child of a real server: a subscription whose period has ended
+    is renewed within a few intervals, over HTTP as the user sees it."""
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+        running = await stack.enter_async_context(
+            running_server(
+                data_dir,
+                limits=RELAXED_LIMITS,
+                database=database,
+                subscriptions={"renewal_interval_s": 0.1},
+            )
+        )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=running.api_url, timeout=30)
+        )
+        ada = await sign_in(http, data_dir / "outbox", "ada@example.org")
+        answer = await ada.request(
+            "POST",
+            "/api/v1/subscriptions",
+            headers={"Idempotency-Key": "s"},
+            json={"plan": "premium"},
+        )
+        assert answer.status_code == 201, answer.text
+        first = answer.json()["subscription"]
+        # Pretend a month has passed: the period ended a second ago.
+        db = running.services.domain.get().store.db
+        shift = first["period_end"] - now_ms() + 1000
+
+        async def age(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE subscriptions SET anchor_at = anchor_at - $1,"
+                " period_start = period_start - $1, period_end = period_end - $1",
+                shift,
+            )
+
+        await db.write(age)
+        with trio.fail_after(10):
+            while True:
+                invoices = (await ada.get("/api/v1/invoices")).json()["items"]
+                if len(invoices) == 2:
+                    break
+                await trio.sleep(0.05)
+        now = (await ada.get("/api/v1/subscriptions")).json()["subscription"]
+        assert now["status"] == "active"
+        assert now["period_start"] < now_ms() < now["period_end"]  # the next month
+        assert invoices[0]["period_start"] == now["period_start"]
+        assert invoices[0]["total_cents"] == 3000
