@@ -169,8 +169,8 @@ EXPORTS: dict[str, set[str]] = {
         "ChargeResult", "Charger", "FeatureNotInPlan", "Invoice", "InvoiceLine", "Invoices",
         "Plan", "PlanChange", "Plans", "Proration", "QuotaExceeded", "Renewals", "SandboxCharger",
         "Subscribed", "SubscriptionRequests", "SubscriptionView", "Subscriptions", "Usage",
-        "UsageMeter", "UsageReport", "add_months", "issue_invoice", "prorate", "render_html",
-        "renew_forever",
+        "UsageMeter", "UsageReport", "add_months", "end_subscriptions_of_user", "issue_invoice",
+        "prorate", "render_html", "renew_forever",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",

@@ -26,6 +26,7 @@ from yggdrasil.billing import (
     Subscriptions,
     UsageMeter,
     add_months,
+    end_subscriptions_of_user,
 )
 from yggdrasil.billing._subscription_leases import claim_lease
 from yggdrasil.store import Tx
@@ -151,6 +152,18 @@ async def test_a_canceled_subscription_ends_at_the_period_end(store: Store) -> N
     assert isinstance(charger, SandboxCharger)
     assert await renewal_charges(charger, ada) == []
     assert [h.status for h in await subs.history(ada)] == ["free"]  # ended, kept
+
+
+async def test_a_deleted_account_is_never_renewed(store: Store) -> None:
+    subs = Subscriptions.build(store.db, CONFIG)
+    ada = await user(store, "ada")
+    first = (await subs.subscribe(ada, "premium", key="s")).subscription
+    assert first.period_end is not None
+    ended = await store.db.write(lambda tx: end_subscriptions_of_user(tx, ada, now_ms()))
+    assert ended == 1
+    assert await subs.renewals.run_due(first.period_end) == Counter()
+    assert (await subs.current(ada)).status == "free"
+    assert len((await subs.invoices.list(ada)).items) == 1  # invoices are kept
 
 
 async def test_metered_usage_is_charged_at_the_period_end(store: Store) -> None:

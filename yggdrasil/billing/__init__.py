@@ -21,6 +21,7 @@ from ._charging import Charger, ChargeResult, SandboxCharger
 from ._invoices import Invoice, InvoiceLine, Invoices, issue_invoice, render_html
 from ._plans import Plan, Plans, Proration, add_months, prorate
 from ._renewals import Renewals, renew_forever
+from ._subscription_leases import end_subscriptions_of_user
 from ._subscription_requests import SubscriptionRequests
 from ._subscriptions import (
     PlanChange,
@@ -53,6 +54,7 @@ __all__ = [
     "UsageMeter",
     "UsageReport",
     "add_months",
+    "end_subscriptions_of_user",
     "issue_invoice",
     "prorate",
     "render_html",

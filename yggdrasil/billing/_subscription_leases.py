@@ -85,3 +85,15 @@ async def drop_lease(db: Database, user_id: str, token: str) -> None:
                 token,
             )
         )
+
+
+async def end_subscriptions_of_user(tx: Tx, user_id: str, at: int) -> int:
+    """Account deletion: end ``user_id``'s current subscription as of ``at`` inside the deleting
+    transaction, so that no renewal charges a deleted account (nothing is refunded; the ended
+    row and the invoices stay, as the law keeps invoices). How many ended (0 or 1)."""
+    return await tx.execute(
+        "UPDATE subscriptions SET state = 'ended', ended_at = $2, end_reason = 'account_deleted',"
+        " charge_key = NULL, next_retry_at = NULL WHERE user_id = $1 AND state <> 'ended'",
+        user_id,
+        at,
+    )
