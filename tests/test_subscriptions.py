@@ -103,6 +103,7 @@ async def test_a_new_user_subscribes_sees_the_invoice_upgrades_and_cancels(
     assert page.text.startswith("<!DOCTYPE html>")
     assert invoice["number"] in page.text
     assert "TEST MODE" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
     same = await ada.get(f"/api/v1/invoices/{body['invoice_id']}.html")
     assert same.text == page.text
 
