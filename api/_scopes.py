@@ -110,6 +110,16 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/payments/methods/<method_id>/verify"): ACCOUNT,
     ("POST", "/api/v1/payments/webhooks/stripe"): PUBLIC,
     ("POST", "/api/v1/payments/webhooks/paypal"): PUBLIC,
+    # subscriptions, usage, invoices: the account's own
+    ("GET", "/api/v1/plans"): PUBLIC,
+    ("GET", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions"): ACCOUNT,
+    ("PUT", "/api/v1/subscriptions"): ACCOUNT,
+    ("DELETE", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions/resume"): ACCOUNT,
+    ("GET", "/api/v1/usage"): ACCOUNT,
+    ("GET", "/api/v1/invoices"): ACCOUNT,
+    ("GET", "/api/v1/invoices/<invoice_id>"): ACCOUNT,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,

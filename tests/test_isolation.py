@@ -161,9 +161,9 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
                         (missing_path, missing_query),
                     ):
                         # Money-moving routes need a key to reach their tenant check.
-                        key = {"Idempotency-Key": f"k{secrets.token_hex(8)}"}
+                        idem = {"Idempotency-Key": f"k{secrets.token_hex(8)}"}
                         response = await attacker.request(
-                            method.upper(), path, params=query, json=body, headers=key
+                            method.upper(), path, params=query, json=body, headers=idem
                         )
                         answers.append(snapshot(response))
                     assert answers[0] == answers[1], (method, template, answers)

@@ -179,7 +179,13 @@ EXPORTS: dict[str, set[str]] = {
         "PaymentProviderUnavailable", "Payments", "ProviderCharge", "ProviderPayout",
         "ProviderRefund", "SandboxProvider", "StripeProvider", "WebhookEvent", "WebhookOutcome",
         "WebhookRefused", "Webhooks", "card_data_in", "open_providers", "NoPaymentMethod",
-        "ProviderCollector",
+        "ProviderCollector", "LedgerCharger",
+        # subscriptions
+        "ChargeResult", "Charger", "FeatureNotInPlan", "Invoice", "InvoiceLine", "Invoices",
+        "Plan", "PlanChange", "Plans", "Proration", "QuotaExceeded", "Renewals", "SandboxCharger",
+        "Subscribed", "SubscriptionRequests", "SubscriptionView", "Subscriptions", "Usage",
+        "UsageMeter", "UsageReport", "add_months", "end_subscriptions_of_user", "issue_invoice",
+        "prorate", "render_html", "renew_forever",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -414,6 +420,14 @@ TABLE_OWNERS: dict[str, str] = {
     "payment_methods": "yggdrasil.billing",
     "payment_webhook_events": "yggdrasil.billing",
     "payment_provider_objects": "yggdrasil.billing",
+    "subscriptions": "yggdrasil.billing",
+    "subscription_leases": "yggdrasil.billing",
+    "subscription_requests": "yggdrasil.billing",
+    "subscription_usage": "yggdrasil.billing",
+    "token_consumptions": "yggdrasil.billing",
+    "subscription_charges": "yggdrasil.billing",
+    "invoices": "yggdrasil.billing",
+    "invoice_numbers": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

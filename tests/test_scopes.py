@@ -74,6 +74,15 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/payments/methods/{method_id}/verify"): ACCOUNT,
     ("POST", "/api/v1/payments/webhooks/stripe"): ANYONE,
     ("POST", "/api/v1/payments/webhooks/paypal"): ANYONE,
+    ("GET", "/api/v1/plans"): ANYONE,
+    ("GET", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions"): ACCOUNT,
+    ("PUT", "/api/v1/subscriptions"): ACCOUNT,
+    ("DELETE", "/api/v1/subscriptions"): ACCOUNT,
+    ("POST", "/api/v1/subscriptions/resume"): ACCOUNT,
+    ("GET", "/api/v1/usage"): ACCOUNT,
+    ("GET", "/api/v1/invoices"): ACCOUNT,
+    ("GET", "/api/v1/invoices/{invoice_id}"): ACCOUNT,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -144,6 +153,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "key_id": "ek_none",
         "hold_id": "hd_none",
         "method_id": "pm_none",
+        "invoice_id": "inv_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

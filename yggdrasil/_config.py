@@ -304,6 +304,84 @@ class PaymentsConfig(_Section, frozen=True):
     """Wrong confirmations of a SEPA account's micro-deposits before its verification fails."""
 
 
+PlanId = Annotated[str, msgspec.Meta(pattern="^[a-z][a-z0-9_]{0,31}$")]
+Cents = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+
+
+class PlanConfig(_Section, frozen=True):
+    """One subscription plan (one entry of ``subscriptions.plans``)."""
+
+    id: PlanId
+    """What the API calls it (``premium``); ``free`` is the plan of everyone without another."""
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """Its name on pages and invoices."""
+    price_cents: Cents = 0
+    """The fee per period (a calendar month), charged at the start of the period."""
+    tokens: Annotated[int, msgspec.Meta(ge=0, le=10**12)] = 0
+    """Cloud-LLM tokens included per period; consumption past them is refused."""
+    token_price_cents: Cents = 0
+    """Pay-per-token: when above 0, tokens are not limited but counted, and charged at the end
+    of the period at this price per 1,000 tokens (rounded up to a whole cent)."""
+    features: list[str] = []
+    """Features this plan grants beyond ``subscriptions.core_features`` (``cloud_llm``,
+    ``priority_relay``, ``priority_support``)."""
+
+
+def _default_plans() -> list[PlanConfig]:
+    return [
+        PlanConfig(id="free", name="Free"),
+        PlanConfig(
+            id="premium", name="Premium", price_cents=3000, tokens=400_000, features=["cloud_llm"]
+        ),
+        PlanConfig(
+            id="pro",
+            name="Pro",
+            price_cents=12000,
+            tokens=1_700_000,
+            features=["cloud_llm", "priority_relay"],
+        ),
+        PlanConfig(
+            id="enterprise",
+            name="Enterprise",
+            price_cents=25000,
+            tokens=3_500_000,
+            features=["cloud_llm", "priority_relay", "priority_support"],
+        ),
+        PlanConfig(
+            id="pay_per_token", name="Pay-per-Token", token_price_cents=1, features=["cloud_llm"]
+        ),
+    ]
+
+
+class SubscriptionsConfig(_Section, frozen=True):
+    """Subscription plans, feature access and token quotas, renewals."""
+
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    """ISO 4217 code of every plan price and invoice."""
+    plans: list[PlanConfig] = msgspec.field(default_factory=_default_plans)
+    """The plans users may choose (``[[subscriptions.plans]]`` tables); one must be ``free``,
+    with no price and no tokens."""
+    core_features: list[str] = msgspec.field(
+        default_factory=lambda: ["relay", "turn", "marketplace"]
+    )
+    """Features every plan grants, ``free`` included."""
+    grace_s: Annotated[int, msgspec.Meta(ge=0)] = 7 * 24 * 3600
+    """After a renewal charge fails, the subscription stays usable this long (past due) while
+    the charge is retried; then it ends and the user is on ``free``."""
+    retry_after_s: list[Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(
+        default_factory=lambda: [24 * 3600, 3 * 24 * 3600, 5 * 24 * 3600]
+    )
+    """When a failed renewal charge is retried, in seconds after the renewal date (each within
+    ``grace_s``)."""
+    renewal_interval_s: Seconds = 60.0
+    """How often the renewal job looks for subscriptions due."""
+    lease_s: Annotated[int, msgspec.Meta(ge=5)] = 120
+    """How long one instance holds a user's billing (a renewal, a plan change) before another
+    may take it over: longer than a charge may take."""
+    request_ttl_s: Annotated[int, msgspec.Meta(ge=24 * 3600)] = 48 * 3600
+    """How long the answers to subscription requests are kept for replays (at least a day)."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -319,6 +397,7 @@ class Config(_Section, frozen=True):
     operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
+    subscriptions: SubscriptionsConfig = msgspec.field(default_factory=SubscriptionsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -340,6 +419,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "operator": OperatorConfig,
     "ledger": LedgerConfig,
     "payments": PaymentsConfig,
+    "subscriptions": SubscriptionsConfig,
 }
 
 
@@ -481,6 +561,25 @@ def _check_values(config: Config) -> None:
             )
 
 
+def _check_subscriptions(config: SubscriptionsConfig) -> None:
+    """The plans table: unique ids, a free plan that costs nothing, retries within the grace."""
+    ids = [plan.id for plan in config.plans]
+    for plan_id in ids:
+        if ids.count(plan_id) > 1:
+            raise ConfigError(f"subscriptions.plans: the plan id {plan_id!r} appears twice")
+    free = [plan for plan in config.plans if plan.id == "free"]
+    if not free or free[0].price_cents or free[0].token_price_cents or free[0].tokens:
+        raise ConfigError(
+            "subscriptions.plans: a plan 'free' with no price and no tokens is required"
+        )
+    for retry in config.retry_after_s:
+        if retry > config.grace_s:
+            raise ConfigError(
+                f"subscriptions.retry_after_s: {retry} is after the grace period"
+                f" (grace_s = {config.grace_s})"
+            )
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -511,4 +610,5 @@ def load_config(
     except msgspec.ValidationError as exc:
         raise _error(exc) from None
     _check_values(config)
+    _check_subscriptions(config.subscriptions)
     return config

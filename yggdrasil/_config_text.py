@@ -144,7 +144,7 @@ def describe_type(info: msgspec.inspect.Type) -> str:
         return "one of " + ", ".join(json.dumps(v) for v in info.values)
     if isinstance(info, msgspec.inspect.ListType):
         return f"list of {describe_type(info.item_type)}"
-    if isinstance(info, msgspec.inspect.DictType):
+    if isinstance(info, msgspec.inspect.DictType | msgspec.inspect.StructType):
         return "table"
     return type(info).__name__
 

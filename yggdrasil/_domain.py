@@ -11,6 +11,7 @@ room) and the devices room does not import accounts.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,19 @@ from ._errors import StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
-from .billing import Collector, Ledger, PaymentProvider, Payments, ProviderCollector, open_providers
+from .billing import (
+    Collector,
+    Ledger,
+    LedgerCharger,
+    PaymentProvider,
+    Payments,
+    Plans,
+    ProviderCollector,
+    Subscriptions,
+    UsageMeter,
+    open_providers,
+    renew_forever,
+)
 from .devices import DeviceStore
 from .networks import NetworkStore
 from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
@@ -79,6 +92,11 @@ class Domain:
     collector: Collector
     """Takes money in for ``POST /api/v1/payments/process``: the user's default verified payer
     method, through its provider (the sandbox's test tokens in test mode)."""
+    subscriptions: Subscriptions
+    """Plans, subscriptions, invoices and the renewal job; charges the user's default payer
+    method through the ledger (:class:`LedgerCharger`)."""
+    usage: UsageMeter
+    """Feature access and token quotas: what the rest of the server asks."""
 
     @classmethod
     def build(
@@ -96,15 +114,25 @@ class Domain:
         providers (:func:`open_providers`), which the caller closes; none by default."""
         accounts = Accounts(db, tokens, mailer, config.auth, on_revoke=on_revoke)
         payments = Payments(db, payment_providers or {}, config.payments)
+        ledger = Ledger(db, config.ledger)
+        collector = ProviderCollector(payments)
         return cls(
             store=Store(db),
             accounts=accounts,
             oidc=Oidc(accounts, config.oidc),
             account_data=AccountData(db),
             operators=Operators(db),
-            ledger=Ledger(db, config.ledger),
+            ledger=ledger,
             payments=payments,
-            collector=ProviderCollector(payments),
+            collector=collector,
+            subscriptions=Subscriptions.build(
+                db, config.subscriptions, LedgerCharger(ledger, collector)
+            ),
+            usage=UsageMeter(
+                db,
+                Plans(config.subscriptions),
+                key_ttl_ms=config.subscriptions.request_ttl_s * 1000,
+            ),
         )
 
 
@@ -168,6 +196,15 @@ def store_child(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
                     nursery.start_soon(built.ledger.maintain_forever)
+                    subscriptions = built.subscriptions
+                    nursery.start_soon(
+                        functools.partial(
+                            renew_forever,
+                            subscriptions.renewals,
+                            config.subscriptions.renewal_interval_s,
+                            purges=[subscriptions.requests.purge, built.usage.purge],
+                        )
+                    )
                     task_status.started()
                     await stopping.wait()
                     nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external
 every transaction.
 """
 
+from ._charging import Charger, ChargeResult, SandboxCharger
 from ._collection import NoPaymentMethod, ProviderCollector
 from ._idempotency import (
     Codec,
@@ -29,6 +30,7 @@ from ._idempotency import (
     stored_answer,
     struct_codec,
 )
+from ._invoices import Invoice, InvoiceLine, Invoices, issue_invoice, render_html
 from ._ledger import (
     Balances,
     Capture,
@@ -58,6 +60,7 @@ from ._methods import (
 from ._money import MAX_AMOUNT, Cents, InvalidAmount, check_cents, compute_cost, fee, split
 from ._payments import Payments, open_providers
 from ._paypal import PayPalProvider
+from ._plans import Plan, Plans, Proration, add_months, prorate
 from ._postings import (
     KIND_RULES,
     SIGN_RULES,
@@ -81,9 +84,20 @@ from ._providers import (
     ProviderPayout,
     ProviderRefund,
 )
+from ._renewals import Renewals, renew_forever
 from ._sandbox import MICRO_DEPOSITS_CENTS, SandboxProvider
 from ._seam import Collected, Collector, SandboxCollector
 from ._stripe import StripeProvider
+from ._subscription_leases import end_subscriptions_of_user
+from ._subscription_money import LedgerCharger
+from ._subscription_requests import SubscriptionRequests
+from ._subscriptions import (
+    PlanChange,
+    Subscribed,
+    Subscriptions,
+    SubscriptionView,
+)
+from ._usage import FeatureNotInPlan, QuotaExceeded, Usage, UsageMeter, UsageReport
 from ._webhooks import MAX_WEBHOOK_BYTES, WebhookEvent, WebhookOutcome, WebhookRefused, Webhooks
 
 __all__ = [
@@ -96,7 +110,9 @@ __all__ = [
     "Capture",
     "Cents",
     "Charge",
+    "ChargeResult",
     "ChargeableMethod",
+    "Charger",
     "Codec",
     "Collected",
     "Collector",
@@ -104,13 +120,18 @@ __all__ = [
     "Entry",
     "ExceedsHold",
     "ExceedsRefundable",
+    "FeatureNotInPlan",
     "Hold",
     "HoldClosed",
     "IdempotencyKeyRequired",
     "IdempotencyKeyReused",
     "InsufficientFunds",
     "InvalidAmount",
+    "Invoice",
+    "InvoiceLine",
+    "Invoices",
     "Ledger",
+    "LedgerCharger",
     "LedgerCheck",
     "MethodCheck",
     "MicroDepositsMismatch",
@@ -129,31 +150,51 @@ __all__ = [
     "PaymentProviderUnavailable",
     "Payments",
     "Payout",
+    "Plan",
+    "PlanChange",
+    "Plans",
     "Posting",
+    "Proration",
     "ProviderCharge",
     "ProviderCollector",
     "ProviderPayout",
     "ProviderRefund",
+    "QuotaExceeded",
     "Refund",
+    "Renewals",
+    "SandboxCharger",
     "SandboxCollector",
     "SandboxProvider",
     "StripeProvider",
+    "Subscribed",
+    "SubscriptionRequests",
+    "SubscriptionView",
+    "Subscriptions",
     "UnbalancedPostings",
+    "Usage",
+    "UsageMeter",
+    "UsageReport",
     "WebhookEvent",
     "WebhookOutcome",
     "WebhookRefused",
     "Webhooks",
+    "add_months",
     "card_data_in",
     "check_cents",
     "check_key",
     "company_account",
     "compute_cost",
+    "end_subscriptions_of_user",
     "external_account",
     "fee",
     "idempotent",
+    "issue_invoice",
     "open_providers",
     "post",
+    "prorate",
     "purge_idempotency_keys",
+    "render_html",
+    "renew_forever",
     "run_once",
     "sign_of",
     "split",
