@@ -18,7 +18,15 @@ from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
-TENANT_PARAMS = {"device_id", "hold_id", "key_id", "method_id", "network_id", "user_id"}
+TENANT_PARAMS = {
+    "device_id",
+    "hold_id",
+    "invoice_id",
+    "key_id",
+    "method_id",
+    "network_id",
+    "user_id",
+}
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
 
 # A valid body for every route with an id that takes one: without it the request would stop at
@@ -106,12 +114,17 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
         "POST", "/api/v1/billing/holds", json={"amount": 500}, headers={"Idempotency-Key": "h"}
     )
     assert hold.status_code == 201, hold.text
+    subscribed = await alice.request(
+        "POST", "/api/v1/subscriptions", json={"plan": "premium"}, headers={"Idempotency-Key": "s"}
+    )
+    assert subscribed.status_code == 201, subscribed.text
     lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
     await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
     key = await alice.post(f"/api/v1/networks/{alice_home}/enrollment-keys", json={"ttl_s": 600})
     alice_ids = {
         "device_id": "laptop",
         "hold_id": hold.json()["hold_id"],
+        "invoice_id": subscribed.json()["invoice_id"],
         "key_id": key.json()["key_id"],
         "method_id": method.json()["method_id"],
         "network_id": alice_home,

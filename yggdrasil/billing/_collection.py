@@ -16,7 +16,7 @@ from ._seam import Collected
 
 
 class NoPaymentMethod(YggdrasilError):
-    status = 409
+    status = 402
     code = "no_payment_method"
     default_message = "add and verify a payment method first (POST /api/v1/payments/methods)"
 
