@@ -21,14 +21,31 @@ from actors import ChildSpec
 
 from ._asyncio_thread import AsyncioThread
 from ._config import Config
-from ._errors import StoreUnavailable
+from ._errors import NotFound, StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
-from .billing import Collector, Ledger, SandboxCollector
+from .billing import (
+    BillingData,
+    Collector,
+    KycService,
+    Ledger,
+    Limits,
+    Payouts,
+    SandboxCollector,
+    SandboxDisburser,
+    SandboxPayoutMethods,
+)
 from .devices import DeviceStore
 from .networks import NetworkStore
-from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
+from .store import (
+    AuditLog,
+    Database,
+    Scope,
+    migrate,
+    open_database_retrying,
+    seal_audit_forever,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +95,11 @@ class Domain:
     collector: Collector
     """Takes money in for ``POST /api/v1/payments/process``: the sandbox (test mode) until a
     payment provider is configured."""
+    payouts: Payouts
+    """Payouts of earnings and their job; sends through the sandbox (test mode) until a
+    payment provider is configured."""
+    kyc: KycService
+    limits: Limits
 
     @classmethod
     def build(
@@ -92,14 +114,46 @@ class Domain:
         """``on_revoke(subject, not_before_ms)``: how a revocation the accounts make reaches every
         instance (by default only this process's token check)."""
         accounts = Accounts(db, tokens, mailer, config.auth, on_revoke=on_revoke)
+        store = Store(db)
+
+        async def email_of(user_id: str) -> str | None:
+            try:
+                return (await store.users.get_me(Scope(user_id))).email
+            except NotFound:
+                return None
+
+        collector = SandboxCollector()
+        limits = Limits(
+            db,
+            config.payouts,
+            collector=collector,
+            currency=config.ledger.currency,
+            mailer=mailer,
+            email_of=email_of,
+        )
+        ledger = Ledger(db, config.ledger, spending=limits)
+        kyc = KycService(db, config.payouts)
+        payouts = Payouts(
+            db,
+            ledger,
+            config.payouts,
+            kyc=kyc,
+            methods=SandboxPayoutMethods(),
+            disburser=SandboxDisburser(),
+            collector=collector,
+        )
+        rooms = {"billing": BillingData(ledger, config.payouts)}
         return cls(
-            store=Store(db),
+            store=store,
             accounts=accounts,
             oidc=Oidc(accounts, config.oidc),
-            account_data=AccountData(db),
-            operators=Operators(db),
-            ledger=Ledger(db, config.ledger),
-            collector=SandboxCollector(),
+            account_data=AccountData(db, rooms),
+            operators=Operators(db, rooms),
+            ledger=ledger,
+            collector=collector,
+            payouts=payouts,
+            kyc=kyc,
+            limits=limits,
         )
 
 
@@ -158,6 +212,7 @@ def store_child(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
                 nursery.start_soon(built.ledger.maintain_forever)
+                nursery.start_soon(built.payouts.run_forever)
                 task_status.started()
                 await stopping.wait()
                 nursery.cancel_scope.cancel()

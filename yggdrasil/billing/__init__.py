@@ -9,7 +9,9 @@ One room, several parts, each in modules of its own that own their tables and SQ
   the payment-provider seam and its implementations, stored payment methods (provider tokens
   only), webhook verification and deduplication;
 - subscriptions (``_plans``, ``_subscriptions``, ``_usage``, ``_invoices``, ``_renewals``);
-- payouts (``_payouts``): schedules, minimums, KYC, netting.
+- payouts (``_payouts``, ``_kyc``, ``_limits``, ``_privacy``): schedules, minimums, KYC,
+  netting, spending limits, budget alerts, auto-top-up, and the room's part of a user's export
+  and deletion.
 
 Accounts of the ledger are named ``user:<user_id>:<kind>`` (balance, held, earnings, payable,
 receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external:<provider>``
@@ -28,6 +30,7 @@ from ._idempotency import (
     stored_answer,
     struct_codec,
 )
+from ._kyc import Kyc, KycRequired, KycService, KycVerified
 from ._ledger import (
     Balances,
     Capture,
@@ -44,8 +47,19 @@ from ._ledger import (
     NettingOff,
     Payout,
     Refund,
+    SpendingHook,
 )
+from ._limits import AutoTopup, Limits, SpendingLimitReached, SpendingLimits
 from ._money import MAX_AMOUNT, Cents, InvalidAmount, check_cents, compute_cost, fee, split
+from ._payouts import (
+    BelowMinimum,
+    PayoutList,
+    PayoutMethodRequired,
+    PayoutRecord,
+    Payouts,
+    PayoutSettings,
+    Waiting,
+)
 from ._postings import (
     KIND_RULES,
     SIGN_RULES,
@@ -58,13 +72,29 @@ from ._postings import (
     sign_of,
     user_account,
 )
-from ._seam import Collected, Collector, SandboxCollector
+from ._privacy import BillingData
+from ._seam import (
+    Collected,
+    Collector,
+    Disbursed,
+    Disburser,
+    PayoutDeclined,
+    PayoutMethod,
+    PayoutMethods,
+    PayoutUnreachable,
+    SandboxCollector,
+    SandboxDisburser,
+    SandboxPayoutMethods,
+)
 
 __all__ = [
     "KIND_RULES",
     "MAX_AMOUNT",
     "SIGN_RULES",
+    "AutoTopup",
     "Balances",
+    "BelowMinimum",
+    "BillingData",
     "Capture",
     "Cents",
     "Charge",
@@ -72,6 +102,8 @@ __all__ = [
     "Collected",
     "Collector",
     "Deposit",
+    "Disbursed",
+    "Disburser",
     "Entry",
     "ExceedsHold",
     "ExceedsRefundable",
@@ -81,15 +113,35 @@ __all__ = [
     "IdempotencyKeyReused",
     "InsufficientFunds",
     "InvalidAmount",
+    "Kyc",
+    "KycRequired",
+    "KycService",
+    "KycVerified",
     "Ledger",
     "LedgerCheck",
+    "Limits",
     "Netting",
     "NettingOff",
     "Payout",
+    "PayoutDeclined",
+    "PayoutList",
+    "PayoutMethod",
+    "PayoutMethodRequired",
+    "PayoutMethods",
+    "PayoutRecord",
+    "PayoutSettings",
+    "PayoutUnreachable",
+    "Payouts",
     "Posting",
     "Refund",
     "SandboxCollector",
+    "SandboxDisburser",
+    "SandboxPayoutMethods",
+    "SpendingHook",
+    "SpendingLimitReached",
+    "SpendingLimits",
     "UnbalancedPostings",
+    "Waiting",
     "check_cents",
     "check_key",
     "company_account",
