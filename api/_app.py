@@ -24,7 +24,7 @@ from yggdrasil import (
     Unavailable,
 )
 
-from . import _admin, _billing, _errors, _pages, _resources, _users
+from . import _admin, _billing, _errors, _pages, _payouts, _resources, _users
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
@@ -103,6 +103,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _resources.install(app, guard, ctx.ice, ctx.webrtc)
     _admin.install(app, guard)
     _billing.install(app, guard)
+    _payouts.install(app, guard)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

@@ -143,7 +143,7 @@ EXPORTS: dict[str, set[str]] = {
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
-        "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
+        "RoomData", "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
         "revoke_device_tokens",
     },
     "yggdrasil.devices": {
@@ -173,6 +173,13 @@ EXPORTS: dict[str, set[str]] = {
         "check_key", "company_account", "compute_cost", "external_account", "fee", "idempotent",
         "post", "purge_idempotency_keys", "run_once", "sign_of", "split", "stored_answer",
         "struct_codec", "user_account",
+        # payouts, KYC, spending limits, the room's part of export and deletion
+        "AutoTopup", "BelowMinimum", "BillingData", "Disbursed", "Disburser", "Kyc",
+        "KycRequired", "KycService", "KycVerified", "Limits", "PayoutDeclined", "PayoutList",
+        "PayoutMethod", "PayoutMethodRequired", "PayoutMethods", "PayoutRecord",
+        "PayoutSettings", "PayoutUnreachable", "Payouts", "SandboxDisburser",
+        "SandboxPayoutMethods", "SpendingHook", "SpendingLimitReached", "SpendingLimits",
+        "Waiting",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -404,6 +411,14 @@ TABLE_OWNERS: dict[str, str] = {
     "ledger_refundables": "yggdrasil.billing",
     "ledger_netting": "yggdrasil.billing",
     "idempotency_keys": "yggdrasil.billing",
+    "payout_settings": "yggdrasil.billing",
+    "payouts": "yggdrasil.billing",
+    "payout_runs": "yggdrasil.billing",
+    "kyc": "yggdrasil.billing",
+    "spending_limits": "yggdrasil.billing",
+    "spending_months": "yggdrasil.billing",
+    "spending_alerts": "yggdrasil.billing",
+    "topups": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

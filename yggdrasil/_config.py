@@ -281,7 +281,9 @@ class PayoutsConfig(_Section, frozen=True):
     """The smallest payout in cents for users who chose nothing (1000 = EUR 10)."""
     minimum_floor: Annotated[int, msgspec.Meta(ge=1, le=100_000_000_000)] = 100
     """The smallest minimum a user may choose, in cents."""
-    kyc_regions: list[Annotated[str, msgspec.Meta(pattern="^([A-Z]{2}|\\*)$")]] = ["*"]
+    kyc_regions: list[Annotated[str, msgspec.Meta(pattern="^([A-Z]{2}|\\*)$")]] = msgspec.field(
+        default_factory=lambda: ["*"]
+    )
     """Regions (ISO 3166 country codes) whose providers need a verified KYC before a payout;
     ``*`` is every region (and a user who has not said where they are)."""
     lease_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
@@ -290,7 +292,9 @@ class PayoutsConfig(_Section, frozen=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     """Tries of a payout whose provider cannot be reached before it fails and its booking is
     reversed (the money goes back to the earnings)."""
-    alert_thresholds: list[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = [50, 80, 100]
+    alert_thresholds: list[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = msgspec.field(
+        default_factory=lambda: [50, 80, 100]
+    )
     """Budget alerts, in percent of the monthly spending limit, for users who chose none."""
     max_topups_per_month: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     """The most automatic top-ups a user may allow per month."""
