@@ -145,6 +145,7 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "user_id": ids["target"],
         "key_id": "ek_none",
         "hold_id": "hd_none",
+        "payout_id": "po_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)
