@@ -24,7 +24,17 @@ from yggdrasil import (
     Unavailable,
 )
 
-from . import _admin, _billing, _errors, _pages, _payments, _resources, _subscriptions, _users
+from . import (
+    _admin,
+    _billing,
+    _errors,
+    _pages,
+    _payments,
+    _payouts,
+    _resources,
+    _subscriptions,
+    _users,
+)
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
@@ -105,6 +115,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _billing.install(app, guard)
     _payments.install(app, guard)
     _subscriptions.install(app, guard)
+    _payouts.install(app, guard)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

@@ -234,6 +234,8 @@ class Export(msgspec.Struct):
     enrollment_keys: list[dict[str, Any]]
     login_codes: list[dict[str, Any]]
     audit_log: list[dict[str, Any]]
+    billing: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Balances, ledger entries, holds, payouts and their settings, KYC, spending limits."""
 
 
 class IceServer(msgspec.Struct):

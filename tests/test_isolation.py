@@ -16,6 +16,8 @@ import pytest
 from tests.clients import RELAXED_LIMITS, count_mail, device, read_code, sign_in, with_test_card
 from tests.conftest import fresh_pg_database
 from tests.servers import running_server
+from yggdrasil.billing import Posting, user_account
+from yggdrasil.server import Running
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
 TENANT_PARAMS = {
@@ -25,6 +27,7 @@ TENANT_PARAMS = {
     "key_id",
     "method_id",
     "network_id",
+    "payout_id",
     "user_id",
 }
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
@@ -39,6 +42,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/payments/methods/{method_id}/default"): {"purpose": "payer"},
     ("post", "/api/v1/payments/methods/{method_id}/verify"): {"amounts_cents": [32, 45]},
     ("post", "/api/v1/billing/holds/{hold_id}/capture"): {"amount": 100},
+    ("post", "/api/admin/users/{user_id}/kyc"): {"status": "verified"},
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -79,24 +83,29 @@ def snapshot(response: httpx.Response) -> tuple[int, bytes, tuple[tuple[str, str
 
 
 @pytest.fixture
-async def world(
-    data_dir: Path, backend: str, asyncio_loop: None
-) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+async def running(data_dir: Path, backend: str, asyncio_loop: None) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
         database: dict[str, str] = {}
         if backend == "postgres":
             database["url"] = await stack.enter_async_context(fresh_pg_database())
-        running = await stack.enter_async_context(
-            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
+        yield await stack.enter_async_context(
+            running_server(
+                data_dir,
+                limits=RELAXED_LIMITS,
+                database=database,
+                payouts={"kyc_regions": []},  # so that Alice can have a payout to look for
+            )
         )
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=running.api_url, timeout=30)
-        )
+
+
+@pytest.fixture
+async def world(running: Running, data_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+    async with httpx.AsyncClient(base_url=running.api_url, timeout=30) as http:
         yield http, data_dir / "outbox"
 
 
 async def test_foreign_ids_look_exactly_like_nonexistent_ones(
-    world: tuple[httpx.AsyncClient, Path],
+    world: tuple[httpx.AsyncClient, Path], running: Running
 ) -> None:
     http, outbox = world
     alice = await sign_in(http, outbox, "alice@example.org")
@@ -107,13 +116,25 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     assert (await alice.post("/api/v1/devices", json=device("laptop"))).status_code == 201
     await with_test_card(alice)
     paid = await alice.request(
-        "POST", "/api/v1/payments/process", json={"amount": 1000}, headers={"Idempotency-Key": "p"}
+        "POST", "/api/v1/payments/process", json={"amount": 3000}, headers={"Idempotency-Key": "p"}
     )
     assert paid.status_code == 201, paid.text
     hold = await alice.request(
         "POST", "/api/v1/billing/holds", json={"amount": 500}, headers={"Idempotency-Key": "h"}
     )
     assert hold.status_code == 201, hold.text
+    # Earnings (as the marketplace will book them) and a payout of them to her PayPal account.
+    paypal = {"kind": "paypal", "token": "tok_sandbox_paypal", "purposes": ["payout"]}
+    assert (await alice.post("/api/v1/payments/methods", json=paypal)).status_code == 201
+    ledger = running.services.domain.get().ledger
+    alice_id = alice.session["user_id"]
+    earned = await ledger.hold(alice_id, 1500, key="earn")
+    to_earnings = [Posting(user_account(alice_id, "earnings"), 1500)]
+    await ledger.capture(earned.hold_id, 1500, key="earned", to=to_earnings)
+    payout = await alice.request(
+        "POST", "/api/v1/payouts", json={"amount": 1000}, headers={"Idempotency-Key": "o"}
+    )
+    assert payout.status_code == 201, payout.text
     subscribed = await alice.request(
         "POST", "/api/v1/subscriptions", json={"plan": "premium"}, headers={"Idempotency-Key": "s"}
     )
@@ -127,6 +148,7 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
         "invoice_id": subscribed.json()["invoice_id"],
         "key_id": key.json()["key_id"],
         "method_id": method.json()["method_id"],
+        "payout_id": payout.json()["payout_id"],
         "network_id": alice_home,
         "user_id": alice.session["user_id"],
     }

@@ -143,7 +143,7 @@ EXPORTS: dict[str, set[str]] = {
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
-        "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
+        "RoomData", "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
         "revoke_device_tokens",
     },
     "yggdrasil.devices": {
@@ -179,13 +179,21 @@ EXPORTS: dict[str, set[str]] = {
         "PaymentProviderUnavailable", "Payments", "ProviderCharge", "ProviderPayout",
         "ProviderRefund", "SandboxProvider", "StripeProvider", "WebhookEvent", "WebhookOutcome",
         "WebhookRefused", "Webhooks", "card_data_in", "open_providers", "NoPaymentMethod",
-        "ProviderCollector", "LedgerCharger",
+        "ProviderCollector", "LedgerCharger", "ProviderDisburser",
+        "ProviderPayoutMethods",
         # subscriptions
         "ChargeResult", "Charger", "FeatureNotInPlan", "Invoice", "InvoiceLine", "Invoices",
         "Plan", "PlanChange", "Plans", "Proration", "QuotaExceeded", "Renewals", "SandboxCharger",
         "Subscribed", "SubscriptionRequests", "SubscriptionView", "Subscriptions", "Usage",
         "UsageMeter", "UsageReport", "add_months", "end_subscriptions_of_user", "issue_invoice",
         "prorate", "render_html", "renew_forever",
+        # payouts, KYC, spending limits, the room's part of export and deletion
+        "AutoTopup", "BelowMinimum", "BillingData", "Disbursed", "Disburser", "Kyc",
+        "KycRequired", "KycService", "KycVerified", "Limits", "PayoutDeclined", "PayoutList",
+        "PayoutMethod", "PayoutMethodRequired", "PayoutMethods", "PayoutRecord",
+        "PayoutSettings", "PayoutUnreachable", "Payouts", "SandboxDisburser",
+        "SandboxPayoutMethods", "SpendingHook", "SpendingLimitReached", "SpendingLimits",
+        "Waiting",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -428,6 +436,14 @@ TABLE_OWNERS: dict[str, str] = {
     "subscription_charges": "yggdrasil.billing",
     "invoices": "yggdrasil.billing",
     "invoice_numbers": "yggdrasil.billing",
+    "payout_settings": "yggdrasil.billing",
+    "payouts": "yggdrasil.billing",
+    "payout_runs": "yggdrasil.billing",
+    "kyc": "yggdrasil.billing",
+    "spending_limits": "yggdrasil.billing",
+    "spending_months": "yggdrasil.billing",
+    "spending_alerts": "yggdrasil.billing",
+    "topups": "yggdrasil.billing",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -36,6 +36,7 @@ from ._errors import (
     sole_exception,
 )
 from .accounts import CLI_OPERATOR, Operators, User
+from .billing import BillingData, Ledger
 from .devices import Device
 from .store import MAX_PAGE, AuditLog, Page, migrate, open_database
 
@@ -229,7 +230,9 @@ async def _with_operators(config: Config, work: Callable[[Operators], Awaitable[
         db = await open_database(config.database, config.data_path, bridge)
         try:
             await migrate(db)
-            result = await work(Operators(db))
+            # Deleting a user here forgets their billing data exactly as the API does.
+            billing = BillingData(Ledger(db, config.ledger), config.payouts)
+            result = await work(Operators(db, {"billing": billing}))
             # Seal this command's audit entries into the chain now, rather than leave them to
             # the next server's sealer.
             await AuditLog(db).seal()

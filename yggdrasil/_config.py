@@ -382,6 +382,37 @@ class SubscriptionsConfig(_Section, frozen=True):
     """How long the answers to subscription requests are kept for replays (at least a day)."""
 
 
+class PayoutsConfig(_Section, frozen=True):
+    """Payouts of earnings, KYC, spending limits and auto-top-up (billing)."""
+
+    interval_s: Seconds = 60.0
+    """How often the payout job looks for users whose payout is due and for pending payouts."""
+    default_frequency: Literal["daily", "weekly", "monthly"] = "monthly"
+    """How often earnings are paid out for users who chose nothing (periods in UTC; weeks are
+    ISO weeks)."""
+    default_minimum: Annotated[int, msgspec.Meta(ge=1, le=100_000_000_000)] = 1000
+    """The smallest payout in cents for users who chose nothing (1000 = EUR 10)."""
+    minimum_floor: Annotated[int, msgspec.Meta(ge=1, le=100_000_000_000)] = 100
+    """The smallest minimum a user may choose, in cents."""
+    kyc_regions: list[Annotated[str, msgspec.Meta(pattern="^([A-Z]{2}|\\*)$")]] = msgspec.field(
+        default_factory=lambda: ["*"]
+    )
+    """Regions (ISO 3166 country codes) whose providers need a verified KYC before a payout;
+    ``*`` is every region (and a user who has not said where they are)."""
+    lease_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
+    """How long one instance has a pending payout to itself while it asks the provider; past
+    it (that instance died) another instance sends it again with the same key."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    """Tries of a payout whose provider cannot be reached before it fails and its booking is
+    reversed (the money goes back to the earnings)."""
+    alert_thresholds: list[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = msgspec.field(
+        default_factory=lambda: [50, 80, 100]
+    )
+    """Budget alerts, in percent of the monthly spending limit, for users who chose none."""
+    max_topups_per_month: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    """The most automatic top-ups a user may allow per month."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -398,6 +429,7 @@ class Config(_Section, frozen=True):
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
     subscriptions: SubscriptionsConfig = msgspec.field(default_factory=SubscriptionsConfig)
+    payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -420,6 +452,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "ledger": LedgerConfig,
     "payments": PaymentsConfig,
     "subscriptions": SubscriptionsConfig,
+    "payouts": PayoutsConfig,
 }
 
 

@@ -22,18 +22,24 @@ from actors import ChildSpec
 
 from ._asyncio_thread import AsyncioThread
 from ._config import Config
-from ._errors import StoreUnavailable
+from ._errors import NotFound, StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
 from .billing import (
+    BillingData,
     Collector,
+    KycService,
     Ledger,
     LedgerCharger,
+    Limits,
     PaymentProvider,
     Payments,
+    Payouts,
     Plans,
     ProviderCollector,
+    ProviderDisburser,
+    ProviderPayoutMethods,
     Subscriptions,
     UsageMeter,
     open_providers,
@@ -41,7 +47,14 @@ from .billing import (
 )
 from .devices import DeviceStore
 from .networks import NetworkStore
-from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
+from .store import (
+    AuditLog,
+    Database,
+    Scope,
+    migrate,
+    open_database_retrying,
+    seal_audit_forever,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +110,11 @@ class Domain:
     method through the ledger (:class:`LedgerCharger`)."""
     usage: UsageMeter
     """Feature access and token quotas: what the rest of the server asks."""
+    payouts: Payouts
+    """Payouts of earnings and their job; sends to the user's verified payout method through
+    its provider (the sandbox's test tokens in test mode)."""
+    kyc: KycService
+    limits: Limits
 
     @classmethod
     def build(
@@ -114,14 +132,41 @@ class Domain:
         providers (:func:`open_providers`), which the caller closes; none by default."""
         accounts = Accounts(db, tokens, mailer, config.auth, on_revoke=on_revoke)
         payments = Payments(db, payment_providers or {}, config.payments)
-        ledger = Ledger(db, config.ledger)
+        store = Store(db)
+
+        async def email_of(user_id: str) -> str | None:
+            try:
+                return (await store.users.get_me(Scope(user_id))).email
+            except NotFound:
+                return None
+
         collector = ProviderCollector(payments)
+        limits = Limits(
+            db,
+            config.payouts,
+            collector=collector,
+            currency=config.ledger.currency,
+            mailer=mailer,
+            email_of=email_of,
+        )
+        ledger = Ledger(db, config.ledger, spending=limits)
+        kyc = KycService(db, config.payouts)
+        payouts = Payouts(
+            db,
+            ledger,
+            config.payouts,
+            kyc=kyc,
+            methods=ProviderPayoutMethods(payments),
+            disburser=ProviderDisburser(payments),
+            collector=collector,
+        )
+        rooms = {"billing": BillingData(ledger, config.payouts)}
         return cls(
-            store=Store(db),
+            store=store,
             accounts=accounts,
             oidc=Oidc(accounts, config.oidc),
-            account_data=AccountData(db),
-            operators=Operators(db),
+            account_data=AccountData(db, rooms),
+            operators=Operators(db, rooms),
             ledger=ledger,
             payments=payments,
             collector=collector,
@@ -133,6 +178,9 @@ class Domain:
                 Plans(config.subscriptions),
                 key_ttl_ms=config.subscriptions.request_ttl_s * 1000,
             ),
+            payouts=payouts,
+            kyc=kyc,
+            limits=limits,
         )
 
 
@@ -196,6 +244,7 @@ def store_child(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
                     nursery.start_soon(built.ledger.maintain_forever)
+                    nursery.start_soon(built.payouts.run_forever)
                     subscriptions = built.subscriptions
                     nursery.start_soon(
                         functools.partial(

@@ -22,7 +22,7 @@ from ._keys import EnrollmentKeyInfo, KeyUsed
 from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
 from ._operator_tools import CLI_OPERATOR, UserDetail
 from ._operators import Operators
-from ._removal import HomeNetwork
+from ._removal import HomeNetwork, RoomData
 from ._revocations import revoke_device_tokens
 from ._users import User, UserStore, insert_user
 
@@ -43,6 +43,7 @@ __all__ = [
     "OidcFailed",
     "Operators",
     "ProviderUnavailable",
+    "RoomData",
     "Session",
     "User",
     "UserDetail",

@@ -3,6 +3,7 @@ their enrolment keys."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -13,13 +14,16 @@ from ..devices import devices_of_user
 from ..networks import networks_of_user, require_member
 from ..store import Database, Page, Row, Scope, Tx, append_audit, audit_entries_about
 from ._keys import EnrollmentKeyInfo, list_keys, next_cursor, page_args, revoke_key
-from ._removal import delete_account, delete_network
+from ._removal import RoomData, delete_account, delete_network
 from ._users import User, _user
 
 
 class AccountData:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, rooms: Mapping[str, RoomData] | None = None) -> None:
+        """``rooms``: other rooms' parts of a user's data, by the name they have in the
+        export."""
         self.db = db
+        self.rooms = dict(rooms or {})
 
     async def update_profile(self, scope: Scope, *, display_name: str | None) -> User:
         async def work(tx: Tx) -> Row:
@@ -79,6 +83,7 @@ class AccountData:
                 user["email"],
             )
             audit = await audit_entries_about(tx, user_id)
+            others = {name: await room.export(tx, user_id) for name, room in self.rooms.items()}
             return {
                 "user": user,
                 "networks": networks,
@@ -88,6 +93,7 @@ class AccountData:
                 "enrollment_keys": keys,
                 "login_codes": codes,
                 "audit_log": audit,
+                **others,
             }
 
         return await self.db.read(work)
@@ -99,7 +105,7 @@ class AccountData:
         user_id, at = scope.user_id, now_ms()
 
         async def work(tx: Tx) -> None:
-            await delete_account(tx, user_id, at)
+            await delete_account(tx, user_id, at, self.rooms)
             await append_audit(tx, user_id, "user.delete", user_id)
 
         await self.db.write(work)

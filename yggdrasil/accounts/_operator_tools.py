@@ -9,6 +9,7 @@ ends the credentials that reached it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -36,7 +37,7 @@ from ..store import (
     encode_cursor,
 )
 from ._keys import EnrollmentKeyInfo, list_keys, next_cursor, page_args, revoke_key
-from ._removal import delete_account, delete_device, delete_network
+from ._removal import RoomData, delete_account, delete_device, delete_network
 from ._users import User, _user
 
 UserStatus = Literal["active", "suspended", "deleted"]
@@ -79,6 +80,7 @@ def _device_after(cursor: str | None, limit: int) -> tuple[str, str] | None:
 
 class OperatorTools:
     db: Database
+    rooms: Mapping[str, RoomData]
 
     # ----------------------------------------------------------------- users
 
@@ -174,7 +176,7 @@ class OperatorTools:
         at = now_ms()
 
         async def work(tx: Tx) -> list[str]:
-            revoked = await delete_account(tx, user_id, at)
+            revoked = await delete_account(tx, user_id, at, self.rooms)
             await append_audit(tx, scope.user_id, "admin.delete_user", user_id)
             return revoked
 

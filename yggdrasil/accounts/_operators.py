@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from .._errors import Forbidden, NotFound
@@ -9,6 +10,7 @@ from .._ids import now_ms
 from ..devices import Device, devices_of_user
 from ..store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
 from ._operator_tools import OperatorTools
+from ._removal import RoomData
 from ._revocations import revoke_account_tokens, revoke_user_tokens
 from ._users import User, _user
 
@@ -19,8 +21,10 @@ def _require_operator(scope: Scope) -> None:
 
 
 class Operators(OperatorTools):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, rooms: Mapping[str, RoomData] | None = None) -> None:
+        """``rooms`` as for :class:`AccountData` (deleting a user forgets their data there)."""
         self.db = db
+        self.rooms = dict(rooms or {})
 
     async def find_users(self, scope: Scope, *, email: str) -> list[User]:
         _require_operator(scope)

@@ -9,12 +9,25 @@ get the revoked subjects to apply them to the running token checks without waiti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from .._errors import NotFound, YggdrasilError
 from .._tokens import device_subject, user_subject
 from ..devices import delete_devices_of_user, device_ids_of_network, remove_device
 from ..networks import delete_network_row, remove_user_from_networks
 from ..store import Tx
 from ._revocations import revoke_device_tokens, revoke_user_tokens
+
+
+class RoomData(Protocol):
+    """Another room's part of a user's data (billing's ledger, say), handed to the accounts
+    room by the composition so that this room imports none of them: ``export`` adds it to the
+    user's export, ``forget`` removes or pseudonymizes it inside the deletion's unit."""
+
+    async def export(self, tx: Tx, user_id: str) -> dict[str, Any]: ...
+
+    async def forget(self, tx: Tx, user_id: str) -> None: ...
 
 
 class HomeNetwork(YggdrasilError):
@@ -26,7 +39,9 @@ class HomeNetwork(YggdrasilError):
     )
 
 
-async def delete_account(tx: Tx, user_id: str, at: int) -> list[str]:
+async def delete_account(
+    tx: Tx, user_id: str, at: int, rooms: Mapping[str, RoomData] | None = None
+) -> list[str]:
     """Delete the account ``user_id``: everything user-linked is removed or pseudonymized, every
     token revoked as of ``at``. :class:`NotFound` if there is no such (undeleted) account.
 
@@ -49,6 +64,8 @@ async def delete_account(tx: Tx, user_id: str, at: int) -> list[str]:
     await tx.execute("DELETE FROM enrollment_keys WHERE created_by = $1", user_id)
     await delete_devices_of_user(tx, user_id)
     await remove_user_from_networks(tx, user_id)
+    for room in (rooms or {}).values():
+        await room.forget(tx, user_id)
     await tx.execute(
         "UPDATE users SET email = NULL, display_name = '', status = 'deleted',"
         " home_network_id = NULL, updated_at = $2 WHERE user_id = $1",

@@ -9,7 +9,9 @@ One room, several parts, each in modules of its own that own their tables and SQ
   the payment-provider seam and its implementations, stored payment methods (provider tokens
   only), webhook verification and deduplication;
 - subscriptions (``_plans``, ``_subscriptions``, ``_usage``, ``_invoices``, ``_renewals``);
-- payouts (``_payouts``): schedules, minimums, KYC, netting.
+- payouts (``_payouts``, ``_kyc``, ``_limits``, ``_privacy``): schedules, minimums, KYC,
+  netting, spending limits, budget alerts, auto-top-up, and the room's part of a user's export
+  and deletion.
 
 Accounts of the ledger are named ``user:<user_id>:<kind>`` (balance, held, earnings, payable,
 receivable), ``company:<kind>`` (revenue:<stream>, fees, credits) and ``external:<provider>``
@@ -18,7 +20,12 @@ every transaction.
 """
 
 from ._charging import Charger, ChargeResult, SandboxCharger
-from ._collection import NoPaymentMethod, ProviderCollector
+from ._collection import (
+    NoPaymentMethod,
+    ProviderCollector,
+    ProviderDisburser,
+    ProviderPayoutMethods,
+)
 from ._idempotency import (
     Codec,
     IdempotencyKeyRequired,
@@ -31,6 +38,7 @@ from ._idempotency import (
     struct_codec,
 )
 from ._invoices import Invoice, InvoiceLine, Invoices, issue_invoice, render_html
+from ._kyc import Kyc, KycRequired, KycService, KycVerified
 from ._ledger import (
     Balances,
     Capture,
@@ -47,7 +55,9 @@ from ._ledger import (
     NettingOff,
     Payout,
     Refund,
+    SpendingHook,
 )
+from ._limits import AutoTopup, Limits, SpendingLimitReached, SpendingLimits
 from ._methods import (
     ChargeableMethod,
     MicroDepositsMismatch,
@@ -59,6 +69,15 @@ from ._methods import (
 )
 from ._money import MAX_AMOUNT, Cents, InvalidAmount, check_cents, compute_cost, fee, split
 from ._payments import Payments, open_providers
+from ._payouts import (
+    BelowMinimum,
+    PayoutList,
+    PayoutMethodRequired,
+    PayoutRecord,
+    Payouts,
+    PayoutSettings,
+    Waiting,
+)
 from ._paypal import PayPalProvider
 from ._plans import Plan, Plans, Proration, add_months, prorate
 from ._postings import (
@@ -73,6 +92,7 @@ from ._postings import (
     sign_of,
     user_account,
 )
+from ._privacy import BillingData
 from ._providers import (
     MethodCheck,
     PaymentDeclined,
@@ -86,7 +106,19 @@ from ._providers import (
 )
 from ._renewals import Renewals, renew_forever
 from ._sandbox import MICRO_DEPOSITS_CENTS, SandboxProvider
-from ._seam import Collected, Collector, SandboxCollector
+from ._seam import (
+    Collected,
+    Collector,
+    Disbursed,
+    Disburser,
+    PayoutDeclined,
+    PayoutMethod,
+    PayoutMethods,
+    PayoutUnreachable,
+    SandboxCollector,
+    SandboxDisburser,
+    SandboxPayoutMethods,
+)
 from ._stripe import StripeProvider
 from ._subscription_leases import end_subscriptions_of_user
 from ._subscription_money import LedgerCharger
@@ -106,7 +138,10 @@ __all__ = [
     "MAX_WEBHOOK_BYTES",
     "MICRO_DEPOSITS_CENTS",
     "SIGN_RULES",
+    "AutoTopup",
     "Balances",
+    "BelowMinimum",
+    "BillingData",
     "Capture",
     "Cents",
     "Charge",
@@ -117,6 +152,8 @@ __all__ = [
     "Collected",
     "Collector",
     "Deposit",
+    "Disbursed",
+    "Disburser",
     "Entry",
     "ExceedsHold",
     "ExceedsRefundable",
@@ -130,9 +167,14 @@ __all__ = [
     "Invoice",
     "InvoiceLine",
     "Invoices",
+    "Kyc",
+    "KycRequired",
+    "KycService",
+    "KycVerified",
     "Ledger",
     "LedgerCharger",
     "LedgerCheck",
+    "Limits",
     "MethodCheck",
     "MicroDepositsMismatch",
     "Netting",
@@ -150,6 +192,15 @@ __all__ = [
     "PaymentProviderUnavailable",
     "Payments",
     "Payout",
+    "PayoutDeclined",
+    "PayoutList",
+    "PayoutMethod",
+    "PayoutMethodRequired",
+    "PayoutMethods",
+    "PayoutRecord",
+    "PayoutSettings",
+    "PayoutUnreachable",
+    "Payouts",
     "Plan",
     "PlanChange",
     "Plans",
@@ -157,14 +208,21 @@ __all__ = [
     "Proration",
     "ProviderCharge",
     "ProviderCollector",
+    "ProviderDisburser",
     "ProviderPayout",
+    "ProviderPayoutMethods",
     "ProviderRefund",
     "QuotaExceeded",
     "Refund",
     "Renewals",
     "SandboxCharger",
     "SandboxCollector",
+    "SandboxDisburser",
+    "SandboxPayoutMethods",
     "SandboxProvider",
+    "SpendingHook",
+    "SpendingLimitReached",
+    "SpendingLimits",
     "StripeProvider",
     "Subscribed",
     "SubscriptionRequests",
@@ -174,6 +232,7 @@ __all__ = [
     "Usage",
     "UsageMeter",
     "UsageReport",
+    "Waiting",
     "WebhookEvent",
     "WebhookOutcome",
     "WebhookRefused",

@@ -20,7 +20,7 @@ is never left holding money.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -265,12 +265,31 @@ async def _refundable(tx: Tx, txn_id: str, user_id: str, amount: int, to: list[P
     )
 
 
-class Ledger:
-    """The ledger's operations over one database (see the module's docstring)."""
+class SpendingHook(Protocol):
+    """What the ledger asks about a user's spending (``_limits.Limits``): ``spend`` and
+    ``unspend`` run inside the operation's write unit (``spend`` may refuse, and then nothing of
+    the operation is written); ``after_spending`` runs once the operation has committed (budget
+    alerts, auto-top-up) and must not raise."""
 
-    def __init__(self, db: Database, config: LedgerConfig) -> None:
+    async def spend(self, tx: Tx, user_id: str, amount: int) -> None: ...
+
+    async def unspend(self, tx: Tx, user_id: str, amount: int) -> None: ...
+
+    async def after_spending(self, ledger: Ledger, user_id: str) -> None: ...
+
+
+class Ledger:
+    """The ledger's operations over one database (see the module's docstring).
+
+    ``spending``: counts holds and charges against the user's monthly spending limit (and
+    releases and refunds back), in the same unit as the operation."""
+
+    def __init__(
+        self, db: Database, config: LedgerConfig, *, spending: SpendingHook | None = None
+    ) -> None:
         self.db = db
         self.config = config
+        self.spending = spending
         self._codecs: dict[type[Any], Codec] = {}
 
     async def _once(
@@ -392,6 +411,8 @@ class Ledger:
         request = {"amount": amount, "purpose": purpose, "ttl_s": ttl_s}
 
         async def work(tx: Tx) -> Hold:
+            if self.spending is not None:
+                await self.spending.spend(tx, user_id, amount)
             hold_id = new_id("hd")
             at = now_ms()
             txn = await post(
@@ -420,7 +441,10 @@ class Ledger:
             assert row is not None
             return _hold(row)
 
-        return await self._once(f"ledger.hold:{user_id}", key, request, Hold, work)
+        hold = await self._once(f"ledger.hold:{user_id}", key, request, Hold, work)
+        if self.spending is not None:
+            await self.spending.after_spending(self, user_id)
+        return hold
 
     async def _why_not(self, tx: Tx, hold_id: str, user_id: str | None) -> YggdrasilError:
         """Why a conditional update of a hold changed nothing."""
@@ -528,6 +552,8 @@ class Ledger:
             raise await self._why_not(tx, hold_id, user_id)
         if row["released"] > 0:
             payer = row["user_id"]
+            if self.spending is not None:
+                await self.spending.unspend(tx, payer, row["released"])
             await post(
                 tx,
                 kind="release",
@@ -540,6 +566,16 @@ class Ledger:
                 key=key,
             )
         return _hold(row)
+
+    async def release_open_holds(self, tx: Tx, user_id: str) -> int:
+        """Inside the caller's unit: release every open hold of the user (an account being
+        deleted); how many."""
+        rows = await tx.fetch(
+            "SELECT hold_id FROM ledger_holds WHERE user_id = $1 AND status = 'open'", user_id
+        )
+        for row in rows:
+            await self._close(tx, row["hold_id"], user_id, "released", key=None)
+        return len(rows)
 
     async def get_hold(self, user_id: str, hold_id: str) -> Hold:
         """One of the user's holds; another user's is :class:`NotFound`, like a missing one."""
@@ -604,6 +640,8 @@ class Ledger:
         request = {"amount": amount, "to": msgspec.to_builtins(credits), "memo": memo}
 
         async def work(tx: Tx) -> Charge:
+            if self.spending is not None:
+                await self.spending.spend(tx, user_id, amount)
             txn = await post(
                 tx,
                 kind="charge",
@@ -615,7 +653,10 @@ class Ledger:
             await _refundable(tx, txn, user_id, amount, credits)
             return Charge(txn, user_id, amount, "charge")
 
-        return await self._once(f"ledger.charge:{user_id}", key, request, Charge, work)
+        charge = await self._once(f"ledger.charge:{user_id}", key, request, Charge, work)
+        if self.spending is not None:
+            await self.spending.after_spending(self, user_id)
+        return charge
 
     async def refund(self, transaction_id: str, amount: int, *, key: str) -> Refund:
         """Give back ``amount`` of a capture or charge to the payer's balance, taken from its
@@ -643,6 +684,8 @@ class Ledger:
             legs: list[list[Any]] = from_json(row["legs"])
             shares = _allocate(amount, [leg[1] - leg[2] for leg in legs])
             payer = row["user_id"]
+            if self.spending is not None:
+                await self.spending.unspend(tx, payer, amount)
             postings = [Posting(user_account(payer, "balance"), amount)]
             for leg, share in zip(legs, shares, strict=True):
                 if share == 0:
@@ -695,34 +738,49 @@ class Ledger:
         external_account(provider)
 
         async def work(tx: Tx) -> Payout:
-            have = await _balances_of(tx, user_id)
-            owed = -have["receivable"]
-            need = amount + owed
-            if need > have["payable"] + have["earnings"]:
-                raise InsufficientFunds(
-                    f"{max(have['payable'] + have['earnings'] - owed, 0)} cents can be paid out"
-                )
-            from_payable = min(have["payable"], need)
-            from_earnings = need - from_payable
-            postings = [Posting(external_account(provider), amount)]
-            if from_payable:
-                postings.append(Posting(user_account(user_id, "payable"), -from_payable))
-            if from_earnings:
-                postings.append(Posting(user_account(user_id, "earnings"), -from_earnings))
-            if owed:
-                postings.append(Posting(user_account(user_id, "receivable"), owed))
-            txn = await post(
-                tx,
-                kind="payout",
-                user_id=user_id,
-                postings=postings,
-                memo={"provider": provider},
-                key=key,
-            )
-            return Payout(txn, user_id, amount, provider, owed)
+            return await self.book_payout(tx, user_id, amount, provider=provider, key=key)
 
         request = {"amount": amount, "provider": provider}
         return await self._once(f"ledger.payout:{user_id}", key, request, Payout, work)
+
+    async def book_payout(
+        self,
+        tx: Tx,
+        user_id: str,
+        amount: int,
+        *,
+        provider: str,
+        key: str | None,
+        memo: dict[str, Any] | None = None,
+    ) -> Payout:
+        """:meth:`payout`'s postings inside the caller's write unit (the payouts' job books
+        them with its payout record); no idempotency key of its own."""
+        check_cents(amount)
+        have = await _balances_of(tx, user_id)
+        owed = -have["receivable"]
+        need = amount + owed
+        if need > have["payable"] + have["earnings"]:
+            raise InsufficientFunds(
+                f"{max(have['payable'] + have['earnings'] - owed, 0)} cents can be paid out"
+            )
+        from_payable = min(have["payable"], need)
+        from_earnings = need - from_payable
+        postings = [Posting(external_account(provider), amount)]
+        if from_payable:
+            postings.append(Posting(user_account(user_id, "payable"), -from_payable))
+        if from_earnings:
+            postings.append(Posting(user_account(user_id, "earnings"), -from_earnings))
+        if owed:
+            postings.append(Posting(user_account(user_id, "receivable"), owed))
+        txn = await post(
+            tx,
+            kind="payout",
+            user_id=user_id,
+            postings=postings,
+            memo={"provider": provider, **(memo or {})},
+            key=key,
+        )
+        return Payout(txn, user_id, amount, provider, owed)
 
     async def set_netting(self, user_id: str, enabled: bool) -> None:
         """The user's choice: settle earnings against what they owe (:meth:`net`)."""
