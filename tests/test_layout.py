@@ -84,6 +84,7 @@ SUBPACKAGES = (
     "yggdrasil.accounts",
     "yggdrasil.billing",
     "yggdrasil.devices",
+    "yggdrasil.locks",
     "yggdrasil.networks",
     "yggdrasil.store",
     "yggdrasil.turn",
@@ -165,6 +166,13 @@ EXPORTS: dict[str, set[str]] = {
         "to_json",
     },
     "yggdrasil.billing": set(),
+    "yggdrasil.locks": {
+        "LOCK_MESSAGES", "LOCK_NAME", "LOCK_REPLY_S", "MAX_PRIORITY", "MIN_LEASE_MS", "Abandon",
+        "Acquire", "Deadlock", "FailureCode", "Grant", "Granted", "LockError", "LockFailed",
+        "LockInfo", "LockLost", "LockManager", "LockStore", "LockTable", "LockView", "Locks",
+        "Release", "Released", "Renew", "ViewLocks", "Waiter", "WaiterInfo", "WallClock",
+        "lock_managers", "locks_address",
+    },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
         "turn_child",
@@ -301,6 +309,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.accounts": {"yggdrasil.networks", "yggdrasil.devices"},
     "yggdrasil.turn": set(),
     "yggdrasil.billing": set(),
+    "yggdrasil.locks": {"yggdrasil.networks"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -388,6 +397,8 @@ TABLE_OWNERS: dict[str, str] = {
     "enrollment_keys": "yggdrasil.accounts",
     "oauth_states": "yggdrasil.accounts",
     "token_revocations": "yggdrasil.accounts",
+    "lock_sequences": "yggdrasil.locks",
+    "lock_grants": "yggdrasil.locks",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -252,6 +252,23 @@ class OperatorConfig(_Section, frozen=True):
     beyond the host)."""
 
 
+class LocksConfig(_Section, frozen=True):
+    """Global locks: one lock manager per network with locks in use (``locks/<network>``)."""
+
+    idle_s: Seconds = 60.0
+    """A lock manager with no grants and no waiters stops after this long."""
+    max_lease_ms: Annotated[int, msgspec.Meta(ge=1000)] = 3_600_000
+    """The longest lease one acquire or renewal may ask for."""
+    max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    """The longest an acquire may wait for a held lock."""
+    max_locks: Positive = 10_000
+    """Locks held or waited for in one network at once; beyond it acquires get ``overloaded``."""
+    max_waiters: Positive = 10_000
+    """Acquires waiting in one network at once; beyond it they get ``overloaded``."""
+    request_timeout_s: Seconds = 10.0
+    """How long a session or the API waits for the lock manager beyond an acquire's own wait."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -265,6 +282,7 @@ class Config(_Section, frozen=True):
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     operator: OperatorConfig = msgspec.field(default_factory=OperatorConfig)
+    locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
 
     @property
     def data_path(self) -> Path:
@@ -284,6 +302,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "oidc": OidcConfig,
     "log": LogConfig,
     "operator": OperatorConfig,
+    "locks": LocksConfig,
 }
 
 

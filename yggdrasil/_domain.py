@@ -26,6 +26,7 @@ from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import AccountData, Accounts, Oidc, Operators, UserStore, revoke_device_tokens
 from .devices import DeviceStore
+from .locks import LockStore
 from .networks import NetworkStore
 from .store import AuditLog, Database, migrate, open_database_retrying, seal_audit_forever
 
@@ -38,7 +39,8 @@ _SEAL_INTERVAL_S = 0.25
 class Store:
     """Tenant-scoped operations over a :class:`Database`, each delegated to the room that owns
     the table. Every read of tenant data takes the principal's ``Scope``; the rooms' own
-    repositories are reachable as ``users``, ``networks``, ``devices`` and ``audit_log``."""
+    repositories are reachable as ``users``, ``networks``, ``devices``, ``audit_log`` and
+    ``locks``."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -46,6 +48,7 @@ class Store:
         self.networks = NetworkStore(db)
         self.devices = DeviceStore(db, revoke=revoke_device_tokens)
         self.audit_log = AuditLog(db)
+        self.locks = LockStore(db)
         # users and networks
         self.create_user = self.users.create_user
         self.get_me = self.users.get_me
