@@ -23,8 +23,9 @@ from yggdrasil import (
     TokenService,
     Unavailable,
 )
+from yggdrasil.locks import Locks
 
-from . import _admin, _errors, _pages, _resources, _users
+from . import _admin, _errors, _locks, _pages, _resources, _users
 from ._app_models import Health, Ready
 from ._auth import SECURITY_SCHEMES, Guard
 from ._errors import ErrorBody
@@ -53,6 +54,8 @@ class ApiContext:
     device of that account."""
     webrtc: Callable[[Principal, str], Awaitable[str]] | None = None
     """``webrtc(device, offer_sdp)``: the answer SDP; the device's session then runs on it."""
+    locks: Locks | None = None
+    """The networks' lock managers; without them the lock routes answer 503."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
@@ -102,6 +105,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _users.install(app, guard)
     _resources.install(app, guard, ctx.ice, ctx.webrtc)
     _admin.install(app, guard)
+    _locks.install(app, guard, ctx.locks, response_timeout_s=ctx.response_timeout_s)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

@@ -92,6 +92,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    # locks
+    ("POST", "/api/v1/locks/acquire"): NETWORK,
+    ("POST", "/api/v1/locks/renew"): NETWORK,
+    ("POST", "/api/v1/locks/release"): NETWORK,
+    ("GET", "/api/v1/locks"): ACCOUNT,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,
@@ -108,6 +113,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/admin/networks/<network_id>"): OPERATOR,
     ("GET", "/api/admin/enrollment-keys"): OPERATOR,
     ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
+    ("GET", "/api/admin/networks/<network_id>/locks"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

@@ -58,6 +58,10 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/devices/{device_id}"): OWN_DEVICE,
     ("GET", "/api/v1/devices/{device_id}/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/webrtc"): {"device:self"},
+    ("POST", "/api/v1/locks/acquire"): NETWORK,
+    ("POST", "/api/v1/locks/renew"): NETWORK,
+    ("POST", "/api/v1/locks/release"): NETWORK,
+    ("GET", "/api/v1/locks"): ACCOUNT,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -73,6 +77,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/admin/networks/{network_id}"): {"operator"},
     ("GET", "/api/admin/enrollment-keys"): {"operator"},
     ("DELETE", "/api/admin/enrollment-keys/{key_id}"): {"operator"},
+    ("GET", "/api/admin/networks/{network_id}/locks"): {"operator"},
 }
 # Routes whose admitted call ends the caller (or its account, or its device): each such call
 # gets callers of its own.

@@ -265,8 +265,6 @@ class LocksConfig(_Section, frozen=True):
     """Locks held or waited for in one network at once; beyond it acquires get ``overloaded``."""
     max_waiters: Positive = 10_000
     """Acquires waiting in one network at once; beyond it they get ``overloaded``."""
-    request_timeout_s: Seconds = 10.0
-    """How long a session or the API waits for the lock manager beyond an acquire's own wait."""
 
 
 class Config(_Section, frozen=True):

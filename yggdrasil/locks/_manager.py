@@ -336,7 +336,7 @@ class LockManager(Actor):
                 await self._stores().forget(self.network_id, ended)
         for waiter in self.table.next_grants(self.now()):
             try:
-                grant = await self._grant(
+                given = await self._grant(
                     waiter.name, waiter.holder, waiter.priority, waiter.lease_ms
                 )
             except StoreUnavailable:
@@ -346,9 +346,9 @@ class LockManager(Actor):
                 self.table.remove(waiter)
                 await self._fail(waiter.ticket, waiter.name, "not_found", "not found")
                 continue
-            if grant is not None:
+            if given is not None:
                 self.table.remove(waiter)
-                await self._answer(waiter.ticket, _granted(grant, self.now()))
+                await self._answer(waiter.ticket, _granted(given, self.now()))
         while (found := self.table.deadlock(self.now())) is not None:
             victim = found.victim
             self.table.remove(victim)
