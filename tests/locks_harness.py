@@ -84,15 +84,22 @@ class Instance:
         self.nursery.cancel_scope.cancel()
 
 
+def wall_ms() -> int:
+    """The wall clock the instances of this test run read (as they read it)."""
+    global _clock
+    if _clock is None or _clock[0] is not trio.lowlevel.current_root_task():
+        _clock = (trio.lowlevel.current_root_task(), WallClock())
+    return _clock[1]()
+
+
 @asynccontextmanager
 async def instance(
     db: Database, config: LocksConfig | None = None, hub: InProcessHub | None = None
 ) -> AsyncIterator[Instance]:
     """An instance with lock managers over ``db``; crashed (cancelled) on the way out. Every
     instance of a test run reads one wall clock (that moves with a ``MockClock``)."""
-    global _clock
-    if _clock is None or _clock[0] is not trio.lowlevel.current_root_task():
-        _clock = (trio.lowlevel.current_root_task(), WallClock())
+    wall_ms()
+    assert _clock is not None
     store = Store(db)
     hub = hub or InProcessHub(CODEC)
     router = Router(f"i{next(_instances)}", hub.bus(), rule=tenant_rule)
