@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 from quart_schema import OpenAPIProvider
 
-from . import _app_models, _errors, _models
+from . import _app_models, _errors, _locks_models, _models
 from ._scopes import Access, access_for
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
@@ -55,7 +55,7 @@ def _structs(*modules: Any) -> list[type[msgspec.Struct]]:
 class CompleteOpenAPIProvider(OpenAPIProvider):
     def schema(self) -> dict[str, Any]:
         schema = super().schema()
-        models = _structs(_models, _errors, _app_models)
+        models = _structs(_models, _errors, _app_models, _locks_models)
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]
         for name, component in components.items():
