@@ -36,16 +36,23 @@ def refused(frame: LockAcquire | LockRenew | LockRelease, code: LockErrorCode) -
 
 
 async def ask_lock(
-    router: Router, src: Address, network_id: str, frame: LockAcquire | LockRenew | LockRelease
+    router: Router,
+    src: Address,
+    network_id: str,
+    frame: LockAcquire | LockRenew | LockRelease,
+    session: str,
 ) -> LockGranted | LockResult:
-    """Send ``frame`` to the lock manager of ``network_id`` as ``src`` and turn its answer into
-    the device's frame. A manager that cannot be reached or does not answer in time (it moved
-    with a dying instance) is ``unavailable``: the device may ask again."""
+    """Send ``frame`` to the lock manager of ``network_id`` as ``src`` (for its ``session``) and
+    turn its answer into the device's frame. A manager that cannot be reached or does not
+    answer in time (it moved with a dying instance) is ``unavailable``: the device may ask
+    again."""
     wait_s = 0.0
     body: Acquire | Renew | Release
     match frame:
         case LockAcquire():
-            body = Acquire(frame.name, frame.lease_ms, frame.priority, frame.wait_ms)
+            body = Acquire(
+                frame.name, frame.lease_ms, frame.priority, frame.wait_ms, session=session
+            )
             wait_s = min(max(frame.wait_ms, 0) / 1000, _MAX_WAIT_S)
         case LockRenew():
             body = Renew(frame.name, frame.token, frame.lease_ms)

@@ -373,7 +373,11 @@ class DeviceSession(Actor):
         if self._used_locks:  # its waits end now; its grants run out with their leases
             with contextlib.suppress(Unreachable, Overloaded):
                 await self.router.send(
-                    Envelope(self.address, locks_address(self.network_id), Abandon()),
+                    Envelope(
+                        self.address,
+                        locks_address(self.network_id),
+                        Abandon(session=self.session_id),
+                    ),
                     activate=False,
                 )
         # What this device received but never confirmed: its senders hear it did not arrive.
@@ -601,7 +605,10 @@ class DeviceSession(Actor):
 
     async def _await_lock(self, frame: LockAcquire | LockRenew | LockRelease) -> None:
         try:
-            await self._queue(await ask_lock(self.router, self.address, self.network_id, frame))
+            answer = await ask_lock(
+                self.router, self.address, self.network_id, frame, self.session_id
+            )
+            await self._queue(answer)
         finally:
             self._outstanding -= 1
 

@@ -114,8 +114,10 @@ async def instance(
         nursery.cancel_scope.cancel()
 
 
-def acquire(name: str, holder: str, lease_ms: int = 10_000, **kw: int) -> Acquire:
-    return Acquire(name, lease_ms, holder=holder, **kw)
+def acquire(
+    name: str, holder: str, lease_ms: int = 10_000, *, priority: int = 0, wait_ms: int = 0
+) -> Acquire:
+    return Acquire(name, lease_ms, priority, wait_ms, holder)
 
 
 def renew(name: str, holder: str, token: int, lease_ms: int = 10_000) -> Renew:

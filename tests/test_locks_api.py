@@ -54,6 +54,34 @@ async def test_devices_take_turns_on_a_lock_over_the_wire(
         )
 
 
+async def test_a_device_that_goes_away_withdraws_its_waits(
+    server: Running, http: httpx.AsyncClient, outbox: Path
+) -> None:
+    owner = await sign_in(http, outbox, "gone@example.org")
+    laptop = await sign_in(http, outbox, "gone@example.org", device_body=device("laptop"))
+    phone = await sign_in(http, outbox, "gone@example.org", device_body=device("phone"))
+    async with raw_device(server.gateway_url, laptop.session["access_token"]) as a:
+        await a.send(LockAcquire(id=1, name="door", lease_ms=30_000))
+        await a.receive_type(LockGranted)
+        async with raw_device(server.gateway_url, phone.session["access_token"]) as b:
+            await b.send(LockAcquire(id=1, name="door", lease_ms=30_000, wait_ms=20_000))
+            with trio.fail_after(5):
+                while True:
+                    [lock] = (await owner.get("/api/v1/locks")).json()["items"]
+                    if lock["waiters"]:
+                        break
+                    await trio.sleep(0.05)
+            assert [w["holder"] for w in lock["waiters"]] == ["device:phone"]
+        # The phone's session ended: its wait is withdrawn; the laptop's grant stays.
+        with trio.fail_after(5):
+            while True:
+                [lock] = (await owner.get("/api/v1/locks")).json()["items"]
+                if not lock["waiters"]:
+                    break
+                await trio.sleep(0.05)
+        assert lock["holder"] == "device:laptop"
+
+
 async def test_a_deadlock_over_the_wire_names_the_locks_of_the_cycle(
     server: Running, http: httpx.AsyncClient, outbox: Path
 ) -> None:

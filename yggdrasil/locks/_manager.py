@@ -122,8 +122,10 @@ class LockManager(Actor):
         self._clock = self._given_clock or WallClock()
         # Without the grants of the store nothing may be granted: a manager that cannot read
         # them does not start (its senders see it unreachable, and ask again).
-        for grant in await self._stores().live_grants(self.network_id, self.now()):
+        store = self._stores()
+        for grant in await store.live_grants(self.network_id, self.now()):
             self.table.install(grant)
+        await store.forget_ended(self.network_id, self.now())  # left by a manager that died
         log.debug("locks=%s started with %d grants", self.network_id, len(self.table.grants))
         self.nursery.start_soon(self._timers)
 
@@ -136,10 +138,11 @@ class LockManager(Actor):
                     await self._renew(envelope, renew)
                 case Release() as release:
                     await self._release(envelope, release)
-                case Abandon(holder=claimed, name=name):
+                case Abandon(holder=claimed, name=name, session=session):
                     holder = holder_of(envelope.src, self.network_id, claimed)
                     if holder is not None:
-                        for waiter in self.table.remove_holder(holder, name or None):
+                        gone = self.table.remove_holder(holder, name or None, session or None)
+                        for waiter in gone:
                             await self._fail(waiter.ticket, waiter.name, "timeout", "abandoned")
                 case ViewLocks(after=after, limit=limit):
                     if envelope.src.kind == SERVICE:
@@ -209,6 +212,7 @@ class LockManager(Actor):
                 deadline=now + body.wait_ms,
                 since=now,
                 ticket=envelope,
+                session=body.session,
             )
         )
 

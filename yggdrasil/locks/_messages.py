@@ -40,6 +40,8 @@ class Acquire(msgspec.Struct, frozen=True, tag="locks.acquire"):
     """0: answer ``busy`` at once if the lock is held; otherwise wait up to this long."""
     holder: str = ""
     """Only from a service; a device's session acts as its device."""
+    session: str = ""
+    """The device's session that asks (its waits end with it, not with a newer one's)."""
 
 
 class Renew(msgspec.Struct, frozen=True, tag="locks.renew"):
@@ -61,6 +63,8 @@ class Abandon(msgspec.Struct, frozen=True, tag="locks.abandon"):
     holder: str = ""
     name: str = ""
     """Only the waits for this lock; empty: every wait of the holder."""
+    session: str = ""
+    """Only the waits this session of the device asked for."""
 
 
 class ViewLocks(msgspec.Struct, frozen=True, tag="locks.view"):

@@ -56,6 +56,19 @@ class LockStore:
 
         return [_grant(row) for row in await self.db.read(work)]
 
+    async def forget_ended(self, network_id: str, now: int) -> int:
+        """Delete the rows of ``network_id`` whose lease ended by ``now`` (a manager that died
+        left them); how many."""
+
+        async def work(tx: Tx) -> int:
+            return await tx.execute(
+                "DELETE FROM lock_grants WHERE network_id = $1 AND expires_at <= $2",
+                network_id,
+                now,
+            )
+
+        return await self.db.write(work)
+
     async def current(self, network_id: str, name: str) -> Grant | None:
         """The row of one lock, live or not."""
 

@@ -47,6 +47,7 @@ class Waiter:
     since: int
     seq: int = 0
     ticket: Any = field(default=None, repr=False)
+    session: str = ""
 
     def order(self) -> tuple[int, int]:
         return (-self.priority, self.seq)
@@ -118,14 +119,18 @@ class LockTable:
             del self.waiters[waiter.name]
         return True
 
-    def remove_holder(self, holder: str, name: str | None = None) -> list[Waiter]:
-        """Every wait of ``holder`` (for ``name`` only, if given), removed: it went away. Its
-        grants stay until they end."""
+    def remove_holder(
+        self, holder: str, name: str | None = None, session: str | None = None
+    ) -> list[Waiter]:
+        """Every wait of ``holder`` (for ``name`` only, and of ``session`` only, if given),
+        removed: it went away. Its grants stay until they end."""
         gone = [
             w
             for queue in self.waiters.values()
             for w in queue
-            if w.holder == holder and (name is None or w.name == name)
+            if w.holder == holder
+            and (name is None or w.name == name)
+            and (session is None or w.session == session)
         ]
         for waiter in gone:
             self.remove(waiter)
