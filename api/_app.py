@@ -23,11 +23,13 @@ from yggdrasil import (
     TokenService,
     Unavailable,
 )
+from yggdrasil.locks import Locks
 
 from . import (
     _admin,
     _billing,
     _errors,
+    _locks,
     _pages,
     _payments,
     _payouts,
@@ -63,6 +65,8 @@ class ApiContext:
     device of that account."""
     webrtc: Callable[[Principal, str], Awaitable[str]] | None = None
     """``webrtc(device, offer_sdp)``: the answer SDP; the device's session then runs on it."""
+    locks: Locks | None = None
+    """The networks' lock managers; without them the lock routes answer 503."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
@@ -116,6 +120,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _payments.install(app, guard)
     _subscriptions.install(app, guard)
     _payouts.install(app, guard)
+    _locks.install(app, guard, ctx.locks, response_timeout_s=ctx.response_timeout_s)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

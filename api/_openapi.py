@@ -20,6 +20,7 @@ from . import (
     _app_models,
     _billing_models,
     _errors,
+    _locks_models,
     _models,
     _payments_models,
     _subscriptions_models,
@@ -63,7 +64,13 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
     def schema(self) -> dict[str, Any]:
         schema = super().schema()
         models = _structs(
-            _models, _errors, _app_models, _billing_models, _payments_models, _subscriptions_models
+            _models,
+            _errors,
+            _app_models,
+            _billing_models,
+            _payments_models,
+            _subscriptions_models,
+            _locks_models,
         )
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]

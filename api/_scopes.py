@@ -131,6 +131,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/kyc"): ACCOUNT,
     ("GET", "/api/v1/billing/limits"): ACCOUNT,
     ("PUT", "/api/v1/billing/limits"): ACCOUNT,
+    # locks
+    ("POST", "/api/v1/locks/acquire"): NETWORK,
+    ("POST", "/api/v1/locks/renew"): NETWORK,
+    ("POST", "/api/v1/locks/release"): NETWORK,
+    ("GET", "/api/v1/locks"): ACCOUNT,
     # operators
     ("GET", "/api/admin/users"): OPERATOR,
     ("POST", "/api/admin/users/<user_id>/suspend"): OPERATOR,
@@ -148,6 +153,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/admin/networks/<network_id>"): OPERATOR,
     ("GET", "/api/admin/enrollment-keys"): OPERATOR,
     ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
+    ("GET", "/api/admin/networks/<network_id>/locks"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

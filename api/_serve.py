@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, TokenService
+from yggdrasil.locks import Locks
 
 from ._app import ApiContext, create_app
 from ._auth import Networks, client_address
@@ -245,6 +246,7 @@ def api_server(
     bus_ready: Callable[[], bool],
     ice: Callable[[str, str, str], dict[str, Any]],
     webrtc: Callable[[Principal, str], Awaitable[str]],
+    locks: Locks | None = None,
 ) -> ApiServer:
     """The API of a server configured by ``config``; the other arguments as in
     :class:`ApiContext`."""
@@ -257,6 +259,7 @@ def api_server(
         bus_ready=bus_ready,
         ice=ice,
         webrtc=webrtc,
+        locks=locks,
         limits=config.limits,
         trusted_proxies=config.api.trusted_proxies,
         max_body_bytes=config.api.max_body_bytes,

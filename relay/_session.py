@@ -48,7 +48,9 @@ from actors import (
     is_urgent,
 )
 from yggdrasil import GatewayConfig, Principal, RateLimiter, device_address, network_address
+from yggdrasil.locks import Abandon, LockLost, locks_address
 
+from ._locks import ask_lock, expired, refused
 from ._messages import (
     ActionFrom,
     ActionResult,
@@ -81,6 +83,9 @@ from .protocol import (
     Error,
     Hello,
     Incoming,
+    LockAcquire,
+    LockRelease,
+    LockRenew,
     Nack,
     NackReason,
     Ping,
@@ -212,6 +217,8 @@ class DeviceSession(Actor):
         self._unconfirmed: dict[int, tuple[Address, int]] = {}
         """As a recipient: deliver seq -> (sender's address, its send id), until confirmed."""
         self._seq = 0
+        self._used_locks = False
+        """The device sent lock frames: its waits end with the session."""
 
     def make_mailbox(self) -> Mailbox[Envelope]:
         return Mailbox(
@@ -363,6 +370,16 @@ class DeviceSession(Actor):
             self.nursery.start_soon(self._expire_unconfirmed)
 
     async def on_stop(self) -> None:
+        if self._used_locks:  # its waits end now; its grants run out with their leases
+            with contextlib.suppress(Unreachable, Overloaded):
+                await self.router.send(
+                    Envelope(
+                        self.address,
+                        locks_address(self.network_id),
+                        Abandon(session=self.session_id),
+                    ),
+                    activate=False,
+                )
         # What this device received but never confirmed: its senders hear it did not arrive.
         senders = _by_sender(self._unconfirmed.values())
         self._unconfirmed.clear()
@@ -423,6 +440,8 @@ class DeviceSession(Actor):
                     await self._on_signal(frame)
                 case Received(upto=upto):
                     await self._confirmed(upto)
+                case LockAcquire() | LockRenew() | LockRelease():
+                    await self._on_lock(frame)
                 case Ping(nonce=nonce):
                     await self._queue(Pong(nonce=nonce))
                 case Pong():
@@ -571,6 +590,28 @@ class DeviceSession(Actor):
         finally:
             self._outstanding -= 1
 
+    async def _on_lock(self, frame: LockAcquire | LockRenew | LockRelease) -> None:
+        refused_by = self._admit(0)
+        if refused_by is None and self._outstanding >= self.config.max_pending_requests:
+            refused_by = "overloaded"
+        if refused_by is not None:
+            await self._queue(
+                refused(frame, "overloaded" if refused_by == "overloaded" else "rate_limited")
+            )
+            return
+        self._used_locks = True
+        self._outstanding += 1
+        self.nursery.start_soon(self._await_lock, frame)
+
+    async def _await_lock(self, frame: LockAcquire | LockRenew | LockRelease) -> None:
+        try:
+            answer = await ask_lock(
+                self.router, self.address, self.network_id, frame, self.session_id
+            )
+            await self._queue(answer)
+        finally:
+            self._outstanding -= 1
+
     async def _on_reply(self, frame: Reply) -> None:
         envelope = self._incoming.pop(frame.id, None)
         if envelope is None:
@@ -619,6 +660,8 @@ class DeviceSession(Actor):
                 await self._write(encode(SignalFrom(from_=sender, kind=kind, payload=payload)))
             case ActionFrom(device_id=sender, action=action, timeout_ms=timeout_ms):
                 await self._deliver_request(envelope, sender, action, timeout_ms)
+            case LockLost() as lost:
+                await self._write(encode(expired(lost)))
             case _:
                 log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
 

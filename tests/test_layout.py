@@ -84,6 +84,7 @@ SUBPACKAGES = (
     "yggdrasil.accounts",
     "yggdrasil.billing",
     "yggdrasil.devices",
+    "yggdrasil.locks",
     "yggdrasil.networks",
     "yggdrasil.store",
     "yggdrasil.turn",
@@ -134,7 +135,9 @@ EXPORTS: dict[str, set[str]] = {
         "CLOSE_PROTOCOL_ERROR", "CLOSE_REPLACED", "CLOSE_REVOKED", "CLOSE_SLOW_CONSUMER",
         "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN", "MAX_FRAME_BYTES", "VERSION", "Ack", "Bye",
         "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
-        "InvalidOffer", "Nack", "NackReason", "PeerState", "Ping", "Pong", "Presence",
+        "InvalidOffer", "LockAcquire", "LockErrorCode", "LockExpired", "LockGranted",
+        "LockRelease", "LockRenew", "LockResult", "Nack", "NackReason", "PeerState", "Ping",
+        "Pong", "Presence",
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
@@ -194,6 +197,13 @@ EXPORTS: dict[str, set[str]] = {
         "PayoutSettings", "PayoutUnreachable", "Payouts", "SandboxDisburser",
         "SandboxPayoutMethods", "SpendingHook", "SpendingLimitReached", "SpendingLimits",
         "Waiting",
+    },
+    "yggdrasil.locks": {
+        "LOCK_MESSAGES", "LOCK_NAME", "LOCK_REPLY_S", "MAX_PRIORITY", "MIN_LEASE_MS", "Abandon",
+        "Acquire", "Deadlock", "FailureCode", "Grant", "Granted", "LockError", "LockFailed",
+        "LockInfo", "LockLost", "LockManager", "LockStore", "LockTable", "LockView", "Locks",
+        "Release", "Released", "Renew", "ViewLocks", "Waiter", "WaiterInfo", "WallClock",
+        "lock_managers", "locks_address",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -331,6 +341,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.accounts": {"yggdrasil.networks", "yggdrasil.devices"},
     "yggdrasil.turn": set(),
     "yggdrasil.billing": set(),
+    "yggdrasil.locks": {"yggdrasil.networks"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -444,6 +455,8 @@ TABLE_OWNERS: dict[str, str] = {
     "spending_months": "yggdrasil.billing",
     "spending_alerts": "yggdrasil.billing",
     "topups": "yggdrasil.billing",
+    "lock_sequences": "yggdrasil.locks",
+    "lock_grants": "yggdrasil.locks",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

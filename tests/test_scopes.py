@@ -93,6 +93,10 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/kyc"): ACCOUNT,
     ("GET", "/api/v1/billing/limits"): ACCOUNT,
     ("PUT", "/api/v1/billing/limits"): ACCOUNT,
+    ("POST", "/api/v1/locks/acquire"): NETWORK,
+    ("POST", "/api/v1/locks/renew"): NETWORK,
+    ("POST", "/api/v1/locks/release"): NETWORK,
+    ("GET", "/api/v1/locks"): ACCOUNT,
     ("GET", "/api/admin/users"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/suspend"): {"operator"},
     ("POST", "/api/admin/users/{user_id}/reactivate"): {"operator"},
@@ -109,6 +113,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/admin/networks/{network_id}"): {"operator"},
     ("GET", "/api/admin/enrollment-keys"): {"operator"},
     ("DELETE", "/api/admin/enrollment-keys/{key_id}"): {"operator"},
+    ("GET", "/api/admin/networks/{network_id}/locks"): {"operator"},
 }
 # Routes whose admitted call ends the caller (or its account, or its device): each such call
 # gets callers of its own.

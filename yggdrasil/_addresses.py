@@ -1,6 +1,6 @@
 """The domain's actor addresses and the tenant rule the router applies to every envelope
 (ARCHITECTURE.md, "Messages"): ``device/<network>/<device>``, ``network/<network>``,
-``provider/<provider>`` and ``service/<name>``.
+``locks/<network>`` (the network's lock manager), ``provider/<provider>`` and ``service/<name>``.
 
 An envelope passes when its two ends are in the same network, or when one end is a service
 (services - the marketplace, locks, revocations - are tenant-aware themselves and answer only what
@@ -14,6 +14,7 @@ from actors import Address
 
 DEVICE = "device"
 NETWORK = "network"
+LOCKS = "locks"
 PROVIDER = "provider"
 SERVICE = "service"
 
@@ -24,6 +25,10 @@ def device_address(network_id: str, device_id: str) -> Address:
 
 def network_address(network_id: str) -> Address:
     return Address.of(NETWORK, network_id)
+
+
+def locks_address(network_id: str) -> Address:
+    return Address.of(LOCKS, network_id)
 
 
 def provider_address(provider_id: str) -> Address:
@@ -39,7 +44,7 @@ def tenant_of(address: Address) -> str | None:
     if address.kind == DEVICE:
         segments = address.segments
         return segments[0] if len(segments) == 2 else None
-    if address.kind == NETWORK:
+    if address.kind in (NETWORK, LOCKS):
         return address.key if "/" not in address.key else None
     return None
 

@@ -413,6 +413,21 @@ class PayoutsConfig(_Section, frozen=True):
     """The most automatic top-ups a user may allow per month."""
 
 
+class LocksConfig(_Section, frozen=True):
+    """Global locks: one lock manager per network with locks in use (``locks/<network>``)."""
+
+    idle_s: Seconds = 60.0
+    """A lock manager with no grants and no waiters stops after this long."""
+    max_lease_ms: Annotated[int, msgspec.Meta(ge=1000)] = 3_600_000
+    """The longest lease one acquire or renewal may ask for."""
+    max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    """The longest an acquire may wait for a held lock."""
+    max_locks: Positive = 10_000
+    """Locks held or waited for in one network at once; beyond it acquires get ``overloaded``."""
+    max_waiters: Positive = 10_000
+    """Acquires waiting in one network at once; beyond it they get ``overloaded``."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -430,6 +445,7 @@ class Config(_Section, frozen=True):
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
     subscriptions: SubscriptionsConfig = msgspec.field(default_factory=SubscriptionsConfig)
     payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
+    locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
 
     @property
     def data_path(self) -> Path:
@@ -453,6 +469,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "payments": PaymentsConfig,
     "subscriptions": SubscriptionsConfig,
     "payouts": PayoutsConfig,
+    "locks": LocksConfig,
 }
 
 

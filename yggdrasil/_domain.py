@@ -46,6 +46,7 @@ from .billing import (
     renew_forever,
 )
 from .devices import DeviceStore
+from .locks import LockStore
 from .networks import NetworkStore
 from .store import (
     AuditLog,
@@ -65,7 +66,8 @@ _SEAL_INTERVAL_S = 0.25
 class Store:
     """Tenant-scoped operations over a :class:`Database`, each delegated to the room that owns
     the table. Every read of tenant data takes the principal's ``Scope``; the rooms' own
-    repositories are reachable as ``users``, ``networks``, ``devices`` and ``audit_log``."""
+    repositories are reachable as ``users``, ``networks``, ``devices``, ``audit_log`` and
+    ``locks``."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -73,6 +75,7 @@ class Store:
         self.networks = NetworkStore(db)
         self.devices = DeviceStore(db, revoke=revoke_device_tokens)
         self.audit_log = AuditLog(db)
+        self.locks = LockStore(db)
         # users and networks
         self.create_user = self.users.create_user
         self.get_me = self.users.get_me

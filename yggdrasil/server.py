@@ -13,13 +13,15 @@
     ├── api              quart-trio on hypercorn
     ├── networks         virtual actors, one per active tenant network (presence), started by the
     │                    router
+    ├── locks            virtual actors, one lock manager per network with locks in use
     ├── gateway          the device websocket listener; one DeviceSession per connected device
     └── turn             STUN and TURN over UDP and TCP
 
 Each child comes from a small factory beside its feature: ``_mail.mail_child``,
 ``_domain.store_child``, ``_cluster.bus_child``, ``_revocation_service.revocations_child`` and
 ``revocation_sync_child``, ``api.api_server`` (the API does not import ``actors``, so its spec is
-written here), ``relay.network_actors``, ``relay.gateway_child`` and ``turn.turn_child``.
+written here), ``relay.network_actors``, ``locks.lock_managers``, ``relay.gateway_child`` and
+``turn.turn_child``.
 :func:`build` makes what they share and puts them in order.
 
 rest_for_one: when the store restarts, everything started after it restarts too and picks up
@@ -45,7 +47,7 @@ from api import ApiServer, OperatorServer, api_server, operator_server
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
 from relay import Gateway, gateway_child, network_actors
 
-from ._addresses import NETWORK, SERVICE, tenant_rule
+from ._addresses import LOCKS, NETWORK, SERVICE, tenant_rule
 from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
@@ -60,6 +62,7 @@ from ._revocation_service import Revocations, revocation_sync_child, revocations
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
+from .locks import LOCK_MESSAGES, Locks, lock_managers
 from .store import PostgresDatabase, check_database
 from .turn import TurnService, check_addresses, turn_child
 
@@ -212,7 +215,7 @@ def build(
         timeout_s=config.mail.timeout_s,
         queue_size=config.mail.queue_size,
     )
-    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES)
+    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES)
     router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
@@ -236,8 +239,10 @@ def build(
         bus_ready=lambda: router.bus.ready,
         ice=turn.ice_servers,
         webrtc=gateway.accept_webrtc,
+        locks=Locks(router),
     )
     networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
     operator = operator_server(config, metrics)
 
     grace = config.server.grace_s
@@ -265,6 +270,7 @@ def build(
             revocation_sync_child(revocations, domain, config.auth),
             ChildSpec("api", api.serve, shutdown_s=grace, graceful=True),
             networks.as_child(shutdown_s=2.0),
+            locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
         ],
@@ -275,7 +281,7 @@ def build(
         backoff_max_s=5.0,
     )
     metrics.router = router
-    metrics.supervisors.extend([root, networks])
+    metrics.supervisors.extend([root, networks, locks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
     if isinstance(router.bus, NatsBus):

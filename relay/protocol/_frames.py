@@ -124,7 +124,48 @@ class Received(_Frame, tag="received", frozen=True):
     upto: int
 
 
-ClientFrame = Hello | Send | Request | Reply | Signal | Ping | Pong | Received
+class LockAcquire(_Frame, tag="lock_acquire", frozen=True):
+    """Acquire the network's lock ``name`` for ``lease_ms``; answered by ``lock_granted`` or
+    ``lock_result`` with the same ``id``. ``wait_ms`` 0: ``busy`` at once if it is held;
+    otherwise wait up to that long, served by ``priority`` (higher first), then arrival."""
+
+    id: int
+    name: str
+    lease_ms: int
+    priority: int = 0
+    wait_ms: int = 0
+
+
+class LockRenew(_Frame, tag="lock_renew", frozen=True):
+    """Extend this device's live grant ``token`` on ``name`` to ``lease_ms`` from now."""
+
+    id: int
+    name: str
+    token: int
+    lease_ms: int
+
+
+class LockRelease(_Frame, tag="lock_release", frozen=True):
+    """Release this device's grant ``token`` on ``name``."""
+
+    id: int
+    name: str
+    token: int
+
+
+ClientFrame = (
+    Hello
+    | Send
+    | Request
+    | Reply
+    | Signal
+    | Ping
+    | Pong
+    | Received
+    | LockAcquire
+    | LockRenew
+    | LockRelease
+)
 
 
 # ----------------------------------------------------------------------------- server -> device
@@ -208,6 +249,51 @@ class Bye(_Frame, tag="bye", frozen=True):
     reason: str = ""
 
 
+class LockGranted(_Frame, tag="lock_granted", frozen=True):
+    """The ``lock_acquire`` or ``lock_renew`` with this ``id`` succeeded: the device holds
+    ``name`` with fencing token ``token`` for ``lease_ms`` from now (``expires_at``: the
+    server's wall clock, in milliseconds)."""
+
+    id: int
+    name: str
+    token: int
+    lease_ms: int
+    expires_at: int
+
+
+LockErrorCode = Literal[
+    "busy",
+    "timeout",
+    "deadlock",
+    "not_held",
+    "invalid",
+    "overloaded",
+    "rate_limited",
+    "unavailable",
+    "not_found",
+]
+
+
+class LockResult(_Frame, tag="lock_result", frozen=True):
+    """The answer to the lock request with this ``id`` that was not a grant: ``ok`` for a
+    release; otherwise ``error`` says why (``locks``: the cycle's locks, for ``deadlock``)."""
+
+    id: int
+    name: str
+    ok: bool
+    error: LockErrorCode | None = None
+    message: str = ""
+    locks: list[str] = []
+
+
+class LockExpired(_Frame, tag="lock_expired", frozen=True):
+    """This device's lease on ``name`` (``token``) ended without a release: it holds the lock
+    no more."""
+
+    name: str
+    token: int
+
+
 ServerFrame = (
     Welcome
     | Deliver
@@ -221,6 +307,9 @@ ServerFrame = (
     | Bye
     | Ping
     | Pong
+    | LockGranted
+    | LockResult
+    | LockExpired
 )
 
 
