@@ -26,6 +26,7 @@ TABLES = (
     "payout_settings",
     "spending_limits",
     "spending_months",
+    "payment_methods",
 )
 
 
@@ -98,6 +99,9 @@ async def test_the_export_has_the_users_money_and_kyc(
     assert [(h["amount"], h["status"]) for h in billing["holds"]] == [(700, "open")]
     assert [(p["amount"], p["status"]) for p in billing["payouts"]] == [(2000, "paid")]
     assert billing["kyc"]["status"] == "verified"
+    methods = billing["payment_methods"]
+    assert sorted(m["kind"] for m in methods) == ["card", "paypal"]
+    assert all("token" not in m for m in methods)  # the provider's tokens stay with us
     assert billing["kyc"]["reference"] == "case-9"
     assert billing["payout_settings"]["frequency"] == "weekly"
     assert billing["spending_limits"]["monthly_limit"] == 4000
@@ -112,6 +116,10 @@ async def test_deleting_the_account_pseudonymizes_the_ledger_which_still_verifie
 ) -> None:
     ada = await provider_with_money(server, http, outbox)
     ada_id = (await ada.get("/api/v1/users/me")).json()["user_id"]
+    subscribed = await ada.request(
+        "POST", "/api/v1/subscriptions", json={"plan": "premium"}, headers=key("s")
+    )
+    assert subscribed.status_code == 201, subscribed.text
     ledger = server.services.domain.get().ledger
     before = await rows_naming(server, ada_id)
     assert set(before) >= {"ledger_entries", "ledger_holds", "payouts", "kyc", "spending_months"}
@@ -122,6 +130,9 @@ async def test_deleting_the_account_pseudonymizes_the_ledger_which_still_verifie
     # The books are the same: ada's accounts keep their balances, her hold gave its money back.
     after = await ledger.balances(ada_id)
     assert (after.balance, after.held, after.receivable) == (5000, 0, 500)
+    # No renewal will charge the deleted account; its invoice stays.
+    subscriptions = server.services.domain.get().subscriptions
+    assert (await subscriptions.current(ada_id)).status == "free"
 
     async def pseudonyms(tx: Tx) -> list[str]:
         rows = await tx.fetch(

@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._config import PayoutsConfig
-from .._ids import new_id
+from .._ids import new_id, now_ms
 from ..store import Tx
 from ._kyc import kyc_of
 from ._ledger import Ledger, _balances_of
+from ._subscription_leases import end_subscriptions_of_user
 
 _PSEUDONYMIZED = (
     "ledger_transactions",
@@ -78,7 +79,27 @@ class BillingData:
             user_id,
         )
         kyc = await kyc_of(tx, self.config, user_id)
+        methods = await tx.fetch(
+            "SELECT method_id, provider, kind, payer, payout, status, default_payer,"
+            " default_payout, label, brand, last4, exp_month, exp_year, country, email_masked,"
+            " test_mode, created_at FROM payment_methods WHERE user_id = $1 ORDER BY created_at",
+            user_id,
+        )
+        subscriptions = await tx.fetch(
+            "SELECT * FROM subscriptions WHERE user_id = $1 ORDER BY created_at", user_id
+        )
+        invoices = await tx.fetch(
+            "SELECT invoice_id, number, currency, total_cents, period_start, period_end,"
+            " payment_provider, test_mode, issued_at FROM invoices WHERE user_id = $1"
+            " ORDER BY issued_at",
+            user_id,
+        )
         return {
+            "payment_methods": methods,
+            "subscriptions": [
+                {k: v for k, v in row.items() if k != "charge_key"} for row in subscriptions
+            ],
+            "invoices": invoices,
             "currency": self.ledger.config.currency,
             "balances": {**have, "receivable": -have["receivable"]},
             "entries": [
@@ -107,6 +128,10 @@ class BillingData:
 
     async def forget(self, tx: Tx, user_id: str) -> None:
         await self.ledger.release_open_holds(tx, user_id)
+        # No renewal charges a deleted account; its invoices stay (the law keeps them), its
+        # payment methods (the providers' tokens) go.
+        await end_subscriptions_of_user(tx, user_id, now_ms())
+        await tx.execute("DELETE FROM payment_methods WHERE user_id = $1", user_id)
         for table in ("payout_settings", "ledger_netting", "kyc", "spending_limits"):
             await tx.execute(f"DELETE FROM {table} WHERE user_id = $1", user_id)
         await tx.execute("DELETE FROM spending_months WHERE user_id = $1", user_id)
