@@ -23,6 +23,7 @@ from . import (
     _locks_models,
     _models,
     _payments_models,
+    _payouts_models,
     _subscriptions_models,
 )
 from ._scopes import Access, access_for
@@ -53,7 +54,10 @@ def _structs(*modules: Any) -> list[type[msgspec.Struct]]:
             if (
                 isinstance(value, type)
                 and issubclass(value, msgspec.Struct)
-                and value.__module__ == module.__name__
+                # its own models, and the domain's that it answers with as they are
+                and (
+                    value.__module__ == module.__name__ or value.__module__.startswith("yggdrasil.")
+                )
                 and not value.__name__.startswith("_")
             ):
                 found.append(value)
@@ -69,6 +73,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _app_models,
             _billing_models,
             _payments_models,
+            _payouts_models,
             _subscriptions_models,
             _locks_models,
         )

@@ -100,7 +100,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["payouts"])
     @validate_request(PayoutSettingsIn)
     @validate_response(PayoutSettingsOut, 200)
-    @errors(413, 422, 503)
+    @errors(400, 413, 422, 503)
     async def set_payout_settings(data: PayoutSettingsIn) -> PayoutSettingsOut:
         """Change the frequency, the minimum (at least ``payouts.minimum_floor``), automatic or
         manual payouts, and netting; what is left out stays."""
@@ -126,7 +126,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["billing"])
     @validate_request(NettingIn)
     @validate_response(NettingOut, 200)
-    @errors(413, 422, 503)
+    @errors(400, 413, 422, 503)
     async def set_netting(data: NettingIn) -> NettingOut:
         """Opt in (or out of) netting: earnings are set against what the caller owes before a
         payout, and only the difference is paid out or charged."""
@@ -152,7 +152,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["payouts"])
     @validate_request(KycIn)
     @validate_response(KycOut, 200)
-    @errors(409, 413, 422, 503)
+    @errors(400, 409, 413, 422, 503)
     async def submit_kyc(data: KycIn) -> KycOut:
         """Submit KYC: the caller's region and the reference at the KYC provider (no documents
         are sent here). It stays pending until an operator decides."""
@@ -165,7 +165,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["admin"])
     @validate_request(KycDecisionIn)
     @validate_response(KycOut, 200)
-    @errors(403, 404, 413, 422, 503)
+    @errors(400, 403, 404, 413, 422, 503)
     async def decide_kyc(user_id: str, data: KycDecisionIn) -> KycOut:
         """Set a user's submitted KYC to verified or rejected (audited); 404 for a user who
         submitted none."""
@@ -190,7 +190,7 @@ def install(app: Quart, guard: Guard) -> None:
     @tag(["billing"])
     @validate_request(LimitsIn)
     @validate_response(LimitsOut, 200)
-    @errors(413, 422, 503)
+    @errors(400, 413, 422, 503)
     async def set_limits(data: LimitsIn) -> LimitsOut:
         """Replace the caller's monthly spending limit (past it, holds and charges are refused
         with 402 ``spending_limit``), alert thresholds and auto-top-up."""
