@@ -17,8 +17,10 @@ which providers to probe. The algorithm, the normalization and the fairness guar
    better), quality (success rate, averaged with the feedback when there is any), latency (the
    mean of time to first token, lower better, and tokens per second, higher better),
    availability (how often the provider answered at all) and fairness (free slots, more is
-   better: this is the load balancing). A candidate with no history on a dimension gets the
-   neutral prior 0.5 on it. ``total`` is the weighted sum (weights normalized to sum 1).
+   better: this is the load balancing). A candidate with no history is scored as if it had
+   the neutral prior: a success and answer rate of 0.5, and the mean time to first token and
+   tokens per second of the candidates that have history. ``total`` is the weighted sum
+   (weights normalized to sum 1).
 3. **Order**: by ``total``, highest first; totals within ``TIE_EPSILON`` of the best of a group
    are equal, and among equals the provider *started* least recently comes first (never
    started ones first, by id). This is the round robin.
@@ -157,27 +159,31 @@ class _Provider:
         self.probe_until = 0  # an idle probe is out until then
 
 
-def _normalize(values: Sequence[float | None], *, higher: bool) -> list[float]:
-    """Min-max to [0, 1], 1 for the best (the highest if ``higher``, else the lowest);
-    everyone known gets 1 when there is one value or all are equal (to 1e-9, relative: float
-    noise of equal histories must not be blown up to the whole range); ``None`` (no history)
-    gets the neutral prior."""
+def _normalize(
+    values: Sequence[float | None], *, higher: bool, prior: float | None = None
+) -> list[float]:
+    """Min-max to [0, 1], 1 for the best (the highest if ``higher``, else the lowest), 1 for
+    everyone when all are equal or there is one (equal to 1e-9, relative: float noise between
+    equal histories must not be blown up to the whole range).
+
+    ``None`` (no history) is first replaced by the neutral prior: ``prior`` if given, else the
+    mean of the known values; with no known value at all everyone is equal."""
     known = [v for v in values if v is not None]
     if not known:
-        return [NEUTRAL] * len(values)
-    lo, hi = min(known), max(known)
-    span = hi - lo
-    if span <= 1e-9 * max(1.0, abs(hi)):
-        return [NEUTRAL if v is None else 1.0 for v in values]
-    scale = 1.0 / span
+        return [1.0] * len(values)
     if len(known) == len(values):
         full = known
-        if higher:
-            return [(v - lo) * scale for v in full]
-        return [(hi - v) * scale for v in full]
+    else:
+        fill = prior if prior is not None else sum(known) / len(known)
+        full = [fill if v is None else v for v in values]
+    lo, hi = min(full), max(full)
+    span = hi - lo
+    if span <= 1e-9 * max(1.0, abs(hi)):
+        return [1.0] * len(full)
+    scale = 1.0 / span
     if higher:
-        return [NEUTRAL if v is None else (v - lo) * scale for v in values]
-    return [NEUTRAL if v is None else (hi - v) * scale for v in values]
+        return [(v - lo) * scale for v in full]
+    return [(hi - v) * scale for v in full]
 
 
 def _regroup(by: list[int], ts: list[float], last: list[int], ids: list[str]) -> list[int]:
@@ -292,8 +298,8 @@ class ProviderRouter:
         none4: tuple[None, None, None, None] = (None, None, None, None)
         raws = [p.quality.raw if now_ms < p.quality.forget_at else none4 for p in kept]
         pn = _normalize(prices, higher=False)
-        qn = _normalize([r[0] for r in raws], higher=True)
-        an = _normalize([r[1] for r in raws], higher=True)
+        qn = _normalize([r[0] for r in raws], higher=True, prior=NEUTRAL)
+        an = _normalize([r[1] for r in raws], higher=True, prior=NEUTRAL)
         tn = _normalize([r[2] for r in raws], higher=False)
         sn = _normalize([r[3] for r in raws], higher=True)
         ln = [0.5 * (t + s) for t, s in zip(tn, sn, strict=True)]
