@@ -85,6 +85,7 @@ SUBPACKAGES = (
     "yggdrasil.billing",
     "yggdrasil.devices",
     "yggdrasil.locks",
+    "yggdrasil.marketplace",
     "yggdrasil.networks",
     "yggdrasil.store",
     "yggdrasil.turn",
@@ -204,6 +205,11 @@ EXPORTS: dict[str, set[str]] = {
         "LockInfo", "LockLost", "LockManager", "LockStore", "LockTable", "LockView", "Locks",
         "Release", "Released", "Renew", "ViewLocks", "Waiter", "WaiterInfo", "WallClock",
         "lock_managers", "locks_address",
+    },
+    "yggdrasil.marketplace": {
+        # the routing engine
+        "TIE_EPSILON", "BreakerSettings", "BreakerState", "Candidate", "Decay", "Decision",
+        "Outcome", "ProviderRouter", "ProviderStats", "RouteRequest", "Scored", "Weights",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -342,6 +348,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.turn": set(),
     "yggdrasil.billing": set(),
     "yggdrasil.locks": {"yggdrasil.networks"},
+    "yggdrasil.marketplace": set(),
 }
 COMPOSITION = {
     "yggdrasil",
