@@ -24,12 +24,14 @@ from yggdrasil import (
     Unavailable,
 )
 from yggdrasil.locks import Locks
+from yggdrasil.marketplace import Marketplace
 
 from . import (
     _admin,
     _billing,
     _errors,
     _locks,
+    _marketplace,
     _pages,
     _payments,
     _payouts,
@@ -67,6 +69,8 @@ class ApiContext:
     """``webrtc(device, offer_sdp)``: the answer SDP; the device's session then runs on it."""
     locks: Locks | None = None
     """The networks' lock managers; without them the lock routes answer 503."""
+    marketplace: Marketplace | None = None
+    """The compute marketplace; without it its routes answer 503."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
@@ -121,6 +125,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _subscriptions.install(app, guard)
     _payouts.install(app, guard)
     _locks.install(app, guard, ctx.locks, response_timeout_s=ctx.response_timeout_s)
+    _marketplace.install(app, guard, ctx.marketplace)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

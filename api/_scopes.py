@@ -131,6 +131,17 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/kyc"): ACCOUNT,
     ("GET", "/api/v1/billing/limits"): ACCOUNT,
     ("PUT", "/api/v1/billing/limits"): ACCOUNT,
+    # the compute marketplace: the account's own providers, requests and money, never a
+    # device's token; the OpenAI-compatible door takes a user's access token as its API key
+    ("POST", "/api/v1/marketplace/providers/register"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/providers"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/providers/<provider_id>"): ACCOUNT,
+    ("PUT", "/api/v1/marketplace/providers/<provider_id>"): ACCOUNT,
+    ("DELETE", "/api/v1/marketplace/providers/<provider_id>"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/requests"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/requests/<request_id>"): ACCOUNT,
+    ("POST", "/openai/v1/chat/completions"): ACCOUNT,
+    ("GET", "/openai/v1/models"): ACCOUNT,
     # locks
     ("POST", "/api/v1/locks/acquire"): NETWORK,
     ("POST", "/api/v1/locks/renew"): NETWORK,

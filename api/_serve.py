@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, TokenService
 from yggdrasil.locks import Locks
+from yggdrasil.marketplace import Marketplace
 
 from ._app import ApiContext, create_app
 from ._auth import Networks, client_address
@@ -247,6 +248,7 @@ def api_server(
     ice: Callable[[str, str, str], dict[str, Any]],
     webrtc: Callable[[Principal, str], Awaitable[str]],
     locks: Locks | None = None,
+    marketplace: Marketplace | None = None,
 ) -> ApiServer:
     """The API of a server configured by ``config``; the other arguments as in
     :class:`ApiContext`."""
@@ -260,6 +262,7 @@ def api_server(
         ice=ice,
         webrtc=webrtc,
         locks=locks,
+        marketplace=marketplace,
         limits=config.limits,
         trusted_proxies=config.api.trusted_proxies,
         max_body_bytes=config.api.max_body_bytes,

@@ -49,7 +49,9 @@ from actors import (
 )
 from yggdrasil import GatewayConfig, Principal, RateLimiter, device_address, network_address
 from yggdrasil.locks import Abandon, LockLost, locks_address
+from yggdrasil.marketplace import JobCancel, JobFailed, JobOffer
 
+from ._jobs import Jobs
 from ._locks import ask_lock, expired, refused
 from ._messages import (
     ActionFrom,
@@ -83,6 +85,9 @@ from .protocol import (
     Error,
     Hello,
     Incoming,
+    JobChunk,
+    JobDone,
+    JobFail,
     LockAcquire,
     LockRelease,
     LockRenew,
@@ -219,6 +224,8 @@ class DeviceSession(Actor):
         self._seq = 0
         self._used_locks = False
         """The device sent lock frames: its waits end with the session."""
+        self.jobs = Jobs(config.max_pending_requests)
+        """Marketplace jobs offered to this (provider) device and not finished."""
 
     def make_mailbox(self) -> Mailbox[Envelope]:
         return Mailbox(
@@ -370,6 +377,7 @@ class DeviceSession(Actor):
             self.nursery.start_soon(self._expire_unconfirmed)
 
     async def on_stop(self) -> None:
+        await self.jobs.abandon(self.router, self.address)
         if self._used_locks:  # its waits end now; its grants run out with their leases
             with contextlib.suppress(Unreachable, Overloaded):
                 await self.router.send(
@@ -442,6 +450,8 @@ class DeviceSession(Actor):
                     await self._confirmed(upto)
                 case LockAcquire() | LockRenew() | LockRelease():
                     await self._on_lock(frame)
+                case JobChunk() | JobDone() | JobFail():
+                    await self.jobs.from_device(self.router, self.address, frame)
                 case Ping(nonce=nonce):
                     await self._queue(Pong(nonce=nonce))
                 case Pong():
@@ -662,6 +672,18 @@ class DeviceSession(Actor):
                 await self._deliver_request(envelope, sender, action, timeout_ms)
             case LockLost() as lost:
                 await self._write(encode(expired(lost)))
+            case JobOffer() as offer:
+                job = self.jobs.offered(envelope.src, offer)
+                if job is None:
+                    with contextlib.suppress(Unreachable, Overloaded):
+                        failed = JobFailed(offer.job_id, "provider overloaded")
+                        await self.router.send(Envelope(self.address, envelope.src, failed))
+                else:
+                    await self._write(encode(job))
+            case JobCancel() as cancel:
+                frame = self.jobs.cancelled(cancel)
+                if frame is not None:
+                    await self._write(encode(frame))
             case _:
                 log.warning("session=%s dropped %s", self.session_id, type(envelope.body))
 

@@ -17,6 +17,7 @@ from tests.clients import RELAXED_LIMITS, count_mail, device, read_code, sign_in
 from tests.conftest import fresh_pg_database
 from tests.servers import running_server
 from yggdrasil.billing import Posting, user_account
+from yggdrasil.marketplace._store import MarketStore
 from yggdrasil.server import Running
 
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
@@ -28,6 +29,8 @@ TENANT_PARAMS = {
     "method_id",
     "network_id",
     "payout_id",
+    "provider_id",
+    "request_id",
     "user_id",
 }
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
@@ -43,6 +46,10 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/payments/methods/{method_id}/verify"): {"amounts_cents": [32, 45]},
     ("post", "/api/v1/billing/holds/{hold_id}/capture"): {"amount": 100},
     ("post", "/api/admin/users/{user_id}/kyc"): {"status": "verified"},
+    ("put", "/api/v1/marketplace/providers/{provider_id}"): {
+        "models": ["echo"],
+        "price_per_1k": 1,
+    },
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -142,7 +149,38 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
     lab = (await alice.post("/api/v1/networks", json={"name": "Alice's secret lab"})).json()
     await alice.post(f"/api/v1/networks/{lab['network_id']}/enrollment-keys", json={"ttl_s": 600})
     key = await alice.post(f"/api/v1/networks/{alice_home}/enrollment-keys", json={"ttl_s": 600})
+    # A provider of hers (as the marketplace stores one that passed its test) and a request.
+    market = MarketStore(running.services.domain.get().store.db)
+    provider = await market.add_provider(
+        {
+            "provider_id": "pv_alices",
+            "user_id": alice_id,
+            "network_id": alice_home,
+            "device_id": "laptop",
+            "models": '["echo"]',
+            "hardware": "{}",
+            "price_per_1k": 10,
+            "max_concurrent": 1,
+            "tokens_per_minute": 100,
+            "schedule": "[]",
+            "quality": "{}",
+            "status": "paused",
+            "test_latency_ms": 1,
+            "test_tokens_per_s": 1,
+            "created_at": 1,
+            "updated_at": 1,
+        }
+    )
+    asked = await alice.request(
+        "POST",
+        "/api/v1/marketplace/requests",
+        json={"model": "echo", "messages": [{"role": "user", "content": "hi"}], "max_cost": 5},
+        headers={"Idempotency-Key": "m"},
+    )
+    assert asked.status_code == 202, asked.text
     alice_ids = {
+        "provider_id": provider.provider_id,
+        "request_id": asked.json()["request_id"],
         "device_id": "laptop",
         "hold_id": hold.json()["hold_id"],
         "invoice_id": subscribed.json()["invoice_id"],

@@ -129,7 +129,7 @@ EXPORTS: dict[str, set[str]] = {
         "BUILTIN_ACTIONS", "ClientError", "Connected", "Credentials", "DeliveryFailed",
         "DeviceClient", "DirectChannel", "Disconnected", "Message", "NotConnected",
         "PresenceChanged", "Replaced", "RequestAnswered", "SessionRefused", "SignalReceived",
-        "SignedOut", "accept_direct", "connect_direct", "device_cli", "open_webrtc",
+        "SignedOut", "accept_direct", "connect_direct", "device_cli", "open_webrtc", "provider_cli",
     },
     "relay.protocol": {
         "CHANNEL_LABEL", "CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_PING_TIMEOUT", "CLOSE_POLICY",
@@ -138,7 +138,7 @@ EXPORTS: dict[str, set[str]] = {
         "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
         "InvalidOffer", "LockAcquire", "LockErrorCode", "LockExpired", "LockGranted",
         "LockRelease", "LockRenew", "LockResult", "Nack", "NackReason", "PeerState", "Ping",
-        "Pong", "Presence",
+        "Pong", "Presence", "ChatMessage", "Job", "JobCancel", "JobChunk", "JobDone", "JobFail",
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
@@ -210,6 +210,12 @@ EXPORTS: dict[str, set[str]] = {
         # the routing engine
         "TIE_EPSILON", "BreakerSettings", "BreakerState", "Candidate", "Decay", "Decision",
         "Outcome", "ProviderRouter", "ProviderStats", "RouteRequest", "Scored", "Weights",
+        "ECHO", "MARKETPLACE_MESSAGES", "Attempt", "ChatMessage", "ComputeRequest",
+        "DeviceOffline", "Dispute", "Hardware", "JobCancel", "JobChunk", "JobDone", "JobFailed",
+        "JobOffer", "JobResult", "Marketplace", "PayoutMethodRequired", "Provider",
+        "ProviderAnalytics", "ProviderSpec", "ProviderTestFailed", "QualitySettings",
+        "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
+        "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -348,7 +354,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.turn": set(),
     "yggdrasil.billing": set(),
     "yggdrasil.locks": {"yggdrasil.networks"},
-    "yggdrasil.marketplace": set(),
+    "yggdrasil.marketplace": {"yggdrasil.billing"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -464,6 +470,9 @@ TABLE_OWNERS: dict[str, str] = {
     "topups": "yggdrasil.billing",
     "lock_sequences": "yggdrasil.locks",
     "lock_grants": "yggdrasil.locks",
+    "marketplace_providers": "yggdrasil.marketplace",
+    "marketplace_requests": "yggdrasil.marketplace",
+    "marketplace_disputes": "yggdrasil.marketplace",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -428,6 +428,23 @@ class LocksConfig(_Section, frozen=True):
     """Acquires waiting in one network at once; beyond it they get ``overloaded``."""
 
 
+class MarketplaceConfig(_Section, frozen=True):
+    """The compute marketplace (``docs/marketplace.md``)."""
+
+    first_token_timeout_s: Seconds = 10.0
+    """A provider that sends nothing for this long after a job was offered fails over."""
+    job_timeout_s: Seconds = 120.0
+    """The longest one job may stream before it is cut off (and failed over or failed)."""
+    test_timeout_s: Seconds = 10.0
+    """How long the registration's test job may take."""
+    max_running: Positive = 256
+    """Requests running at once on one instance; beyond it new ones get 503."""
+    stream_queue: Positive = 256
+    """Chunks buffered for one streaming reader before it is cut off (a slow reader)."""
+    max_attempts: Positive = 3
+    """Providers tried for one request (failover) before it fails."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -446,6 +463,7 @@ class Config(_Section, frozen=True):
     subscriptions: SubscriptionsConfig = msgspec.field(default_factory=SubscriptionsConfig)
     payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
+    marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
 
     @property
     def data_path(self) -> Path:
@@ -470,6 +488,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "subscriptions": SubscriptionsConfig,
     "payouts": PayoutsConfig,
     "locks": LocksConfig,
+    "marketplace": MarketplaceConfig,
 }
 
 

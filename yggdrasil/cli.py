@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from actors import Escalated
-from relay.client import device_cli
+from relay.client import device_cli, provider_cli
 
 from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(rotate)
 
     device_cli.add_commands(commands, debug=_debug)
+    provider_cli.add_commands(commands, debug=_debug)
     _admin_cli.add_commands(commands, _common)
     return parser
 
@@ -237,6 +238,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "device":
         configure("warning", "text")
         return device_cli.run(args)
+    if args.command == "provider":
+        configure("warning", "text")
+        return provider_cli.run(args)
     config = _config(args)
     configure(config.log.level, config.log.format)
     if args.command in _admin_cli.COMMANDS:

@@ -10,6 +10,7 @@
     ├── revocations      service/revocations: revocations to and from every instance, pushed to
     │                    sessions
     ├── revocation-sync  keeps the token check current with the store (the backstop)
+    ├── marketplace      runs the compute requests this instance settles
     ├── api              quart-trio on hypercorn
     ├── networks         virtual actors, one per active tenant network (presence), started by the
     │                    router
@@ -63,6 +64,7 @@ from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
 from .locks import LOCK_MESSAGES, Locks, lock_managers
+from .marketplace import MARKETPLACE_MESSAGES, Marketplace
 from .store import PostgresDatabase, check_database
 from .turn import TurnService, check_addresses, turn_child
 
@@ -215,10 +217,13 @@ def build(
         timeout_s=config.mail.timeout_s,
         queue_size=config.mail.queue_size,
     )
-    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES)
+    codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES, *MARKETPLACE_MESSAGES)
     router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
+    marketplace = Marketplace(
+        router, domain, config.marketplace, fee_bp=config.ledger.company_fee_bp
+    )
     revocations = Revocations(tokens)
     turn = TurnService(config.turn, host=config.server.host, secret=secrets.turn_secret)
     gateway = Gateway(
@@ -240,6 +245,7 @@ def build(
         ice=turn.ice_servers,
         webrtc=gateway.accept_webrtc,
         locks=Locks(router),
+        marketplace=marketplace,
     )
     networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
     locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
@@ -268,6 +274,7 @@ def build(
             bus_child(router.bus),
             revocations_child(revocations, router),
             revocation_sync_child(revocations, domain, config.auth),
+            ChildSpec("marketplace", marketplace.serve, shutdown_s=grace, graceful=True),
             ChildSpec("api", api.serve, shutdown_s=grace, graceful=True),
             networks.as_child(shutdown_s=2.0),
             locks.as_child(shutdown_s=2.0),

@@ -12,6 +12,7 @@ relay as the fallback; ``device_cli`` is ``yggdrasil device ...``. The frames it
 from typing import TYPE_CHECKING, Any
 
 from . import _device_cli as device_cli
+from . import _provider_cli as provider_cli
 from ._client import (
     BUILTIN_ACTIONS,
     ClientError,
@@ -52,6 +53,7 @@ __all__ = [
     "connect_direct",
     "device_cli",
     "open_webrtc",
+    "provider_cli",
 ]
 
 if TYPE_CHECKING:

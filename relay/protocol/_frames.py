@@ -153,6 +153,38 @@ class LockRelease(_Frame, tag="lock_release", frozen=True):
     token: int
 
 
+class ChatMessage(msgspec.Struct, frozen=True):
+    """One message of a chat (OpenAI's shape: ``role`` and ``content``)."""
+
+    role: str
+    content: str
+
+
+class JobChunk(_Frame, tag="job_chunk", frozen=True):
+    """A provider's next piece of the answer to job ``id``: ``text`` and how many ``tokens`` it
+    holds (at least one; never more than its characters)."""
+
+    id: str
+    text: str
+    tokens: int = 1
+
+
+class JobDone(_Frame, tag="job_done", frozen=True):
+    """The provider finished job ``id``; its own count of the usage (informational: the server
+    bills the tokens it counted itself)."""
+
+    id: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JobFail(_Frame, tag="job_fail", frozen=True):
+    """The provider cannot serve job ``id`` (before its first chunk, the server fails over)."""
+
+    id: str
+    error: str = ""
+
+
 ClientFrame = (
     Hello
     | Send
@@ -165,6 +197,9 @@ ClientFrame = (
     | LockAcquire
     | LockRenew
     | LockRelease
+    | JobChunk
+    | JobDone
+    | JobFail
 )
 
 
@@ -294,6 +329,23 @@ class LockExpired(_Frame, tag="lock_expired", frozen=True):
     token: int
 
 
+class Job(_Frame, tag="job", frozen=True):
+    """A compute job for a provider's device: answer ``messages`` with ``model``, at most
+    ``max_tokens`` tokens, as ``job_chunk`` frames and then ``job_done`` (or ``job_fail``), all
+    with this ``id``. The requester is never named."""
+
+    id: str
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+
+
+class JobCancel(_Frame, tag="job_cancel", frozen=True):
+    """Stop job ``id``: its requester's cap was reached, or it was given to another provider."""
+
+    id: str
+
+
 ServerFrame = (
     Welcome
     | Deliver
@@ -310,6 +362,8 @@ ServerFrame = (
     | LockGranted
     | LockResult
     | LockExpired
+    | Job
+    | JobCancel
 )
 
 
