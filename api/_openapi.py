@@ -21,6 +21,7 @@ from . import (
     _billing_models,
     _errors,
     _locks_models,
+    _marketplace_models,
     _models,
     _payments_models,
     _payouts_models,
@@ -76,6 +77,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _payouts_models,
             _subscriptions_models,
             _locks_models,
+            _marketplace_models,
         )
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]
