@@ -30,10 +30,15 @@ from yggdrasil.billing import check_cents, check_key
 from yggdrasil.marketplace import (
     ChatMessage,
     ComputeRequest,
+    Dispute,
     Marketplace,
     Provider,
+    ProviderAnalytics,
     ProviderSpec,
+    RequesterAnalytics,
     RequestFailed,
+    Transaction,
+    TransactionPage,
 )
 
 from ._auth import Guard, errors
@@ -44,12 +49,17 @@ from ._marketplace_models import (
     ChatIn,
     ChatOut,
     ChatUsage,
+    DisputeIn,
+    DisputeList,
+    FeedbackIn,
     ModelList,
     ModelOut,
+    PageQuery,
     ProviderIn,
     ProviderList,
     ProviderUpdate,
     RequestIn,
+    ResolveIn,
     StreamQuery,
 )
 from ._openapi import no_content
@@ -202,6 +212,98 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
             await service().get(user_id, request_id)
             return _sse(sse_events(user_id, request_id))
         return msgspec.to_builtins(await service().get(user_id, request_id)), 200
+
+    @app.post("/api/v1/marketplace/requests/<request_id>/cancel")
+    @tag(["marketplace"])
+    @validate_response(ComputeRequest, 200)
+    @errors(404, 409, 503)
+    async def cancel_market_request(request_id: str) -> ComputeRequest:
+        """Stop a running request of yours: ``CANCELLED``, its hold released in full, the
+        provider told to stop. 409 ``request_ended`` once it has ended, ``not_running_here``
+        while another instance runs it."""
+        return await service().cancel(guard.principal().user_id, request_id)
+
+    @app.post("/api/v1/marketplace/requests/<request_id>/feedback")
+    @tag(["marketplace"])
+    @validate_request(FeedbackIn)
+    @no_content
+    @errors(404, 409, 413, 422, 503)
+    async def rate_market_request(request_id: str, data: FeedbackIn) -> tuple[str, int]:
+        """Rate a completed request of yours, 1 (bad) to 5 (good): the provider's quality in
+        routing takes it in."""
+        await service().feedback(guard.principal().user_id, request_id, data.rating)
+        return "", 204
+
+    # ------------------------------------------------------------------- transactions
+
+    @app.get("/api/v1/marketplace/transactions")
+    @tag(["marketplace"])
+    @validate_querystring(PageQuery)
+    @validate_response(TransactionPage, 200)
+    @errors(503)
+    async def list_market_transactions(query_args: PageQuery) -> TransactionPage:
+        """Your settled requests, newest first: as requester (``cost`` paid) and as provider
+        (``provider_earnings``). ``next_cursor`` pages on."""
+        return await service().transactions(
+            guard.principal().user_id, cursor=query_args.cursor, limit=query_args.limit
+        )
+
+    @app.get("/api/v1/marketplace/transactions/<transaction_id>")
+    @tag(["marketplace"])
+    @validate_response(Transaction, 200)
+    @errors(404, 503)
+    async def get_market_transaction(transaction_id: str) -> Transaction:
+        return await service().transaction(guard.principal().user_id, transaction_id)
+
+    @app.post("/api/v1/marketplace/transactions/<transaction_id>/dispute")
+    @tag(["marketplace"])
+    @validate_request(DisputeIn)
+    @validate_response(Dispute, 201)
+    @errors(404, 409, 413, 422, 503)
+    async def dispute_market_transaction(
+        transaction_id: str, data: DisputeIn
+    ) -> tuple[Dispute, int]:
+        """Dispute a transaction you paid (one dispute each; 409 ``dispute_refused`` for the
+        provider's side or a transaction refunded in full). An operator resolves it."""
+        found = await service().dispute(guard.principal().user_id, transaction_id, data.reason)
+        return found, 201
+
+    @app.get("/api/v1/marketplace/disputes")
+    @tag(["marketplace"])
+    @validate_response(DisputeList, 200)
+    @errors(503)
+    async def list_market_disputes() -> DisputeList:
+        """The disputes of your transactions, either side (the latest 100)."""
+        return DisputeList(await service().disputes(guard.principal().user_id))
+
+    @app.post("/api/admin/marketplace/disputes/<dispute_id>/resolve")
+    @tag(["admin"])
+    @validate_request(ResolveIn)
+    @validate_response(Dispute, 200)
+    @errors(403, 404, 409, 413, 422, 503)
+    async def resolve_market_dispute(dispute_id: str, data: ResolveIn) -> Dispute:
+        """Close a dispute with a refund of 0 up to what is left of the cost (full or
+        partial), taken back from the provider's earnings and the company's fee in
+        proportion; refunded in full, the request is ``REFUNDED``."""
+        await _raw_cents("refund")
+        return await service().resolve(guard.principal().user_id, dispute_id, data.refund)
+
+    @app.get("/api/v1/marketplace/analytics/provider")
+    @tag(["marketplace"])
+    @validate_response(ProviderAnalytics, 200)
+    @errors(503)
+    async def market_provider_analytics() -> ProviderAnalytics:
+        """Your providers' requests, earnings, refunds, success rate and usage by hour."""
+        return await service().provider_analytics(guard.principal().user_id)
+
+    @app.get("/api/v1/marketplace/analytics/requester")
+    @tag(["marketplace"])
+    @validate_response(RequesterAnalytics, 200)
+    @errors(503)
+    async def market_requester_analytics() -> RequesterAnalytics:
+        """Your requests: history counts, tokens, cost, refunds, the providers used (by
+        opaque id) and how they did, usage by hour."""
+        return await service().requester_analytics(guard.principal().user_id)
 
     # ------------------------------------------------------------------- OpenAI front door
 

@@ -96,6 +96,11 @@ class ResolveIn(_In, frozen=True):
     """Cents given back to the requester: 0 (none) up to what is left of the cost (full)."""
 
 
+class FeedbackIn(_In, frozen=True):
+    rating: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    """1 (bad) to 5 (good)."""
+
+
 class DisputeList(msgspec.Struct, frozen=True):
     items: list[Dispute]
 

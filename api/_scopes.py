@@ -140,6 +140,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/marketplace/providers/<provider_id>"): ACCOUNT,
     ("POST", "/api/v1/marketplace/requests"): ACCOUNT,
     ("GET", "/api/v1/marketplace/requests/<request_id>"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/requests/<request_id>/cancel"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/requests/<request_id>/feedback"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/transactions"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/transactions/<transaction_id>"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/transactions/<transaction_id>/dispute"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/disputes"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/analytics/provider"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/analytics/requester"): ACCOUNT,
     ("POST", "/openai/v1/chat/completions"): ACCOUNT,
     ("GET", "/openai/v1/models"): ACCOUNT,
     # locks
@@ -165,6 +173,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/admin/enrollment-keys"): OPERATOR,
     ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
     ("GET", "/api/admin/networks/<network_id>/locks"): OPERATOR,
+    ("POST", "/api/admin/marketplace/disputes/<dispute_id>/resolve"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

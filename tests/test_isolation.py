@@ -23,6 +23,7 @@ from yggdrasil.server import Running
 # Path parameters that name tenant data, and which parameters are not tenant data at all.
 TENANT_PARAMS = {
     "device_id",
+    "dispute_id",
     "hold_id",
     "invoice_id",
     "key_id",
@@ -31,6 +32,7 @@ TENANT_PARAMS = {
     "payout_id",
     "provider_id",
     "request_id",
+    "transaction_id",
     "user_id",
 }
 PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public configuration
@@ -50,6 +52,9 @@ BODIES: dict[tuple[str, str], Any] = {
         "models": ["echo"],
         "price_per_1k": 1,
     },
+    ("post", "/api/v1/marketplace/requests/{request_id}/feedback"): {"rating": 5},
+    ("post", "/api/v1/marketplace/transactions/{transaction_id}/dispute"): {"reason": "wrong"},
+    ("post", "/api/admin/marketplace/disputes/{dispute_id}/resolve"): {"refund": 0},
     ("post", "/api/v1/devices/{device_id}/webrtc"): {
         "type": "offer",
         "sdp": "\r\n".join(
@@ -178,7 +183,41 @@ async def test_foreign_ids_look_exactly_like_nonexistent_ones(
         headers={"Idempotency-Key": "m"},
     )
     assert asked.status_code == 202, asked.text
+    # A settled request of hers (a transaction, as the marketplace stores one) and its dispute.
+    await market.add_request(
+        {
+            "request_id": "mr_alices",
+            "user_id": alice_id,
+            "idempotency_key": "settled",
+            "fingerprint": "{}",
+            "model": "echo",
+            "messages": "[]",
+            "max_cost": 5,
+            "max_tokens": 5,
+            "state": "COMPLETED",
+            "provider_id": provider.provider_id,
+            "provider_user_id": alice_id,
+            "price_per_1k": 10,
+            "attempts": "[]",
+            "answer": "hi",
+            "cost": 1,
+            "capture_txn": "tx_alices",
+            "created_at": 1,
+        }
+    )
+    dispute = await market.add_dispute(
+        {
+            "dispute_id": "md_alices",
+            "request_id": "mr_alices",
+            "user_id": alice_id,
+            "provider_user_id": alice_id,
+            "reason": "wrong",
+            "created_at": 1,
+        }
+    )
     alice_ids = {
+        "transaction_id": "tx_alices",
+        "dispute_id": dispute["dispute_id"],
         "provider_id": provider.provider_id,
         "request_id": asked.json()["request_id"],
         "device_id": "laptop",

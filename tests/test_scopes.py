@@ -100,6 +100,14 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/marketplace/providers/{provider_id}"): ACCOUNT,
     ("POST", "/api/v1/marketplace/requests"): ACCOUNT,
     ("GET", "/api/v1/marketplace/requests/{request_id}"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/requests/{request_id}/cancel"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/requests/{request_id}/feedback"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/transactions"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/transactions/{transaction_id}"): ACCOUNT,
+    ("POST", "/api/v1/marketplace/transactions/{transaction_id}/dispute"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/disputes"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/analytics/provider"): ACCOUNT,
+    ("GET", "/api/v1/marketplace/analytics/requester"): ACCOUNT,
     ("POST", "/openai/v1/chat/completions"): ACCOUNT,
     ("GET", "/openai/v1/models"): ACCOUNT,
     ("POST", "/api/v1/locks/acquire"): NETWORK,
@@ -123,6 +131,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/admin/enrollment-keys"): {"operator"},
     ("DELETE", "/api/admin/enrollment-keys/{key_id}"): {"operator"},
     ("GET", "/api/admin/networks/{network_id}/locks"): {"operator"},
+    ("POST", "/api/admin/marketplace/disputes/{dispute_id}/resolve"): {"operator"},
 }
 # Routes whose admitted call ends the caller (or its account, or its device): each such call
 # gets callers of its own.
@@ -182,6 +191,8 @@ def concrete(template: str, kind: str, ids: dict[str, str], *, sibling: bool = F
         "payout_id": "po_none",
         "provider_id": "pv_none",
         "request_id": "mr_none",
+        "transaction_id": "tx_none",
+        "dispute_id": "md_none",
         "provider": "none",
     }
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)

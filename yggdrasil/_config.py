@@ -443,6 +443,16 @@ class MarketplaceConfig(_Section, frozen=True):
     """Chunks buffered for one streaming reader before it is cut off (a slow reader)."""
     max_attempts: Positive = 3
     """Providers tried for one request (failover) before it fails."""
+    probe_interval_s: Seconds = 5.0
+    """How often the instance looks for providers to probe (breakers half-open, idle ones)."""
+    idle_probe_s: Seconds = 300.0
+    """A provider with no job for this long gets a probe (a short test job)."""
+    breaker_failures: Positive = 5
+    """Failures in a row that open a provider's breaker (it gets no requests until a probe
+    passes)."""
+    breaker_cooldown_s: Seconds = 30.0
+    """How long an opened breaker waits before its first probe (doubling after each failed
+    probe, at most 10 minutes)."""
 
 
 class Config(_Section, frozen=True):

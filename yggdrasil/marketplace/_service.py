@@ -31,19 +31,27 @@ from ..billing import (
     fee,
     user_account,
 )
-from ..store import Scope, to_json
+from ..store import Scope, from_json, to_json
+from ._breaker import BreakerSettings
 from ._jobs import run_job
 from ._messages import ChatMessage
 from ._pick import Candidate, Decision, Outcome, ProviderRouter, RouteRequest
-from ._store import MarketStore, request_of
+from ._store import MarketStore, dispute_of, request_of, transaction_of
 from ._views import (
     Attempt,
     ComputeRequest,
+    Dispute,
     Hardware,
+    HourUsage,
     Provider,
+    ProviderAnalytics,
+    ProviderUsed,
     QualitySettings,
+    RequesterAnalytics,
     RoutingDecision,
     Score,
+    Transaction,
+    TransactionPage,
     Window,
 )
 
@@ -77,6 +85,24 @@ class RequestFailed(YggdrasilError):
     status = 502
     code = "request_failed"
     default_message = "no provider could serve the request"
+
+
+class RequestEnded(YggdrasilError):
+    status = 409
+    code = "request_ended"
+    default_message = "the request has ended"
+
+
+class NotRunningHere(YggdrasilError):
+    status = 409
+    code = "not_running_here"
+    default_message = "the request runs on another instance: ask that one, or wait for it"
+
+
+class DisputeRefused(YggdrasilError):
+    status = 409
+    code = "dispute_refused"
+    default_message = "this transaction cannot be disputed"
 
 
 class DeviceOffline(YggdrasilError):
@@ -119,6 +145,19 @@ class _Live:
     parts: list[str] = field(default_factory=list)
     done: bool = False
     changed: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ended: trio.Event = field(default_factory=trio.Event)
+    """Set once the request has ended and is stored so."""
+    stopped: tuple[str, str] | None = None
+    """Why it was stopped from outside: (state, error) - cancelled, or the instance stops."""
+    attempts: list[Attempt] = field(default_factory=list)
+    provider: str | None = None
+    """The provider whose job runs now."""
+
+    def stop(self, state: str, error: str) -> None:
+        if self.stopped is None:
+            self.stopped = (state, error)
+            self.scope.cancel()
 
     def push(self, text: str) -> None:
         self.parts.append(text)
@@ -167,7 +206,17 @@ class Marketplace:
         self.domain = domain
         self.config = config
         self.fee_bp = fee_bp
-        self.engine = ProviderRouter()
+        cooldown = max(1, int(config.breaker_cooldown_s * 1000))
+        self.engine = ProviderRouter(
+            breaker=BreakerSettings(
+                consecutive_failures=config.breaker_failures,
+                min_outcomes=min(10, config.breaker_failures * 2),
+                cooldown_ms=cooldown,
+                max_cooldown_ms=max(cooldown, 600_000),
+                probe_timeout_ms=max(1000, int(config.test_timeout_s * 2000)),
+            ),
+            idle_probe_ms=max(1, int(config.idle_probe_s * 1000)),
+        )
         self._nursery: trio.Nursery | None = None
         self._live: dict[str, _Live] = {}
         self._busy: dict[str, int] = {}
@@ -177,14 +226,70 @@ class Marketplace:
         return domain, MarketStore(domain.store.db)
 
     async def serve(self, *, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
-        """Runs the requests this instance settles until ``stopping``; then cancels those still
-        running (their holds expire and are released by the ledger's reconciliation)."""
+        """Runs the requests this instance settles, and the providers' probes, until
+        ``stopping``; then stops the requests still running: each ends ``FAILED`` with its hold
+        released at once (its provider told to stop), not left to the hold's expiry."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._probes)
             task_status.started()
             await stopping.wait()
+            self._nursery = None  # no new requests here
+            running = list(self._live.values())
+            for live in running:
+                live.stop("FAILED", "the instance stopped while the request ran")
+            with trio.move_on_after(10):
+                for live in running:
+                    await live.ended.wait()
             nursery.cancel_scope.cancel()
-        self._nursery = None
+
+    # ----------------------------------------------------------------- probes
+
+    async def _probes(self) -> None:
+        """Every ``probe_interval_s``: probe the providers the routing engine says are due (a
+        half-open breaker's one probe; providers idle for ``idle_probe_s``)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(self.config.probe_interval_s)
+                try:
+                    active = {p.provider_id: p for p, _owner in await self._store()[1].active()}
+                except Exception as exc:  # the store may be down for a while: try again later
+                    log.warning("marketplace probes: %s", exc)
+                    continue
+                at = now_ms()
+                # Ranking for no model changes nothing but makes the engine know every active
+                # provider, so that idle ones are probed after a restart too.
+                self.engine.rank(
+                    RouteRequest("", 0, 1),
+                    [
+                        Candidate(p.provider_id, p.price_per_1k, 1, p.tokens_per_minute, True, ())
+                        for p in active.values()
+                    ],
+                    now_ms=at,
+                )
+                for pid in self.engine.probe_due(at):
+                    provider = active.get(pid)
+                    if provider is None:
+                        self.engine.forget(pid)  # paused or gone
+                    else:
+                        nursery.start_soon(self._probe, provider)
+
+    async def _probe(self, provider: Provider) -> None:
+        """One probe: the registration's known-answer test job, reported as a probe."""
+        pid = provider.provider_id
+        self.engine.started(pid, probe=True)
+        outcome = Outcome(False)
+        try:
+            latency, throughput = await self._test(
+                provider.network_id, provider.device_id, provider.models
+            )
+            outcome = Outcome(True, latency, throughput)
+        except (DeviceOffline, ProviderTestFailed) as exc:
+            log.info("provider=%s probe failed: %s", pid, exc.message, extra={"provider": pid})
+        except Exception:
+            log.exception("provider=%s probe", pid, extra={"provider": pid})
+        finally:
+            self.engine.finished(pid, outcome, probe=True)
 
     # ----------------------------------------------------------------- providers
 
@@ -283,6 +388,129 @@ class Marketplace:
     async def remove(self, user_id: str, provider_id: str) -> None:
         await self._store()[1].delete_provider(user_id, provider_id)
 
+    # ----------------------------------------------------------------- transactions
+
+    async def transactions(
+        self, user_id: str, *, cursor: str | None, limit: int
+    ) -> TransactionPage:
+        """The caller's settled requests, newest first, as requester or as provider."""
+        items, after = await self._store()[1].transactions(user_id, before=cursor, limit=limit)
+        return TransactionPage(items, after)
+
+    async def transaction(self, user_id: str, transaction_id: str) -> Transaction:
+        row = await self._store()[1].transaction_row(user_id, transaction_id)
+        return transaction_of(row, user_id)
+
+    async def dispute(self, user_id: str, transaction_id: str, reason: str) -> Dispute:
+        """The requester disputes a transaction (one dispute per transaction); an operator
+        resolves it. The provider's side of it is 409 ``dispute_refused``."""
+        reason = reason.strip()
+        if not reason:
+            raise Invalid("reason: say what went wrong")
+        store = self._store()[1]
+        row = await store.transaction_row(user_id, transaction_id)
+        if row["user_id"] != user_id:
+            raise DisputeRefused("only the requester disputes a transaction")
+        if int(row["refunded"]) >= int(row["cost"]):
+            raise DisputeRefused("the transaction is refunded in full already")
+        try:
+            added = await store.add_dispute(
+                {
+                    "dispute_id": new_id("md"),
+                    "request_id": row["request_id"],
+                    "user_id": user_id,
+                    "provider_user_id": row["provider_user_id"],
+                    "reason": reason,
+                    "created_at": now_ms(),
+                }
+            )
+        except UniqueViolation:
+            raise UniqueViolation("this transaction is disputed already") from None
+        return dispute_of(added, transaction_id, user_id)
+
+    async def disputes(self, user_id: str) -> list[Dispute]:
+        """The disputes of the caller's transactions (either side)."""
+        store = self._store()[1]
+        found = []
+        for row in await store.disputes(user_id):
+            request = await store.request_any(row["request_id"])
+            found.append(dispute_of(row, request["capture_txn"], user_id))
+        return found
+
+    async def resolve(self, operator_id: str, dispute_id: str, refund: int) -> Dispute:
+        """An operator closes a dispute with a refund of 0 up to what is left of the cost:
+        through the ledger's refund, which takes it back from the provider's earnings and the
+        company's fee in proportion. A full refund makes the request ``REFUNDED``."""
+        check_cents(refund, field="refund", zero=True)
+        domain, store = self._store()
+        row = await store.dispute_any(dispute_id)
+        if row["status"] != "open":
+            raise DisputeRefused("the dispute is resolved already")
+        request = await store.request_any(row["request_id"])
+        left = int(request["cost"]) - int(request["refunded"])
+        if refund > left:
+            raise Invalid(f"refund: at most {left} cents are left to refund")
+        if refund:
+            # Keyed by the dispute: a retry (or a racing resolution) never refunds twice.
+            await domain.ledger.refund(
+                request["capture_txn"], refund, key=f"mkt:{dispute_id}:refund"
+            )
+        resolved = await store.resolve_dispute(dispute_id, refund)
+        if resolved is None:
+            raise DisputeRefused("the dispute is resolved already")
+        if refund:
+            await store.add_refund(row["request_id"], refund)
+        log.info(
+            "dispute=%s resolved by %s: refund %d",
+            dispute_id,
+            operator_id,
+            refund,
+            extra={"dispute": dispute_id},
+        )
+        return dispute_of(resolved, request["capture_txn"], row["user_id"])
+
+    # ----------------------------------------------------------------- analytics
+
+    async def provider_analytics(self, user_id: str) -> ProviderAnalytics:
+        """The caller's providers: requests served, earnings, refunds, quality, usage by hour."""
+        rows = await self._store()[1].rows_for("provider_user_id", user_id)
+        completed = [r for r in rows if r["state"] in ("COMPLETED", "REFUNDED")]
+        failed = len(rows) - len(completed)
+        return ProviderAnalytics(
+            requests=len(rows),
+            completed=len(completed),
+            failed=failed,
+            tokens=sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in rows),
+            earnings=sum(int(r["earnings"]) for r in rows),
+            refunded=sum(int(r["refunded"]) for r in rows),
+            success_rate=len(completed) / len(rows) if rows else 0.0,
+            by_hour=_by_hour(rows, "earnings"),
+        )
+
+    async def requester_analytics(self, user_id: str) -> RequesterAnalytics:
+        """The caller's requests: how many, how they ended, tokens, cost, refunds, and the
+        quality of the providers used (by opaque id), usage by hour."""
+        rows = await self._store()[1].rows_for("user_id", user_id)
+        ok = ("COMPLETED", "REFUNDED")
+        used: dict[str, list[int]] = {}
+        for row in rows:
+            for attempt in from_json(row["attempts"]):
+                counts = used.setdefault(attempt["provider_id"], [0, 0])
+                counts[0] += 1
+                counts[1] += attempt["outcome"] == "served"
+        return RequesterAnalytics(
+            requests=len(rows),
+            completed=sum(r["state"] in ok for r in rows),
+            failed=sum(r["state"] == "FAILED" for r in rows),
+            tokens=sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in rows),
+            cost=sum(int(r["cost"]) for r in rows),
+            refunded=sum(int(r["refunded"]) for r in rows),
+            providers=[
+                ProviderUsed(pid, n, good, good / n) for pid, (n, good) in sorted(used.items())
+            ],
+            by_hour=_by_hour(rows, "cost"),
+        )
+
     # ----------------------------------------------------------------- requests
 
     async def submit(
@@ -374,6 +602,31 @@ class Marketplace:
             found = msgspec.structs.replace(found, answer="".join(live.parts))
         return found
 
+    async def cancel(self, user_id: str, request_id: str) -> ComputeRequest:
+        """Stop a running request of the caller's: ``CANCELLED``, the hold released in full,
+        the provider told to stop (``job_cancel``). 409 ``request_ended`` for one that has
+        ended; 409 ``not_running_here`` for one another instance runs."""
+        found = await self.get(user_id, request_id)  # 404 for another user's
+        if found.state not in ("PENDING", "PROCESSING"):
+            raise RequestEnded(f"the request is {found.state} already")
+        live = self._live.get(request_id)
+        if live is None:
+            raise NotRunningHere()
+        live.stop("CANCELLED", "cancelled by the requester")
+        with trio.fail_after(15):
+            await live.ended.wait()
+        return await self.get(user_id, request_id)
+
+    async def feedback(self, user_id: str, request_id: str, rating: int) -> None:
+        """The requester rates a completed request 1 (bad) to 5 (good): it feeds the routing
+        engine's quality of the provider that served it (as 0 to 1)."""
+        if not 1 <= rating <= 5:
+            raise Invalid("rating: 1 to 5")
+        found = await self.get(user_id, request_id)
+        if found.state != "COMPLETED" or found.provider_id is None:
+            raise RequestEnded("only a completed request can be rated")
+        self.engine.rate(found.provider_id, (rating - 1) / 4)
+
     async def follow(self, user_id: str, request_id: str) -> AsyncIterator[StreamEvent]:
         """The answer as it streams (what was streamed already first), then the request as it
         ended. A request that runs on another instance, or has ended, gives its stored answer
@@ -411,9 +664,16 @@ class Marketplace:
         live: _Live,
     ) -> None:
         try:
-            await self._process(
-                user_id, request_id, hold_id, model, messages, max_cost, max_tokens, live
-            )
+            with live.scope:
+                await self._process(
+                    user_id, request_id, hold_id, model, messages, max_cost, max_tokens, live
+                )
+            if live.stopped is not None:
+                state, error = live.stopped
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._fail(
+                        request_id, hold_id, error, live.attempts, "".join(live.parts), state
+                    )
         except Exception:
             log.exception("request=%s failed", request_id, extra={"request": request_id})
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -421,16 +681,23 @@ class Marketplace:
         finally:
             live.finish()
             self._live.pop(request_id, None)
+            live.ended.set()
 
     async def _fail(
-        self, request_id: str, hold_id: str, error: str, attempts: list[Attempt], answer: str
+        self,
+        request_id: str,
+        hold_id: str,
+        error: str,
+        attempts: list[Attempt],
+        answer: str,
+        state: str = "FAILED",
     ) -> None:
         domain, store = self._store()
         await domain.ledger.release(hold_id, key=f"mkt:{request_id}:release")
         await store.set_request(
             request_id,
             {
-                "state": "FAILED",
+                "state": state,
                 "error": error,
                 "attempts": to_json(msgspec.to_builtins(attempts)),
                 "answer": answer,
@@ -481,13 +748,14 @@ class Marketplace:
             request_id,
             {"state": "PROCESSING", "decision": to_json(msgspec.to_builtins(view))},
         )
-        attempts: list[Attempt] = []
+        attempts = live.attempts
         for pid in decision.order[: self.config.max_attempts]:
             provider, owner = known[pid]
             meter = _Meter(provider.price_per_1k, prompt, max_cost, max_tokens, live)
             self.engine.started(pid)
             self._busy[pid] = self._busy.get(pid, 0) + 1
             try:
+                live.provider = pid
                 result = await run_job(
                     self.router,
                     device_address(provider.network_id, provider.device_id),
@@ -499,7 +767,16 @@ class Marketplace:
                     total_timeout_s=self.config.job_timeout_s,
                     queue=self.config.stream_queue,
                 )
+            except trio.Cancelled:
+                # Stopped from outside (cancelled, or the instance stops): not the provider's
+                # fault, so it counts as answered; its job was told to stop (run_job).
+                self.engine.finished(pid, Outcome(True, None, None, None))
+                attempts.append(
+                    Attempt(pid, "cancelled", None if live.stopped is None else live.stopped[1])
+                )
+                raise
             finally:
+                live.provider = None
                 self._busy[pid] -= 1
                 if not self._busy[pid]:
                     del self._busy[pid]
@@ -515,12 +792,18 @@ class Marketplace:
             )
             attempts.append(Attempt(pid, result.outcome, result.error, result.ttft_ms))
             if result.outcome == "served":
-                await self._settle(request_id, hold_id, provider, owner, prompt, meter, attempts)
+                with trio.CancelScope(shield=True):  # a settlement is never left half done
+                    await self._settle(
+                        request_id, hold_id, provider, owner, prompt, meter, attempts
+                    )
+                live.stopped = None  # it ended before the stop
                 return
             if meter.completion:
                 break  # it failed after its first token: the requester saw part of an answer
         error = "no provider could serve this request" if attempts else "no provider fits"
-        await self._fail(request_id, hold_id, error, attempts, "".join(live.parts))
+        with trio.CancelScope(shield=True):
+            await self._fail(request_id, hold_id, error, attempts, "".join(live.parts))
+        live.stopped = None
 
     async def _settle(
         self,
@@ -576,6 +859,17 @@ class Marketplace:
                 "completed_at": now_ms(),
             },
         )
+
+
+def _by_hour(rows: list[Any], amount: str) -> list[HourUsage]:
+    hours: dict[int, list[int]] = {}
+    for row in rows:
+        hour = int(row["created_at"]) // 3_600_000 * 3_600_000
+        bucket = hours.setdefault(hour, [0, 0, 0])
+        bucket[0] += 1
+        bucket[1] += int(row["prompt_tokens"]) + int(row["completion_tokens"])
+        bucket[2] += int(row[amount])
+    return [HourUsage(h, *hours[h]) for h in sorted(hours)]
 
 
 def _decision_view(decision: Decision, extra: list[Score]) -> RoutingDecision:

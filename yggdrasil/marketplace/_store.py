@@ -340,6 +340,44 @@ class MarketStore:
 
         return await self.db.write(work)
 
+    async def dispute_any(self, dispute_id: str) -> Row:
+        """A dispute whoever opened it (the operator's resolution)."""
+
+        async def read(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT * FROM marketplace_disputes WHERE dispute_id = $1", dispute_id
+            )
+
+        row = await self.db.read(read)
+        if row is None:
+            raise NotFound()
+        return row
+
+    async def request_any(self, request_id: str) -> Row:
+        async def read(tx: Tx) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT * FROM marketplace_requests WHERE request_id = $1", request_id
+            )
+
+        row = await self.db.read(read)
+        if row is None:
+            raise NotFound()
+        return row
+
+    async def add_refund(self, request_id: str, amount: int) -> None:
+        """Count a refund of the request's cost; fully refunded, it is ``REFUNDED``."""
+
+        async def work(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE marketplace_requests SET refunded = refunded + $2,"
+                " state = CASE WHEN refunded + $2 >= cost THEN 'REFUNDED' ELSE state END"
+                " WHERE request_id = $1",
+                request_id,
+                amount,
+            )
+
+        await self.db.write(work)
+
     async def resolve_dispute(self, dispute_id: str, refund: int) -> Row | None:
         """Close an open dispute (compare-and-set: one resolution wins)."""
 
