@@ -331,23 +331,28 @@ class DeviceClient:
         # Unbounded: the reader must never block, and the server bounds the answer (max_tokens).
         send, receive = trio.open_memory_channel[ComputeChunk | ComputeDone | ComputeFail](math.inf)
         self._computes[frame_id] = send
+        deadline = trio.current_time() + timeout_s
         try:
             await self._send(frame)
-            with trio.fail_after(timeout_s):
-                async with receive:
-                    async for answer in receive:
-                        match answer:
-                            case ComputeChunk(text=text):
-                                yield text
-                            case ComputeDone():
-                                yield answer
-                                return
-                            case ComputeFail(code=code, message=message):
-                                raise ComputeRefused(code, message)
-            raise NotConnected()
+            while True:
+                # (no cancel scope may stay open across a yield)
+                with trio.fail_at(deadline):
+                    try:
+                        answer = await receive.receive()
+                    except trio.EndOfChannel:
+                        raise NotConnected() from None
+                match answer:
+                    case ComputeChunk(text=text):
+                        yield text
+                    case ComputeDone():
+                        yield answer
+                        return
+                    case ComputeFail(code=code, message=message):
+                        raise ComputeRefused(code, message)
         finally:
             self._computes.pop(frame_id, None)
             send.close()
+            receive.close()
 
     async def ask_all(
         self,
@@ -364,10 +369,11 @@ class DeviceClient:
         stream = self.ask(
             model, messages, max_cost=max_cost, key=key, max_tokens=max_tokens, timeout_s=timeout_s
         )
-        async for item in stream:
-            if isinstance(item, ComputeDone):
-                return parts, item
-            parts.append(item)
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                if isinstance(item, ComputeDone):
+                    return parts, item
+                parts.append(item)
         raise NotConnected()
 
     async def wait_signal(self, peer: str, kind: str, *, timeout_s: float) -> bytes:

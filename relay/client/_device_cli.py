@@ -11,6 +11,7 @@ Every failure is one line on standard error and exit status 1 (``--debug`` adds 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -459,17 +460,18 @@ async def _ask(args: argparse.Namespace, client: DeviceClient) -> int:
         max_tokens=args.max_tokens,
         timeout_s=args.timeout,
     )
-    async for item in stream:
-        if isinstance(item, str):
-            print(item, end="", flush=True)
-            continue
-        print(flush=True)
-        usage = f"{item.prompt_tokens}+{item.completion_tokens} tokens"
-        where = f"provider {item.provider_id}" if item.provider_id else "no provider"
-        if item.state != "COMPLETED":
-            raise DeviceCliError(f"request {item.request_id} {item.state}: {item.error or ''}")
-        _say(f"request {item.request_id} {item.state}: {usage}, {item.cost} cents, {where}")
-        return 0
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if isinstance(item, str):
+                print(item, end="", flush=True)
+                continue
+            print(flush=True)
+            usage = f"{item.prompt_tokens}+{item.completion_tokens} tokens"
+            where = f"provider {item.provider_id}" if item.provider_id else "no provider"
+            if item.state != "COMPLETED":
+                raise DeviceCliError(f"request {item.request_id} {item.state}: {item.error or ''}")
+            _say(f"request {item.request_id} {item.state}: {usage}, {item.cost} cents, {where}")
+            return 0
     raise NotConnected()
 
 
