@@ -206,6 +206,11 @@ class Geri(Actor):
                 log.exception("geri: a compute request failed to start")
             await self._tell(asker, GeriFail(ask.ask_id, code, message[:300]))
             return
+        log.info(
+            "geri: request=%s asked by a device, settled by this instance",
+            found.request_id,
+            extra={"request": found.request_id},
+        )
         async for kind, value in self.marketplace.follow(ask.user_id, found.request_id):
             if kind == "chunk":
                 assert isinstance(value, str)

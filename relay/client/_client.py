@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
@@ -310,7 +310,7 @@ class DeviceClient:
         key: str | None = None,
         max_tokens: int = 1024,
         timeout_s: float = 300.0,
-    ) -> AsyncIterator[str | ComputeDone]:
+    ) -> AsyncGenerator[str | ComputeDone, None]:
         """Ask the marketplace (``service/geri``) to answer ``messages`` (``(role, content)``
         pairs) with ``model``, charged to this device's user, at most ``max_cost`` cents: the
         answer's pieces as they stream, then the :class:`ComputeDone` that ends it.
