@@ -110,7 +110,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_request(ProviderIn)
     @validate_response(Provider, 201)
-    @errors(404, 409, 413, 422, 503)
+    @errors(400, 404, 409, 413, 422, 503)
     async def register_market_provider(data: ProviderIn) -> tuple[Provider, int]:
         """Sell one of your devices' compute. Needs a verified payout method (409
         ``payout_method_required``) and KYC where your region requires it (409
@@ -143,7 +143,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_request(ProviderUpdate)
     @validate_response(Provider, 200)
-    @errors(404, 413, 422, 503)
+    @errors(400, 404, 413, 422, 503)
     async def update_market_provider(provider_id: str, data: ProviderUpdate) -> Provider:
         """Change a provider's models, price, capacity, schedule or quality settings, or pause
         it (``status``: ``paused``; it gets no requests until ``active`` again)."""
@@ -227,7 +227,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_request(FeedbackIn)
     @no_content
-    @errors(404, 409, 413, 422, 503)
+    @errors(400, 404, 409, 413, 422, 503)
     async def rate_market_request(request_id: str, data: FeedbackIn) -> tuple[str, int]:
         """Rate a completed request of yours, 1 (bad) to 5 (good): the provider's quality in
         routing takes it in."""
@@ -259,7 +259,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_request(DisputeIn)
     @validate_response(Dispute, 201)
-    @errors(404, 409, 413, 422, 503)
+    @errors(400, 404, 409, 413, 422, 503)
     async def dispute_market_transaction(
         transaction_id: str, data: DisputeIn
     ) -> tuple[Dispute, int]:
@@ -280,7 +280,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["admin"])
     @validate_request(ResolveIn)
     @validate_response(Dispute, 200)
-    @errors(403, 404, 409, 413, 422, 503)
+    @errors(400, 403, 404, 409, 413, 422, 503)
     async def resolve_market_dispute(dispute_id: str, data: ResolveIn) -> Dispute:
         """Close a dispute with a refund of 0 up to what is left of the cost (full or
         partial), taken back from the provider's earnings and the company's fee in

@@ -1,4 +1,8 @@
 """The compute marketplace. ``routing``: routing decisions per second, against a bare sort.
+``latency``: what Yggdrasil adds to a compute request on the device wire against the echo
+provider called directly, CPU per request and per chunk, requests/s
+(``benchmarks/marketplace_latency.py``; run:
+``.venv/bin/python -m benchmarks.marketplace latency [--requests 300] [--concurrency 32]``).
 
 Run:  .venv/bin/python -m benchmarks.marketplace routing [--seconds 2] [--providers 10,1000,10000]
 
@@ -90,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("routing", help="routing decisions per second")
     r.add_argument("--seconds", type=float, default=2.0)
     r.add_argument("--providers", default="10,1000,10000")
+    lat = sub.add_parser("latency", help="latency, CPU and requests/s added to a compute request")
+    lat.add_argument("--requests", type=int, default=300)
+    lat.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     if args.part == "routing":
         routing(args.seconds, [int(x) for x in args.providers.split(",")])
+    if args.part == "latency":
+        from benchmarks.marketplace_latency import latency
+
+        latency(args.requests, args.concurrency)
     return 0
 
 

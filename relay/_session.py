@@ -51,6 +51,7 @@ from yggdrasil import GatewayConfig, Principal, RateLimiter, device_address, net
 from yggdrasil.locks import Abandon, LockLost, locks_address
 from yggdrasil.marketplace import JobCancel, JobFailed, JobOffer
 
+from ._compute import GERI, Asks, GeriAsk, GeriChunk, GeriDone, GeriFail
 from ._jobs import Jobs
 from ._locks import ask_lock, expired, refused
 from ._messages import (
@@ -81,6 +82,8 @@ from .protocol import (
     MAX_FRAME_BYTES,
     VERSION,
     Ack,
+    ComputeFail,
+    ComputeRequest,
     Deliver,
     Error,
     Hello,
@@ -226,6 +229,8 @@ class DeviceSession(Actor):
         """The device sent lock frames: its waits end with the session."""
         self.jobs = Jobs(config.max_pending_requests)
         """Marketplace jobs offered to this (provider) device and not finished."""
+        self.asks = Asks(config.max_pending_requests)
+        """Compute requests this (requester) device made of ``service/geri``, not answered."""
 
     def make_mailbox(self) -> Mailbox[Envelope]:
         return Mailbox(
@@ -452,6 +457,8 @@ class DeviceSession(Actor):
                     await self._on_lock(frame)
                 case JobChunk() | JobDone() | JobFail():
                     await self.jobs.from_device(self.router, self.address, frame)
+                case ComputeRequest():
+                    await self._on_compute(frame)
                 case Ping(nonce=nonce):
                     await self._queue(Pong(nonce=nonce))
                 case Pong():
@@ -622,6 +629,24 @@ class DeviceSession(Actor):
         finally:
             self._outstanding -= 1
 
+    async def _on_compute(self, frame: ComputeRequest) -> None:
+        """A compute request for ``service/geri`` (see ``_compute``), charged to this device's
+        user; refused at once (``compute_fail``) when it is malformed or too many are open."""
+        refused_by = self._admit(0)
+        if refused_by is not None:
+            await self._queue(ComputeFail(id=frame.id, code=refused_by, message="slow down"))
+            return
+        ask = self.asks.ask(self.principal.user_id, frame)
+        if not isinstance(ask, GeriAsk):
+            await self._queue(ask)
+            return
+        try:
+            await self.router.dispatch(Envelope(self.address, GERI, ask))
+        except (Unreachable, Overloaded):
+            self.asks.forget(frame.id)
+            message = "the marketplace is not reachable, try again"
+            await self._queue(ComputeFail(id=frame.id, code="unavailable", message=message))
+
     async def _on_reply(self, frame: Reply) -> None:
         envelope = self._incoming.pop(frame.id, None)
         if envelope is None:
@@ -680,6 +705,10 @@ class DeviceSession(Actor):
                         await self.router.send(Envelope(self.address, envelope.src, failed))
                 else:
                     await self._write(encode(job))
+            case GeriChunk() | GeriDone() | GeriFail() as answer:
+                compute = self.asks.answer(answer)
+                if compute is not None:
+                    await self._write(encode(compute))
             case JobCancel() as cancel:
                 frame = self.jobs.cancelled(cancel)
                 if frame is not None:

@@ -123,10 +123,11 @@ EXPORTS: dict[str, set[str]] = {
     },
     "relay": {
         "DeviceSession", "Gateway", "MESSAGE_TYPES", "NetworkActor", "TenantQuota",
-        "gateway_child", "network_actors", "network_factory",
+        "gateway_child", "network_actors", "network_factory", "Geri", "geri_child",
     },
     "relay.client": {
-        "BUILTIN_ACTIONS", "ClientError", "Connected", "Credentials", "DeliveryFailed",
+        "BUILTIN_ACTIONS", "ClientError", "ComputeRefused", "Connected", "Credentials",
+        "DeliveryFailed",
         "DeviceClient", "DirectChannel", "Disconnected", "Message", "NotConnected",
         "PresenceChanged", "Replaced", "RequestAnswered", "SessionRefused", "SignalReceived",
         "SignedOut", "accept_direct", "connect_direct", "device_cli", "open_webrtc", "provider_cli",
@@ -135,7 +136,8 @@ EXPORTS: dict[str, set[str]] = {
         "CHANNEL_LABEL", "CLOSE_GOING_AWAY", "CLOSE_NORMAL", "CLOSE_PING_TIMEOUT", "CLOSE_POLICY",
         "CLOSE_PROTOCOL_ERROR", "CLOSE_REPLACED", "CLOSE_REVOKED", "CLOSE_SLOW_CONSUMER",
         "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN", "MAX_FRAME_BYTES", "VERSION", "Ack", "Bye",
-        "ClientFrame", "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
+        "ClientFrame", "ComputeChunk", "ComputeDone", "ComputeFail", "ComputeRequest",
+        "DataChannelTransport", "Deliver", "Error", "Hello", "Incoming",
         "InvalidOffer", "LockAcquire", "LockErrorCode", "LockExpired", "LockGranted",
         "LockRelease", "LockRenew", "LockResult", "Nack", "NackReason", "PeerState", "Ping",
         "Pong", "Presence", "ChatMessage", "Job", "JobCancel", "JobChunk", "JobDone", "JobFail",

@@ -11,6 +11,7 @@
     │                    sessions
     ├── revocation-sync  keeps the token check current with the store (the backstop)
     ├── marketplace      runs the compute requests this instance settles
+    ├── geri             service/geri: devices' compute requests (this instance's share)
     ├── api              quart-trio on hypercorn
     ├── networks         virtual actors, one per active tenant network (presence), started by the
     │                    router
@@ -46,7 +47,7 @@ import trio_asyncio
 from actors import ChildSpec, Codec, Placement, Router, Strategy, Supervisor
 from api import ApiServer, OperatorServer, api_server, operator_server
 from relay import MESSAGE_TYPES as RELAY_MESSAGES
-from relay import Gateway, gateway_child, network_actors
+from relay import Gateway, gateway_child, geri_child, network_actors
 
 from ._addresses import LOCKS, NETWORK, SERVICE, tenant_rule
 from ._asyncio_thread import AsyncioThread, open_asyncio_thread
@@ -275,6 +276,7 @@ def build(
             revocations_child(revocations, router),
             revocation_sync_child(revocations, domain, config.auth),
             ChildSpec("marketplace", marketplace.serve, shutdown_s=grace, graceful=True),
+            geri_child(marketplace, router),
             ChildSpec("api", api.serve, shutdown_s=grace, graceful=True),
             networks.as_child(shutdown_s=2.0),
             locks.as_child(shutdown_s=2.0),

@@ -16,6 +16,7 @@ from . import _provider_cli as provider_cli
 from ._client import (
     BUILTIN_ACTIONS,
     ClientError,
+    ComputeRefused,
     Connected,
     Credentials,
     DeliveryFailed,
@@ -35,6 +36,7 @@ from ._direct import DirectChannel, accept_direct, connect_direct
 __all__ = [
     "BUILTIN_ACTIONS",
     "ClientError",
+    "ComputeRefused",
     "Connected",
     "Credentials",
     "DeliveryFailed",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
@@ -33,6 +34,11 @@ from ..protocol import (
     MAX_FRAME_BYTES,
     Ack,
     Bye,
+    ChatMessage,
+    ComputeChunk,
+    ComputeDone,
+    ComputeFail,
+    ComputeRequest,
     Deliver,
     Error,
     Hello,
@@ -101,6 +107,16 @@ class DeliveryFailed(ClientError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ComputeRefused(ClientError):
+    """A compute request was refused before it started (``compute_fail``): ``code`` and the
+    server's message; nothing was held or charged."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
 
 
 class SignedOut(ClientError):
@@ -194,6 +210,8 @@ class DeviceClient:
         self.signal_handlers: dict[str, Callable[[str, bytes], Awaitable[None]]] = {}
         """Incoming ``signal`` frames by kind; the rest are reported as events."""
         self._signal_waiters: dict[tuple[str, str], _Slot] = {}
+        self._computes: dict[int, trio.MemorySendChannel[ComputeChunk | ComputeDone | ComputeFail]]
+        self._computes = {}
         self._inboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._attempts = 0
         self._received_upto = 0
@@ -282,6 +300,81 @@ class DeviceClient:
             return ThorResult(ok=False, error=result.reason)
         assert isinstance(result, ThorResult)
         return result
+
+    async def ask(
+        self,
+        model: str,
+        messages: list[tuple[str, str]] | list[ChatMessage],
+        *,
+        max_cost: int,
+        key: str | None = None,
+        max_tokens: int = 1024,
+        timeout_s: float = 300.0,
+    ) -> AsyncGenerator[str | ComputeDone, None]:
+        """Ask the marketplace (``service/geri``) to answer ``messages`` (``(role, content)``
+        pairs) with ``model``, charged to this device's user, at most ``max_cost`` cents: the
+        answer's pieces as they stream, then the :class:`ComputeDone` that ends it.
+        :class:`ComputeRefused` when it was refused before it started; :class:`NotConnected`
+        when the session ends first (the request itself goes on: ``key`` finds it again);
+        ``trio.TooSlowError`` after ``timeout_s``. ``key`` (default: a fresh one) makes it
+        idempotent."""
+        frame_id = next(self._ids)
+        wire = [m if isinstance(m, ChatMessage) else ChatMessage(m[0], m[1]) for m in messages]
+        frame = ComputeRequest(
+            id=frame_id,
+            model=model,
+            messages=wire,
+            max_cost=max_cost,
+            key=key or f"device-ask-{random.getrandbits(96):024x}",
+            max_tokens=max_tokens,
+        )
+        # Unbounded: the reader must never block, and the server bounds the answer (max_tokens).
+        send, receive = trio.open_memory_channel[ComputeChunk | ComputeDone | ComputeFail](math.inf)
+        self._computes[frame_id] = send
+        deadline = trio.current_time() + timeout_s
+        try:
+            await self._send(frame)
+            while True:
+                # (no cancel scope may stay open across a yield)
+                with trio.fail_at(deadline):
+                    try:
+                        answer = await receive.receive()
+                    except trio.EndOfChannel:
+                        raise NotConnected() from None
+                match answer:
+                    case ComputeChunk(text=text):
+                        yield text
+                    case ComputeDone():
+                        yield answer
+                        return
+                    case ComputeFail(code=code, message=message):
+                        raise ComputeRefused(code, message)
+        finally:
+            self._computes.pop(frame_id, None)
+            send.close()
+            receive.close()
+
+    async def ask_all(
+        self,
+        model: str,
+        messages: list[tuple[str, str]] | list[ChatMessage],
+        *,
+        max_cost: int,
+        key: str | None = None,
+        max_tokens: int = 1024,
+        timeout_s: float = 300.0,
+    ) -> tuple[list[str], ComputeDone]:
+        """:meth:`ask`, collected: the answer's pieces and how it ended."""
+        parts: list[str] = []
+        stream = self.ask(
+            model, messages, max_cost=max_cost, key=key, max_tokens=max_tokens, timeout_s=timeout_s
+        )
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                if isinstance(item, ComputeDone):
+                    return parts, item
+                parts.append(item)
+        raise NotConnected()
 
     async def wait_signal(self, peer: str, kind: str, *, timeout_s: float) -> bytes:
         """The payload of the next ``signal`` of ``kind`` from ``peer``; ``trio.TooSlowError``."""
@@ -426,6 +519,11 @@ class DeviceClient:
                     nursery.start_soon(handler, sender, payload)
                 else:
                     self._emit(SignalReceived(sender, kind, payload))
+            case ComputeChunk(id=frame_id) | ComputeDone(id=frame_id) | ComputeFail(id=frame_id):
+                compute = self._computes.get(frame_id)
+                if compute is not None:
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        compute.send_nowait(frame)
             case Incoming():
                 nursery.start_soon(self._execute, frame)
             case Ping(nonce=nonce):
@@ -480,6 +578,8 @@ class DeviceClient:
             self._ready = trio.Event()
         for slot in self._pending.values():
             slot.done.set()  # value None: NotConnected
+        for compute in self._computes.values():
+            compute.close()  # the stream ends without its done: NotConnected
 
     async def _refresh(self) -> None:
         body = {

@@ -11,6 +11,7 @@ Every failure is one line on standard error and exit status 1 (``--debug`` adds 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,12 +30,14 @@ import trio_asyncio
 
 from ._client import (
     BUILTIN_ACTIONS,
+    ComputeRefused,
     Connected,
     Credentials,
     DeliveryFailed,
     DeviceClient,
     Disconnected,
     Message,
+    NotConnected,
     PresenceChanged,
     Replaced,
     RequestAnswered,
@@ -122,6 +125,16 @@ def add_commands(
     request.add_argument("action")
     request.add_argument("params", nargs="?", default="{}", help="JSON object")
     request.add_argument("--timeout", type=float, default=10.0)
+    ask = connected(
+        tasks.add_parser("ask", help="ask the marketplace to answer a prompt (service/geri)")
+    )
+    ask.add_argument("prompt", help="the user message")
+    ask.add_argument("--model", default="echo", help="the model to ask for (echo)")
+    ask.add_argument("--max-cost", type=int, default=10, help="the most it may cost, in cents (10)")
+    ask.add_argument("--max-tokens", type=int, default=1024)
+    ask.add_argument("--system", default="", help="a system message before the prompt")
+    ask.add_argument("--key", default=None, help="an idempotency key (default: a fresh one)")
+    ask.add_argument("--timeout", type=float, default=300.0)
     connected(
         tasks.add_parser("listen", help="stay online: print what happens, answer echo/whoami")
     )
@@ -191,6 +204,10 @@ def _describe(exc: Exception) -> str:
             return f"cannot reach {exc.request.url}: {_reason(exc)}"
         case trio.TooSlowError():
             return "no session with the gateway within 30 s"
+        case ComputeRefused(code=code, message=message):
+            return f"the marketplace refused the request ({code}): {message}"
+        case NotConnected():
+            return "the session ended before the answer did (ask again with the same --key)"
     return f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)"
 
 
@@ -426,7 +443,36 @@ async def _task(args: argparse.Namespace, client: DeviceClient) -> int:
         result = await client.request(args.to, args.action, params, timeout_s=args.timeout)
         _print(json.dumps(msgspec.to_builtins(result), sort_keys=True))
         return 0 if result.ok else 1
+    if command == "ask":
+        return await _ask(args, client)
     return await _listen(client)
+
+
+async def _ask(args: argparse.Namespace, client: DeviceClient) -> int:
+    """The answer on standard output as it streams; how it ended on standard error."""
+    messages = [("system", args.system)] if args.system else []
+    messages.append(("user", args.prompt))
+    stream = client.ask(
+        args.model,
+        messages,
+        max_cost=args.max_cost,
+        key=args.key,
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout,
+    )
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if isinstance(item, str):
+                print(item, end="", flush=True)
+                continue
+            print(flush=True)
+            usage = f"{item.prompt_tokens}+{item.completion_tokens} tokens"
+            where = f"provider {item.provider_id}" if item.provider_id else "no provider"
+            if item.state != "COMPLETED":
+                raise DeviceCliError(f"request {item.request_id} {item.state}: {item.error or ''}")
+            _say(f"request {item.request_id} {item.state}: {usage}, {item.cost} cents, {where}")
+            return 0
+    raise NotConnected()
 
 
 async def _listen(client: DeviceClient) -> int:

@@ -185,6 +185,21 @@ class JobFail(_Frame, tag="job_fail", frozen=True):
     error: str = ""
 
 
+class ComputeRequest(_Frame, tag="compute_request", frozen=True):
+    """Ask the marketplace (``service/geri``) to answer ``messages`` with ``model``, charged to
+    this device's user: at most ``max_cost`` cents (held first) and ``max_tokens`` tokens.
+    ``key`` makes it idempotent (the same key and body give back the same request, like the
+    HTTP API's ``Idempotency-Key``). Answered by ``compute_chunk`` frames and then one
+    ``compute_done`` (or one ``compute_fail``), all with this ``id`` (the device's own)."""
+
+    id: int
+    model: str
+    messages: list[ChatMessage]
+    max_cost: int
+    key: str
+    max_tokens: int = 1024
+
+
 ClientFrame = (
     Hello
     | Send
@@ -200,6 +215,7 @@ ClientFrame = (
     | JobChunk
     | JobDone
     | JobFail
+    | ComputeRequest
 )
 
 
@@ -346,6 +362,39 @@ class JobCancel(_Frame, tag="job_cancel", frozen=True):
     id: str
 
 
+class ComputeChunk(_Frame, tag="compute_chunk", frozen=True):
+    """The next piece of the answer to this device's ``compute_request`` ``id``."""
+
+    id: int
+    text: str
+
+
+class ComputeDone(_Frame, tag="compute_done", frozen=True):
+    """The end of ``compute_request`` ``id``: the request as it ended (``state``
+    ``COMPLETED`` or ``FAILED``), its usage and cost in cents. ``provider_id`` is the
+    provider's opaque id; who or where the provider is stays unknown."""
+
+    id: int
+    request_id: str
+    state: str
+    provider_id: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: int = 0
+    error: str | None = None
+
+
+class ComputeFail(_Frame, tag="compute_fail", frozen=True):
+    """``compute_request`` ``id`` was refused before it started (nothing held or written):
+    ``code`` as the HTTP API's (``invalid``, ``no_payment_method``, ``insufficient_funds``,
+    ``idempotency_key_reused``, ``unavailable``, ``overloaded``, ...) and a ``message``."""
+
+    id: int
+    code: str
+    message: str = ""
+
+
 ServerFrame = (
     Welcome
     | Deliver
@@ -364,6 +413,9 @@ ServerFrame = (
     | LockExpired
     | Job
     | JobCancel
+    | ComputeChunk
+    | ComputeDone
+    | ComputeFail
 )
 
 
