@@ -203,7 +203,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_querystring(StreamQuery)
     @document_response(ComputeRequest, 200)
-    @errors(404, 503)
+    @errors(404, 422, 503)
     async def get_market_request(request_id: str, query_args: StreamQuery) -> Any:
         """A request of yours: its state, the routing decision (candidates and scores), the
         attempts, the answer, usage and cost. With ``stream``: as server-sent events."""
@@ -240,7 +240,7 @@ def install(app: Quart, guard: Guard, marketplace: Marketplace | None) -> None:
     @tag(["marketplace"])
     @validate_querystring(PageQuery)
     @validate_response(TransactionPage, 200)
-    @errors(503)
+    @errors(422, 503)
     async def list_market_transactions(query_args: PageQuery) -> TransactionPage:
         """Your settled requests, newest first: as requester (``cost`` paid) and as provider
         (``provider_earnings``). ``next_cursor`` pages on."""
