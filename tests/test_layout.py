@@ -218,6 +218,7 @@ EXPORTS: dict[str, set[str]] = {
         "ProviderAnalytics", "ProviderSpec", "ProviderTestFailed", "QualitySettings",
         "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
         "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
+        "DisputeRefused", "NotRunningHere", "RequestEnded",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
