@@ -88,7 +88,13 @@ async def test_a_mix_of_requests_failures_cuts_cancels_and_refunds_adds_up(
     assert {t["role"] for t in seller_view} == {"provider"}
     # Nobody else sees them; a provider cannot dispute.
     stranger = await sign_in(http, outbox, "c@example.org")
-    first = txns[-1]["transaction_id"]
+    # One that A served (which provider served which request depends on the routing's turn),
+    # and not the cut one, which gets its own dispute below.
+    first = next(
+        t["transaction_id"]
+        for t in reversed(seller_view)
+        if t["request_id"] != cut_done["request_id"]
+    )
     assert (await stranger.get(f"/api/v1/marketplace/transactions/{first}")).status_code == 404
     refused = await a_user.post(
         f"/api/v1/marketplace/transactions/{first}/dispute", json={"reason": "x"}
