@@ -32,8 +32,10 @@ from yggdrasil.billing import (
     InsufficientFunds,
     InvalidAmount,
     Ledger,
+    LedgerCharger,
     NettingOff,
     Posting,
+    SandboxCollector,
     UnbalancedPostings,
     check_cents,
     company_account,
@@ -560,3 +562,22 @@ async def test_the_ledger_state_machine(ledger: Ledger) -> None:
             ),
         )
     )
+
+
+async def test_a_credit_moves_company_credits_onto_the_balance_once_per_key(
+    ledger: Ledger,
+) -> None:
+    user = uid()
+    first = await ledger.credit(user, 250, key="proration-1", memo={"why": "downgrade"})
+    again = await ledger.credit(user, 250, key="proration-1", memo={"why": "downgrade"})
+    assert again == first
+    assert (await ledger.balances(user)).balance == 250
+    with pytest.raises(IdempotencyKeyReused):
+        await ledger.credit(user, 300, key="proration-1", memo={"why": "downgrade"})
+    # The subscriptions' charger credits through it: the same key books once.
+    charger = LedgerCharger(ledger, SandboxCollector())
+    for _ in range(2):
+        assert (await charger.credit(user, 100, key="p2", description="pro")).ok
+    assert (await ledger.balances(user)).balance == 350
+    check = await ledger.verify()
+    assert check.ok, check

@@ -658,6 +658,30 @@ class Ledger:
             await self.spending.after_spending(self, user_id)
         return charge
 
+    async def credit(
+        self, user_id: str, amount: int, *, key: str, memo: dict[str, Any] | None = None
+    ) -> Charge:
+        """Goodwill from the company onto the user's balance (``company:credits`` pays it): a
+        proration credit, say."""
+        check_cents(amount)
+        request = {"amount": amount, "memo": memo}
+
+        async def work(tx: Tx) -> Charge:
+            txn = await post(
+                tx,
+                kind="credit",
+                user_id=user_id,
+                postings=[
+                    Posting(company_account("credits"), -amount),
+                    Posting(user_account(user_id, "balance"), amount),
+                ],
+                memo=memo or {},
+                key=key,
+            )
+            return Charge(txn, user_id, amount, "credit")
+
+        return await self._once(f"ledger.credit:{user_id}", key, request, Charge, work)
+
     async def refund(self, transaction_id: str, amount: int, *, key: str) -> Refund:
         """Give back ``amount`` of a capture or charge to the payer's balance, taken from its
         credits in proportion to what each has left. Never more than was taken, over all refunds

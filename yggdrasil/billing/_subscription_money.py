@@ -12,11 +12,10 @@ user's balance.
 from __future__ import annotations
 
 from .._errors import YggdrasilError
-from ..store import Tx
 from ._charging import ChargeResult
 from ._collection import NoPaymentMethod
 from ._ledger import Ledger
-from ._postings import Posting, company_account, post, user_account
+from ._postings import Posting, company_account
 from ._providers import PaymentDeclined, PaymentProviderUnavailable
 from ._seam import Collector
 
@@ -61,27 +60,10 @@ class LedgerCharger:
     async def credit(
         self, user_id: str, amount_cents: int, *, key: str, description: str
     ) -> ChargeResult:
-        async def work(tx: Tx) -> None:
-            done = await tx.fetchval(
-                "SELECT 1 FROM ledger_transactions WHERE idempotency_key = $1 AND user_id = $2",
-                key,
-                user_id,
-            )
-            if done is None:
-                await post(
-                    tx,
-                    kind="credit",
-                    user_id=user_id,
-                    postings=[
-                        Posting(company_account("credits"), -amount_cents),
-                        Posting(user_account(user_id, "balance"), amount_cents),
-                    ],
-                    memo={"subscription": description},
-                    key=key,
-                )
-
         try:
-            await self._ledger.db.write(work)
+            await self._ledger.credit(
+                user_id, amount_cents, key=key, memo={"subscription": description}
+            )
         except YggdrasilError as exc:
             return ChargeResult("unavailable", "ledger", message=exc.message)
         return ChargeResult("ok", "ledger")
