@@ -59,6 +59,7 @@ from ._hashing import configure as configure_hashing
 from ._logging import set_instance
 from ._mail import Mailer, mail_child, parse_smtp_url
 from ._metrics import Metrics
+from ._monitoring import ProbeWatch, payout_outcomes, probe_audit_child, readiness
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
@@ -90,6 +91,8 @@ class Services:
     api: ApiServer
     operator: OperatorServer | None = None
     """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
+    probes: ProbeWatch | None = None
+    """The watch for cross-network probing (``[monitoring]``)."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,11 @@ def build(
         queue_size=config.mail.queue_size,
     )
     codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES, *MARKETPLACE_MESSAGES)
-    router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
+    probes = ProbeWatch.from_config(config.monitoring)
+    router = Router(
+        instance_id, cluster_bus(config.bus, codec, bridge), rule=probes.rule(tenant_rule)
+    )
+    router.on_unreachable = probes.refused_envelope
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
     marketplace = Marketplace(
@@ -247,6 +254,7 @@ def build(
         webrtc=gateway.accept_webrtc,
         locks=Locks(router),
         marketplace=marketplace,
+        probes=probes,
     )
     networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
     locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
@@ -282,6 +290,7 @@ def build(
             locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
+            probe_audit_child(probes, domain),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -293,6 +302,10 @@ def build(
     metrics.supervisors.extend([root, networks, locks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
+    metrics.probes = probes.statistics
+    metrics.payouts = payout_outcomes(domain)
+    metrics.readiness = readiness(domain, lambda: router.bus.ready, timeout_s=2.0)
+    metrics.gateway_queue_limit = config.gateway.queue_bytes_total
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
@@ -308,6 +321,7 @@ def build(
         gateway,
         api,
         operator,
+        probes,
     )
     return root, services
 
