@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import trio
 
@@ -33,10 +33,7 @@ from ._config import MonitoringConfig
 from ._errors import YggdrasilError
 from ._ids import now_ms
 from ._tokens import Principal
-from .store import Tx, append_audit
-
-if TYPE_CHECKING:
-    from ._domain import DomainHandle
+from .store import Database, Tx, append_audit
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +279,11 @@ class ProbeWatch:
         self._wake = trio.Event()
 
 
-async def _write_reports(domain: DomainHandle, reports: list[ProbeReport]) -> None:
+DatabaseSource = Callable[[], Database]
+"""The running store's database; raises ``StoreUnavailable`` while the store (re)starts."""
+
+
+async def _write_reports(database: DatabaseSource, reports: list[ProbeReport]) -> None:
     async def work(tx: Tx) -> None:
         for report in reports:
             # No target ids: the entry says how much was refused, never what was asked for.
@@ -294,11 +295,11 @@ async def _write_reports(domain: DomainHandle, reports: list[ProbeReport]) -> No
             }
             await append_audit(tx, AUDIT_ACTOR, AUDIT_ACTION, report.principal, detail)
 
-    await domain.get().store.db.write(work)
+    await database().write(work)
 
 
 async def audit_probes_forever(
-    watch: ProbeWatch, domain: DomainHandle, *, retry_s: float = 1.0
+    watch: ProbeWatch, database: DatabaseSource, *, retry_s: float = 1.0
 ) -> None:
     """Write the watch's reports to the audit log as they come; while the store is away they
     wait (bounded, see :attr:`ProbeWatch.max_reports`). Runs until cancelled."""
@@ -308,7 +309,7 @@ async def audit_probes_forever(
         if not reports:
             continue
         try:
-            await _write_reports(domain, reports)
+            await _write_reports(database, reports)
         except Exception:  # the store is away or failing: the reports wait for the next try
             log.warning("could not write %d probing audit entries", len(reports), exc_info=True)
             watch.give_back(reports)
@@ -316,7 +317,7 @@ async def audit_probes_forever(
 
 
 def readiness(
-    domain: DomainHandle, bus_ready: Callable[[], bool], *, timeout_s: float
+    database: DatabaseSource, bus_ready: Callable[[], bool], *, timeout_s: float
 ) -> Callable[[], Awaitable[bool]]:
     """What ``/readyz`` answers, as a yes or no for ``yggdrasil_ready`` at scrape time: the bus
     is up and the store answers a ping within ``timeout_s``."""
@@ -325,9 +326,9 @@ def readiness(
         if not bus_ready():
             return False
         try:
-            store = domain.get().store
+            db = database()
             with trio.move_on_after(timeout_s):
-                await store.db.ping()
+                await db.ping()
                 return True
         except Exception:  # unreachable, starting: not ready, whatever the reason
             return False
@@ -336,25 +337,12 @@ def readiness(
     return ready
 
 
-def payout_outcomes(domain: DomainHandle) -> Callable[[], dict[str, int] | None]:
-    """The running store's payouts sent by outcome, for ``/metrics``; ``None`` while the store
-    is away (each run of the store counts from 0: a counter reset to Prometheus)."""
-
-    def read() -> dict[str, int] | None:
-        try:
-            return dict(domain.get().payouts.outcomes)
-        except YggdrasilError:
-            return None
-
-    return read
-
-
-def probe_audit_child(watch: ProbeWatch, domain: DomainHandle) -> ChildSpec:
+def probe_audit_child(watch: ProbeWatch, database: DatabaseSource) -> ChildSpec:
     """The ``probe-audit`` child: :func:`audit_probes_forever`. Reports made while it restarts
     wait in the watch."""
 
     async def run(*, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
-        await audit_probes_forever(watch, domain)
+        await audit_probes_forever(watch, database)
 
     return ChildSpec("probe-audit", run, shutdown_s=1.0)

@@ -54,12 +54,12 @@ from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._domain import DomainHandle, store_child
-from ._errors import ConfigError, ListenError, sole_exception
+from ._errors import ConfigError, ListenError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
 from ._logging import set_instance
 from ._mail import Mailer, mail_child, parse_smtp_url
 from ._metrics import Metrics
-from ._monitoring import ProbeWatch, payout_outcomes, probe_audit_child, readiness
+from ._monitoring import ProbeWatch, probe_audit_child, readiness
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
@@ -290,7 +290,7 @@ def build(
             locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
-            probe_audit_child(probes, domain),
+            probe_audit_child(probes, lambda: domain.get().store.db),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -303,8 +303,10 @@ def build(
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
     metrics.probes = probes.statistics
-    metrics.payouts = payout_outcomes(domain)
-    metrics.readiness = readiness(domain, lambda: router.bus.ready, timeout_s=2.0)
+    metrics.payouts = functools.partial(_payout_outcomes, domain)
+    metrics.readiness = readiness(
+        lambda: domain.get().store.db, lambda: router.bus.ready, timeout_s=2.0
+    )
     metrics.gateway_queue_limit = config.gateway.queue_bytes_total
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
@@ -324,6 +326,15 @@ def build(
         probes,
     )
     return root, services
+
+
+def _payout_outcomes(domain: DomainHandle) -> dict[str, int] | None:
+    """The running store's payouts sent by outcome, for ``/metrics``; ``None`` while the store
+    is away (each run of the store counts from 0: a counter reset to Prometheus)."""
+    try:
+        return dict(domain.get().payouts.outcomes)
+    except StoreUnavailable:
+        return None
 
 
 async def serve(
