@@ -18,8 +18,8 @@ from relay.protocol import Ack, Nack, Request, Response, Send, ThorAction, ThorR
 from tests.clients import RELAXED_LIMITS, User, device, sign_in
 from tests.devices import raw_device
 from tests.servers import running_server, scrape
-from yggdrasil import AuditEntry, Blocked, Principal, ProbeWatch
-from yggdrasil._monitoring import AUDIT_ACTION
+from yggdrasil import AuditEntry, Blocked, Metrics, Principal, ProbeWatch, StoreUnavailable
+from yggdrasil._monitoring import AUDIT_ACTION, readiness
 from yggdrasil.server import Running
 
 IGNORED_HEADERS = {"date"}
@@ -151,6 +151,78 @@ def test_memory_is_bounded_by_the_principals_tracked() -> None:
         tripping.refused(f"user:{i}", "api")
     assert len(tripping.take_reports()) == 5
     assert tripping.statistics().reports_dropped == 15
+
+
+# ----------------------------------------------------------------------- metrics for alerts
+
+
+class FakeDatabase:
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+
+    async def ping(self) -> None:
+        if not self.answers:
+            await trio.sleep_forever()
+
+
+async def test_readiness_is_what_readyz_would_answer(autojump_clock: trio.abc.Clock) -> None:
+    up = FakeDatabase(answers=True)
+    hung = FakeDatabase(answers=False)
+
+    def away() -> Any:
+        raise StoreUnavailable()
+
+    assert await readiness(lambda: up, lambda: True, timeout_s=2.0)()  # type: ignore[arg-type,return-value]
+    assert not await readiness(lambda: up, lambda: False, timeout_s=2.0)()  # type: ignore[arg-type,return-value]
+    assert not await readiness(away, lambda: True, timeout_s=2.0)()
+    started = trio.current_time()
+    assert not await readiness(lambda: hung, lambda: True, timeout_s=2.0)()  # type: ignore[arg-type,return-value]
+    assert trio.current_time() - started == pytest.approx(2.0)
+
+
+async def test_the_alert_metrics_are_rendered() -> None:
+    metrics = Metrics()
+    watch = ProbeWatch(threshold=2, window_s=60.0)
+    metrics.probes = watch.statistics
+    metrics.payouts = lambda: {"paid": 4, "failed": 1, "retry": 2}
+    metrics.readiness = readiness(lambda: FakeDatabase(True), lambda: True, timeout_s=1.0)  # type: ignore[arg-type,return-value]
+    metrics.gateway_queue_limit = 1024
+    watch.refused("user:a", "api")
+    watch.refused("device:n/d", "relay")
+    watch.refused("device:n/d", "relay")
+    metrics.auth_failure("invalid_code")
+    await metrics.refresh()
+    text = metrics.render().decode()
+    assert metric(text, "yggdrasil_ready") == 1
+    assert metric(text, "yggdrasil_gateway_queued_bytes_limit") == 1024
+    assert metric(text, "yggdrasil_probe_refusals_total", '{kind="api"}') == 1
+    assert metric(text, "yggdrasil_probe_refusals_total", '{kind="relay"}') == 2
+    assert metric(text, "yggdrasil_probing_principals") == 1
+    assert metric(text, "yggdrasil_probe_trips_total") == 1
+    assert metric(text, "yggdrasil_payout_attempts_total", '{outcome="failed"}') == 1
+    assert metric(text, "yggdrasil_auth_failures_total", '{code="invalid_code"}') == 1
+    assert 'yggdrasil_auth_failures_total{code="invalid_token"} 0.0' in text  # there from the start
+
+
+async def test_refused_tokens_and_codes_are_counted_as_auth_failures(
+    server: Running, http: httpx.AsyncClient, outbox: Path
+) -> None:
+    bad = {"Authorization": "Bearer not-a-token"}
+    for _ in range(3):
+        assert (await http.get("/api/v1/users/me", headers=bad)).status_code == 401
+    assert (
+        await http.post("/api/v1/users/login", json={"email": "x@example.org"})
+    ).status_code == 202
+    wrong = await http.post(
+        "/api/v1/users/verify", json={"email": "x@example.org", "code": "000000"}
+    )
+    assert wrong.status_code == 401
+    text = await scrape(server)
+    assert metric(text, "yggdrasil_auth_failures_total", '{code="invalid_token"}') == 3
+    assert (
+        metric(text, "yggdrasil_auth_failures_total", f'{{code="{wrong.json()["error"]["code"]}"}}')
+        >= 1
+    )
 
 
 # ----------------------------------------------------------------------- the API
