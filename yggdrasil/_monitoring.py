@@ -234,7 +234,10 @@ class ProbeWatch:
 
     def rule(self, base: Rule) -> Rule:
         """``base`` (the tenant rule), and no envelope from a blocked device to a device: the
-        sender gets the same ``unreachable`` as for an address nobody holds."""
+        sender gets the same ``unreachable`` as for an address nobody holds. Without blocking
+        (``block_s`` 0), ``base`` itself: the relay's path pays nothing."""
+        if self.block_s <= 0:
+            return base
 
         def guarded(src: Address, dst: Address) -> bool:
             if (
