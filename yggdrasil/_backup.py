@@ -455,7 +455,9 @@ def _integrity(database: Path, archive: Path) -> None:
         finally:
             connection.close()
     except sqlite3.Error as exc:
-        raise BackupFailed(f"the database in {archive} cannot be read: {exc}") from None
+        raise BackupFailed(
+            f"the database in {archive} fails PRAGMA integrity_check: {exc}"
+        ) from None
     if problems != ["ok"]:
         raise BackupFailed(f"the database in {archive} fails PRAGMA integrity_check: {problems[0]}")
 
