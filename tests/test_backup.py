@@ -27,6 +27,7 @@ from benchmarks._harness import yggdrasil_command
 from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.conftest import _admin, pg_url, require_postgres
 from tests.servers import server_process
+from yggdrasil.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -239,10 +240,12 @@ def test_postgres_backup_under_write_load_restores_into_a_fresh_database(
 # ----------------------------------------------------------------------------- failures
 
 
-@pytest.fixture
-def backed_up(tmp_path: Path) -> tuple[Path, Path]:
-    """A data directory that a server has run on, and a backup of it."""
-    data, archive = tmp_path / "data", tmp_path / "b.tar.gz"
+@pytest.fixture(scope="module")
+def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A data directory that a server has run on (a user signed in: audit entries), and a
+    backup of it."""
+    folder = tmp_path_factory.mktemp("backed-up")
+    data, archive = folder / "data", folder / "b.tar.gz"
 
     async def sign_up(api_url: str) -> None:
         async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
@@ -269,34 +272,50 @@ def rewrite(archive: Path, target: Path, change: Any) -> None:
                 out.addfile(info, io.BytesIO(changed))
 
 
-def test_backup_refuses_what_it_cannot_do(tmp_path: Path, backed_up: tuple[Path, Path]) -> None:
+def fails(capsys: pytest.CaptureFixture[str], status: int, *args: str) -> str:
+    """``yggdrasil *args`` in this process (quicker than a subprocess; the subprocess tests
+    above and below show the real command behaves the same): its one line on stderr."""
+    capsys.readouterr()
+    assert main(list(args)) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("yggdrasil: ")
+    return lines[0]
+
+
+def test_backup_refuses_what_it_cannot_do(
+    tmp_path: Path, backed_up: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     data, archive = backed_up
     line = one_line(yggdrasil("backup", "--data-dir", str(data), "--to", str(archive)), 2)
     assert "exists already" in line
-    line = one_line(
-        yggdrasil("backup", "--data-dir", str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")),
-        2,
+    line = fails(
+        capsys, 2, "backup", "--data-dir", str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")
     )
     assert "nowhere" in line
     assert not (tmp_path / "x").exists()
-    line = one_line(
-        yggdrasil(
-            "backup", "--data-dir", str(data), "--to", str(tmp_path / "no" / "dir" / "b.tar.gz")
-        ),
+    line = fails(
+        capsys,
         2,
+        "backup",
+        "--data-dir",
+        str(data),
+        "--to",
+        str(tmp_path / "no" / "dir" / "b.tar.gz"),
     )
     assert "no directory" in line
-    line = one_line(
-        yggdrasil(
-            "backup",
-            "--data-dir",
-            str(data),
-            "--database-url",
-            "postgresql://postgres@127.0.0.1:1/none",
-            "--to",
-            str(tmp_path / "pg.tar.gz"),
-        ),
+    line = fails(
+        capsys,
         1,
+        "backup",
+        "--data-dir",
+        str(data),
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:1/none",
+        "--to",
+        str(tmp_path / "pg.tar.gz"),
     )
     assert line.startswith("yggdrasil: pg_dump of postgresql://postgres@127.0.0.1:1/none failed")
     assert not (tmp_path / "pg.tar.gz").exists()
@@ -304,12 +323,12 @@ def test_backup_refuses_what_it_cannot_do(tmp_path: Path, backed_up: tuple[Path,
 
 
 def test_restore_refuses_a_non_empty_directory_and_a_damaged_archive(
-    tmp_path: Path, backed_up: tuple[Path, Path]
+    tmp_path: Path, backed_up: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, archive = backed_up
-    line = one_line(yggdrasil("restore", str(archive), "--data-dir", str(data)), 2)
+    line = fails(capsys, 2, "restore", str(archive), "--data-dir", str(data))
     assert line == f"yggdrasil: the data directory {data} is not empty: restore into an empty one"
-    line = one_line(yggdrasil("restore", str(tmp_path / "none"), "--data-dir", str(tmp_path)), 2)
+    line = fails(capsys, 2, "restore", str(tmp_path / "none"), "--data-dir", str(tmp_path))
     assert "no backup at" in line
 
     def flip_a_byte(info: tarfile.TarInfo, body: bytes) -> bytes:
@@ -334,24 +353,24 @@ def test_restore_refuses_a_non_empty_directory_and_a_damaged_archive(
         bad = tmp_path / f"{change.__name__}.tar.gz"
         rewrite(archive, bad, change)
         target = tmp_path / f"into-{change.__name__}"
-        line = one_line(yggdrasil("restore", str(bad), "--data-dir", str(target)), 1)
+        line = fails(capsys, 1, "restore", str(bad), "--data-dir", str(target))
         assert expected in line, line
         assert not target.exists()
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    line = one_line(yggdrasil("restore", str(truncated), "--data-dir", str(tmp_path / "t")), 1)
+    line = fails(capsys, 1, "restore", str(truncated), "--data-dir", str(tmp_path / "t"))
     assert "is not a readable backup" in line
     not_ours = tmp_path / "other.tar.gz"
     with tarfile.open(not_ours, "w:gz") as tar:
         tar.add(data / "secrets", arcname="secrets")
-    line = one_line(yggdrasil("restore", str(not_ours), "--data-dir", str(tmp_path / "o")), 1)
+    line = fails(capsys, 1, "restore", str(not_ours), "--data-dir", str(tmp_path / "o"))
     assert "is not a Yggdrasil backup" in line
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
 
 def test_restore_refuses_a_database_whose_audit_chain_or_pages_are_broken(
-    tmp_path: Path, backed_up: tuple[Path, Path]
+    tmp_path: Path, backed_up: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A database changed inside the archive with a matching checksum (so only the deeper
     checks can see it): a forged audit entry, and pages that fail PRAGMA integrity_check."""
@@ -405,6 +424,6 @@ def test_restore_refuses_a_database_whose_audit_chain_or_pages_are_broken(
     ):
         forged = forge(edit)
         target = tmp_path / f"into-{edit.__name__}"
-        line = one_line(yggdrasil("restore", str(forged), "--data-dir", str(target)), 1)
+        line = fails(capsys, 1, "restore", str(forged), "--data-dir", str(target))
         assert expected in line, line
         assert not target.exists()
