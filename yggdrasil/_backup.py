@@ -195,7 +195,9 @@ def _secrets_folder(config: Config) -> Path:
 
 def _copy_secrets(source: Path, staging: Path) -> int:
     target = staging / SECRETS
-    shutil.copytree(source, target, symlinks=False)
+    # Symlinks are copied as the files they point to; a Kubernetes Secret volume's own
+    # bookkeeping (``..data``, ``..2026_...``) is left out, its files are there by name.
+    shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns("..*"))
     return sum(1 for path in target.rglob("*") if path.is_file())
 
 
@@ -322,7 +324,7 @@ def _write_archive(
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as archive:
+            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as archive:
                 info = tarfile.TarInfo(MANIFEST)
                 info.size, info.mode, info.mtime = len(body), 0o600, time.time()
                 archive.addfile(info, io.BytesIO(body))
