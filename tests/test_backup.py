@@ -354,7 +354,11 @@ def test_restore_refuses_a_non_empty_directory_and_a_damaged_archive(
             info.name = "../" + info.name
         return body
 
+    def garble_manifest(info: tarfile.TarInfo, body: bytes) -> bytes:
+        return b"{not json" if info.name == "MANIFEST.json" else body
+
     cases = [
+        (garble_manifest, "has an unreadable manifest"),
         (flip_a_byte, "does not match its checksum"),
         (drop_secrets, "lacks secrets/"),
         (add_stranger, "which its manifest lacks"),

@@ -406,7 +406,7 @@ def _unpack(archive: Path, staging: Path) -> Manifest:
             assert extracted is not None
             try:
                 manifest = msgspec.json.decode(extracted.read(1 << 20), type=Manifest)
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:  # not JSON, or not a manifest
                 raise BackupFailed(f"{archive} has an unreadable manifest: {exc}") from None
             if manifest.format != FORMAT:
                 raise BackupFailed(
