@@ -207,8 +207,8 @@ def _copy_secrets(source: Path, staging: Path) -> int:
 async def backup(config: Config, target: Path) -> Summary:
     """Write a backup of the configured store and the data directory's secrets to ``target``
     (created with mode 0600; an existing file is refused). The server may run and write
-    meanwhile: the database part is one consistent snapshot. Nothing is left behind on failure
-    or cancellation but the staging folder's removal."""
+    meanwhile: the database part is one consistent snapshot. On failure or cancellation the
+    staging folder beside ``target`` is removed and ``target`` does not appear."""
     secrets, staging = await trio.to_thread.run_sync(_prepare_backup, config, target)
     try:
         if config.database.url:
