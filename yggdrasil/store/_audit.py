@@ -204,7 +204,12 @@ class AuditLog:
         try:
             await self.seal()
         except UniqueViolation:
-            raise AuditChainBroken("an entry occupies the next place in the chain") from None
+            head = await self.db.read(
+                lambda tx: tx.fetchval("SELECT seq FROM audit_head WHERE id = 1")
+            )
+            raise AuditChainBroken(
+                f"audit entry {int(head) + 1} was written behind the sealer's back"
+            ) from None
 
         async def work(tx: Tx) -> tuple[list[Row], Row, Row]:
             # Under the head's lock: no sealer moves the head, and no cut moves the start,
@@ -216,6 +221,17 @@ class AuditLog:
         rows, head, cut = await self.db.write(work)
         check_chain(rows, head, cut)
         return len(rows)
+
+    async def span(self) -> tuple[int, int]:
+        """The first and the last seq the chain holds now (the first follows the retention
+        cut; with no entries, the last is the cut)."""
+
+        async def work(tx: Tx) -> tuple[int, int]:
+            cut = await _cut(tx)
+            head = await tx.fetchval("SELECT seq FROM audit_head WHERE id = 1")
+            return int(cut["seq"]) + 1, int(head)
+
+        return await self.db.read(work)
 
     async def cut(self, before_ms: int, *, at: int, limit: int = 1000) -> int:
         """Retention: remove up to ``limit`` of the oldest entries written before
