@@ -323,3 +323,52 @@ async def test_retention_in_a_running_server(server: Running, http: Any, outbox:
     assert year is not None
     assert year["audit_log"] >= 2
     assert await domain.store.verify_audit_chain() >= 2
+
+
+async def test_the_server_runs_the_job_on_its_interval(
+    data_dir: Path, backend: str, asyncio_loop: None
+) -> None:
+    from contextlib import AsyncExitStack
+
+    import trio
+
+    from tests.conftest import fresh_pg_database
+    from tests.servers import running_server
+
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+        running = await stack.enter_async_context(
+            running_server(data_dir, database=database, retention={"interval_s": 0.2})
+        )
+        domain = running.services.domain.get()
+        now = now_ms()
+        ids = await seed(domain.store.db, now)
+        old = {pair[0] for pair in ids.values()}
+        with trio.fail_after(20):
+            while old & await keys(domain.store.db):  # noqa: ASYNC110 (the database changes)
+                await trio.sleep(0.1)
+        assert await domain.retention.last_run_at() >= now
+        entries = await domain.store.audit_entries(limit=100)
+        runs = [e for e in entries if e.action == "retention.run"]
+        assert {run.actor for run in runs} == {"retention"}
+        # (a round may have begun before the rows were written; its clock ran on past ``now``,
+        # so the rows at the cutoff may have gone too)
+        assert sum(run.detail.get("webhook_events", 0) for run in runs) in (1, 2)
+
+
+def test_retention_settings_are_checked() -> None:
+    from yggdrasil import ConfigError, load_config
+
+    environ = {"YGG_RETENTION_AUDIT_DAYS": "30", "YGG_RETENTION_WEBHOOK_EVENTS_DAYS": "0"}
+    config = load_config(environ=environ)
+    assert (config.retention.audit_days, config.retention.webhook_events_days) == (30, 0)
+    with pytest.raises(
+        ConfigError, match=r"retention\.webhook_events_days must be 0 .* at least 7"
+    ):
+        load_config(overrides={"retention": {"webhook_events_days": 3}})
+    with pytest.raises(ConfigError, match=r"retention\.login_codes_days"):
+        load_config(overrides={"auth": {"codes_window_s": 2 * 86400}})
+    with pytest.raises(ConfigError, match="YGG_RETENTION_AUDIT_DAYS='-1'"):
+        load_config(environ={"YGG_RETENTION_AUDIT_DAYS": "-1"})
