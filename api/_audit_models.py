@@ -13,7 +13,7 @@ from yggdrasil.store import decode_cursor, encode_cursor
 Cursor = Annotated[str, msgspec.Meta(max_length=256)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Ms = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-AuditText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+AuditText = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 
 
 class _In(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -83,7 +83,7 @@ def after_seq(cursor: str | None) -> int:
     if cursor is None:
         return 0
     value = decode_cursor(cursor)
-    if value is None or not value.isdigit() or len(value) > 19:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise Invalid("cursor is not valid")
     return int(value)
 

@@ -372,3 +372,32 @@ def test_retention_settings_are_checked() -> None:
         load_config(overrides={"auth": {"codes_window_s": 2 * 86400}})
     with pytest.raises(ConfigError, match="YGG_RETENTION_AUDIT_DAYS='-1'"):
         load_config(environ={"YGG_RETENTION_AUDIT_DAYS": "-1"})
+
+
+async def test_verification_during_a_cut_never_sees_a_broken_chain(store: Store) -> None:
+    import trio
+
+    db, now = store.db, now_ms()
+    await add_audit(db, [(now - 400 * DAY + i, f"old.{i}") for i in range(200)])
+    await store.audit_log.seal()
+    job = retention(db, batch=7)
+    done = trio.Event()
+    verified = 0
+
+    async def cut() -> None:
+        assert await job.run_once(now) == {"audit_log": 200}
+        done.set()
+
+    async def verify() -> None:
+        nonlocal verified
+        while not done.is_set():
+            await store.verify_audit_chain()
+            verified += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(verify)
+        nursery.start_soon(verify)
+        nursery.start_soon(cut)
+    assert verified > 0
+    assert await store.verify_audit_chain() == 200 // 7 + 1 + 1  # the cuts' records and the run

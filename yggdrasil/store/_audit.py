@@ -381,6 +381,10 @@ async def cut_audit(tx: Tx, before_ms: int, *, at: int, limit: int = 1000) -> in
     await append_audit(
         tx, "retention", CUT_ACTION, "", {"seq": int(last["seq"]), "hash": str(last["hash"])}
     )
+    # The record of the cut joins the chain in the cut's own transaction (under the head's
+    # lock, as the sealer would), so a verification never sees a cut without its record.
+    while await seal_pending(tx) == SEAL_BATCH:
+        pass
     return removed
 
 
