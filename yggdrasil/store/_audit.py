@@ -356,6 +356,10 @@ async def cut_audit(tx: Tx, before_ms: int, *, at: int, limit: int = 1000) -> in
     only to an entry's own hash) and append an ``audit.cut`` entry naming it. How many went.
     Serialized with the sealers and verification on the chain's head row."""
     await _lock_head(tx)
+    # What is pending is older than anything appended from now on: chain it first, so that
+    # the cut does not depend on when the sealer last ran.
+    while await seal_pending(tx) == SEAL_BATCH:
+        pass
     cut = await _cut(tx)
     rows = await tx.fetch(
         "SELECT seq, at, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
