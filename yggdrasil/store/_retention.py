@@ -67,11 +67,14 @@ class Retention:
         self._db = db
         self._config = config
         self._instance = instance or secrets.token_hex(8)
-        self._now = 0
-        self.purges = [*purges, Purge("audit_log", config.audit_days * DAY_MS, self._cut_audit)]
+        self.purges = list(purges)
+        """The rooms' purges; the audit log's (:func:`cut_audit`) runs last in every round."""
 
-    async def _cut_audit(self, tx: Tx, before_ms: int, limit: int) -> int:
-        return await cut_audit(tx, before_ms, at=self._now, limit=limit)
+    def _audit_purge(self, at: int) -> Purge:
+        async def work(tx: Tx, before_ms: int, limit: int) -> int:
+            return await cut_audit(tx, before_ms, at=at, limit=limit)
+
+        return Purge("audit_log", self._config.audit_days * DAY_MS, work)
 
     async def run_once(self, now: int | None = None) -> dict[str, int] | None:
         """One round at ``now`` (default: the clock): every purge until nothing of its kind is
@@ -79,13 +82,12 @@ class Retention:
         round is recorded (``retention_runs.last_run_at``, and an audit entry
         ``retention.run`` with the counts when anything went)."""
         at = now_ms() if now is None else now
-        self._now = at
         lease_ms = self._config.lease_s * 1000
         if not await self._db.write(lambda tx: self._claim(tx, at, lease_ms)):
             return None
         removed: dict[str, int] = {}
         try:
-            for purge in self.purges:
+            for purge in [*self.purges, self._audit_purge(at)]:
                 if purge.age_ms <= 0:
                     continue
                 before = at - purge.age_ms
