@@ -307,7 +307,14 @@ class AuditLog:
         ]
 
 
+_CUT_MIGRATION = 12
+"""The migration that brings ``audit_cut``: a database from before it (a backup being restored
+by a newer version, which migrates it only when it starts) has never been cut."""
+
+
 async def _cut(tx: Tx) -> Row:
+    if not await tx.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", _CUT_MIGRATION):
+        return {"seq": 0, "hash": "", "at": 0}
     row = await tx.fetchrow("SELECT seq, hash, at FROM audit_cut WHERE id = 1")
     assert row is not None
     return row
