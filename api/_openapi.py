@@ -18,6 +18,7 @@ from quart_schema import OpenAPIProvider
 
 from . import (
     _app_models,
+    _audit_models,
     _billing_models,
     _errors,
     _locks_models,
@@ -72,6 +73,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _models,
             _errors,
             _app_models,
+            _audit_models,
             _billing_models,
             _payments_models,
             _payouts_models,

@@ -75,6 +75,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("PUT", "/api/v1/users/me"): ACCOUNT,
     ("DELETE", "/api/v1/users/me"): ACCOUNT,
     ("GET", "/api/v1/users/me/export"): ACCOUNT,
+    ("GET", "/api/v1/users/me/audit"): ACCOUNT,
     # networks
     ("GET", "/api/v1/networks"): NETWORK,
     ("POST", "/api/v1/networks"): ACCOUNT,
@@ -174,6 +175,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
     ("GET", "/api/admin/networks/<network_id>/locks"): OPERATOR,
     ("POST", "/api/admin/marketplace/disputes/<dispute_id>/resolve"): OPERATOR,
+    ("GET", "/api/admin/audit"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

@@ -150,7 +150,8 @@ EXPORTS: dict[str, set[str]] = {
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
         "RoomData", "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
-        "revoke_device_tokens",
+        "revoke_device_tokens", "purge_login_codes", "purge_oauth_states",
+        "purge_refresh_tokens", "purge_token_revocations",
     },
     "yggdrasil.devices": {
         "Device", "DeviceStore", "DeviceUpdate", "NewDevice", "RevokeDevice", "WorldType",
@@ -168,7 +169,7 @@ EXPORTS: dict[str, set[str]] = {
         "audit_entries_about", "check_database", "current_version", "decode_cursor",
         "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
         "seal_audit_forever",
-        "to_json",
+        "to_json", "Purge", "Retention", "retain_forever",
     },
     "yggdrasil.billing": {
         "KIND_RULES", "MAX_AMOUNT", "SIGN_RULES", "Balances", "Capture", "Cents", "Charge",
@@ -199,7 +200,7 @@ EXPORTS: dict[str, set[str]] = {
         "PayoutMethod", "PayoutMethodRequired", "PayoutMethods", "PayoutRecord",
         "PayoutSettings", "PayoutUnreachable", "Payouts", "SandboxDisburser",
         "SandboxPayoutMethods", "SpendingHook", "SpendingLimitReached", "SpendingLimits",
-        "Waiting",
+        "Waiting", "purge_webhook_events",
     },
     "yggdrasil.locks": {
         "LOCK_MESSAGES", "LOCK_NAME", "LOCK_REPLY_S", "MAX_PRIORITY", "MIN_LEASE_MS", "Abandon",
@@ -218,7 +219,7 @@ EXPORTS: dict[str, set[str]] = {
         "ProviderAnalytics", "ProviderSpec", "ProviderTestFailed", "QualitySettings",
         "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
         "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
-        "DisputeRefused", "NotRunningHere", "RequestEnded",
+        "DisputeRefused", "NotRunningHere", "RequestEnded", "MarketplaceData", "purge_requests",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -435,6 +436,8 @@ TABLE_OWNERS: dict[str, str] = {
     "audit_log": "yggdrasil.store",
     "audit_head": "yggdrasil.store",
     "audit_pending": "yggdrasil.store",
+    "audit_cut": "yggdrasil.store",
+    "retention_runs": "yggdrasil.store",
     "networks": "yggdrasil.networks",
     "memberships": "yggdrasil.networks",
     "devices": "yggdrasil.devices",

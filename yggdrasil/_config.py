@@ -470,6 +470,41 @@ class MonitoringConfig(_Section, frozen=True):
     """Principals tracked at once on an instance; the least recently refused is forgotten."""
 
 
+Days = Annotated[int, msgspec.Meta(ge=0, le=36500)]
+
+
+class RetentionConfig(_Section, frozen=True):
+    """The retention job (``docs/operations.md``, "Retention"): what is deleted after how long.
+    ``0`` keeps that kind of row for ever. One instance of a cluster runs it at a time."""
+
+    enabled: bool = True
+    """Run the retention job on this instance (any instance may take a round)."""
+    interval_s: Seconds = 3600.0
+    """How often the job looks for rows past their retention."""
+    lease_s: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 600
+    """How long one instance has a round to itself; past it (that instance died) another may
+    take over."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Rows deleted per transaction."""
+    login_codes_days: Days = 1
+    """E-mail one-time codes: days after they expired (at least ``auth.codes_window_s``)."""
+    refresh_tokens_days: Days = 7
+    """Refresh tokens: days after they expired or were revoked."""
+    oauth_states_days: Days = 1
+    """OpenID Connect sign-in states: days after they expired."""
+    token_revocations_days: Days = 1
+    """Token revocations: days after the last access token they could refuse expired."""
+    webhook_events_days: Days = 90
+    """Payment providers' webhook events (kept to drop redelivered ones): days after receipt;
+    at least 7, longer than the providers retry."""
+    marketplace_requests_days: Days = 365
+    """Finished marketplace requests (their prompts and answers) without an open dispute: days
+    after they were made. The ledger's entries stay."""
+    audit_days: Days = 365
+    """Audit log entries: days after they were written; the oldest go first (a prefix of the
+    chain) and the cut is recorded, so the chain still verifies."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -490,6 +525,7 @@ class Config(_Section, frozen=True):
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
     marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
     @property
     def data_path(self) -> Path:
@@ -516,6 +552,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "locks": LocksConfig,
     "marketplace": MarketplaceConfig,
     "monitoring": MonitoringConfig,
+    "retention": RetentionConfig,
 }
 
 
@@ -707,4 +744,21 @@ def load_config(
         raise _error(exc) from None
     _check_values(config)
     _check_subscriptions(config.subscriptions)
+    _check_retention(config)
     return config
+
+
+def _check_retention(config: Config) -> None:
+    """Retention never removes what a running check still needs."""
+    retention = config.retention
+    codes_s = retention.login_codes_days * 86400
+    if codes_s and codes_s < config.auth.codes_window_s:
+        raise ConfigError(
+            "retention.login_codes_days: codes are counted for auth.codes_window_s"
+            f" ({config.auth.codes_window_s} s); keep them at least that long"
+        )
+    if 0 < retention.webhook_events_days < 7:
+        raise ConfigError(
+            "retention.webhook_events_days must be 0 (for ever) or at least 7: payment"
+            " providers redeliver events for days"
+        )

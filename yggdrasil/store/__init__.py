@@ -25,6 +25,7 @@ from ._json import from_json, to_json
 from ._migrations import current_version, migrate
 from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
+from ._retention import Purge, Retention, retain_forever
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
 from ._sqlite import SqliteDatabase
 
@@ -36,6 +37,8 @@ __all__ = [
     "Database",
     "Page",
     "PostgresDatabase",
+    "Purge",
+    "Retention",
     "Row",
     "Scope",
     "SqliteDatabase",
@@ -50,6 +53,7 @@ __all__ = [
     "migrate",
     "open_database",
     "open_database_retrying",
+    "retain_forever",
     "seal_audit_forever",
     "to_json",
 ]
