@@ -19,6 +19,7 @@ from quart_schema import OpenAPIProvider
 from . import (
     _app_models,
     _billing_models,
+    _ddns_models,
     _errors,
     _locks_models,
     _marketplace_models,
@@ -78,6 +79,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _subscriptions_models,
             _locks_models,
             _marketplace_models,
+            _ddns_models,
         )
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]

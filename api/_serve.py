@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, TokenService
+from yggdrasil.ddns import Ddns
 from yggdrasil.locks import Locks
 from yggdrasil.marketplace import Marketplace
 
@@ -249,6 +250,7 @@ def api_server(
     webrtc: Callable[[Principal, str], Awaitable[str]],
     locks: Locks | None = None,
     marketplace: Marketplace | None = None,
+    ddns: Ddns | None = None,
 ) -> ApiServer:
     """The API of a server configured by ``config``; the other arguments as in
     :class:`ApiContext`."""
@@ -263,6 +265,7 @@ def api_server(
         webrtc=webrtc,
         locks=locks,
         marketplace=marketplace,
+        ddns=ddns,
         limits=config.limits,
         trusted_proxies=config.api.trusted_proxies,
         max_body_bytes=config.api.max_body_bytes,

@@ -83,6 +83,7 @@ SUBPACKAGES = (
     "relay.protocol",
     "yggdrasil.accounts",
     "yggdrasil.billing",
+    "yggdrasil.ddns",
     "yggdrasil.devices",
     "yggdrasil.locks",
     "yggdrasil.marketplace",
@@ -141,7 +142,7 @@ EXPORTS: dict[str, set[str]] = {
         "InvalidOffer", "LockAcquire", "LockErrorCode", "LockExpired", "LockGranted",
         "LockRelease", "LockRenew", "LockResult", "Nack", "NackReason", "PeerState", "Ping",
         "Pong", "Presence", "ChatMessage", "Job", "JobCancel", "JobChunk", "JobDone", "JobFail",
-        "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
+        "ProtocolError", "Received", "Reply", "ReportAddress", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
@@ -219,6 +220,11 @@ EXPORTS: dict[str, set[str]] = {
         "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
         "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
         "DisputeRefused", "NotRunningHere", "RequestEnded",
+    },
+    "yggdrasil.ddns": {
+        "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsName", "DdnsStats", "InvalidAddress",
+        "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
+        "current_addresses", "publishable",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -358,6 +364,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.billing": set(),
     "yggdrasil.locks": {"yggdrasil.networks"},
     "yggdrasil.marketplace": {"yggdrasil.billing"},
+    "yggdrasil.ddns": {"yggdrasil.devices"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -476,6 +483,8 @@ TABLE_OWNERS: dict[str, str] = {
     "marketplace_providers": "yggdrasil.marketplace",
     "marketplace_requests": "yggdrasil.marketplace",
     "marketplace_disputes": "yggdrasil.marketplace",
+    "device_addresses": "yggdrasil.ddns",
+    "ddns_names": "yggdrasil.ddns",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -64,6 +64,7 @@ from ._revocation_service import Revocations, revocation_sync_child, revocations
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
+from .ddns import Ddns, DdnsCollector, Updater
 from .locks import LOCK_MESSAGES, Locks, lock_managers
 from .marketplace import MARKETPLACE_MESSAGES, Marketplace
 from .store import PostgresDatabase, check_database
@@ -90,6 +91,8 @@ class Services:
     api: ApiServer
     operator: OperatorServer | None = None
     """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
+    ddns: Ddns | None = None
+    """Devices' current addresses and DNS names."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def check(config: Config) -> None:
     check_addresses(config.turn)
     if config.mail.smtp_url:
         parse_smtp_url(config.mail.smtp_url)
+    if config.ddns.zone:
+        Updater(config.ddns)  # the zone, its server and its TSIG key
 
 
 def _listeners(config: Config) -> list[tuple[str, str, int, socket.SocketKind]]:
@@ -236,6 +241,7 @@ def build(
         relay_aliases=turn.relay_aliases,
     )
     revocations.add_listener(gateway.revoked)
+    ddns = Ddns(config.ddns, lambda: domain.get().store.db)
     api = api_server(
         config,
         metrics=metrics,
@@ -247,8 +253,15 @@ def build(
         webrtc=gateway.accept_webrtc,
         locks=Locks(router),
         marketplace=marketplace,
+        ddns=ddns,
     )
-    networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    networks = network_actors(
+        router,
+        NETWORK,
+        domain,
+        idle_s=config.gateway.network_idle_s,
+        on_address=ddns.address_changed,
+    )
     locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
     operator = operator_server(config, metrics)
 
@@ -282,6 +295,7 @@ def build(
             locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
+            ChildSpec("ddns", ddns.serve),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -293,6 +307,7 @@ def build(
     metrics.supervisors.extend([root, networks, locks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
+    metrics.registry.register(DdnsCollector(ddns))
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
@@ -308,6 +323,7 @@ def build(
         gateway,
         api,
         operator,
+        ddns,
     )
     return root, services
 
