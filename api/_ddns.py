@@ -5,7 +5,7 @@ The device is one of the caller's networks' (``network_id``, else the device tok
 the user's home network): another network's device answers 404 exactly like a missing one
 (looked up before anything else, even without a zone). A
 label another device holds answers 409 ``name_taken``, whoever holds it. Without a ``[ddns]``
-zone the routes answer 503.
+zone the routes answer 404 (like the ICE route without TURN).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from quart import Quart, Response
 from quart_schema import tag, validate_querystring, validate_request, validate_response
 
-from yggdrasil import Unavailable
+from yggdrasil import NotFound
 from yggdrasil.ddns import Ddns, DdnsName
 
 from ._auth import Guard, errors
@@ -26,7 +26,7 @@ from ._resources import _device_scope
 def install(app: Quart, guard: Guard, ddns: Ddns | None) -> None:
     def service() -> Ddns:
         if ddns is None:
-            raise Unavailable("DDNS is not configured on this server")
+            raise NotFound("this server offers no DDNS (no [ddns] zone is configured)")
         return ddns
 
     def out(name: DdnsName) -> DdnsOut:

@@ -318,7 +318,7 @@ def test_a_bad_ddns_section_is_refused_by_name(tmp_path: Path) -> None:
         assert good["key_secret"] not in str(refused.value)  # never the secret
 
 
-async def test_without_a_zone_the_routes_answer_503_and_addresses_still_reach_peers(
+async def test_without_a_zone_the_routes_answer_404_and_addresses_still_reach_peers(
     data_dir: Path, asyncio_loop: None
 ) -> None:
     async with (
@@ -329,8 +329,8 @@ async def test_without_a_zone_the_routes_answer_503_and_addresses_still_reach_pe
         laptop = await sign_in(http, outbox, "ada@example.org", device_body=device("laptop"))
         phone = await sign_in(http, outbox, "ada@example.org", device_body=device("phone"))
         refused = await laptop.put("/api/v1/devices/laptop/ddns", json={"label": "ada"})
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "unavailable"
+        assert refused.status_code == 404, refused.text
+        assert "no DDNS" in refused.json()["error"]["message"]
         # A device of no network of the caller's is not found first, zone or not.
         ada = await sign_in(http, outbox, "ada@example.org")
         missing = await ada.put("/api/v1/devices/nosuch/ddns", json={"label": "ada"})

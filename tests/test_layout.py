@@ -142,9 +142,9 @@ EXPORTS: dict[str, set[str]] = {
         "InvalidOffer", "LockAcquire", "LockErrorCode", "LockExpired", "LockGranted",
         "LockRelease", "LockRenew", "LockResult", "Nack", "NackReason", "PeerState", "Ping",
         "Pong", "Presence", "ChatMessage", "Job", "JobCancel", "JobChunk", "JobDone", "JobFail",
-        "ProtocolError", "Received", "Reply", "ReportAddress", "Request", "Response", "Send", "ServerFrame",
+        "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
-        "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "ReportAddress", "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "yggdrasil.accounts": {
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",

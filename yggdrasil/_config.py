@@ -461,7 +461,7 @@ class DdnsConfig(_Section, frozen=True):
 
     zone: str = ""
     """The zone the names live in (a zone for device names only, e.g. ``dyn.example.org``);
-    empty: DDNS is off and its routes answer 503."""
+    empty: DDNS is off and its routes answer 404."""
     server: str = ""
     """The zone's primary server that takes the updates, ``host:port`` (port 53 if omitted)."""
     key_name: str = ""

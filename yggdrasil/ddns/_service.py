@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._config import DdnsConfig
-from .._errors import StoreUnavailable, Unavailable, UniqueViolation
+from .._errors import NotFound, StoreUnavailable, UniqueViolation
 from ..store import Database, Scope, Tx
 from ._dns import UpdateFailed, Updater
 from ._names import (
@@ -92,7 +92,7 @@ class Ddns:
 
     def _zone(self) -> Updater:
         if self.updater is None:
-            raise Unavailable("DDNS is not configured on this server")
+            raise NotFound("this server offers no DDNS (no [ddns] zone is configured)")
         return self.updater
 
     def full_name(self, label: str) -> str:
