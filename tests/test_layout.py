@@ -144,7 +144,8 @@ EXPORTS: dict[str, set[str]] = {
         "Pong", "Presence", "ChatMessage", "Job", "JobCancel", "JobChunk", "JobDone", "JobFail",
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
-        "ReportAddress", "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "ReportAddress",
     },
     "yggdrasil.accounts": {
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
