@@ -26,6 +26,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import httpx
+import msgspec
 import pytest
 import trio
 from trio_websocket import wrap_client_stream
@@ -296,10 +297,10 @@ def test_a_bad_ddns_section_is_refused_by_name(tmp_path: Path) -> None:
         "key_name": KEY_NAME,
         "key_secret": base64.b64encode(b"k" * 32).decode(),
     }
-    Updater(DdnsConfig(**good))
+    Updater(msgspec.convert(good, DdnsConfig))
     key_file = tmp_path / "tsig.key"
     key_file.write_text(good["key_secret"] + "\n")
-    Updater(DdnsConfig(**{**good, "key_secret": "", "key_file": str(key_file)}))
+    Updater(msgspec.convert({**good, "key_secret": "", "key_file": str(key_file)}, DdnsConfig))
     for change, message in (
         ({"server": "dns.example.org:53"}, "ddns.server must be an IP address and port"),
         ({"server": "127.0.0.1:99999"}, "ddns.server must be an IP address and port"),
@@ -313,7 +314,7 @@ def test_a_bad_ddns_section_is_refused_by_name(tmp_path: Path) -> None:
         ),
     ):
         with pytest.raises(ConfigError) as refused:
-            Updater(DdnsConfig(**{**good, **change}))
+            Updater(msgspec.convert({**good, **change}, DdnsConfig))
         assert message in str(refused.value), (change, str(refused.value))
         assert good["key_secret"] not in str(refused.value)  # never the secret
 
@@ -419,8 +420,13 @@ async def test_a_devices_name_follows_its_address_through_the_real_dns_server(
             assert [f for f in await quiet(c) if isinstance(f, Presence)] == []
 
             # Nonsense is refused and changes nothing; the session goes on.
-            for frame_id, bad in ((2, ["not-an-ip"]), (3, ["224.0.0.1"]), (4, ["10.0.0.1"] * 5)):
-                await a.send(ReportAddress(id=frame_id, addresses=bad))
+            nonsense: list[tuple[int, list[str]]] = [
+                (2, ["not-an-ip"]),
+                (3, ["224.0.0.1"]),
+                (4, ["10.0.0.1"] * 5),
+            ]
+            for frame_id, report in nonsense:
+                await a.send(ReportAddress(id=frame_id, addresses=report))
                 assert await a.receive_type((Ack, Nack)) == Nack(id=frame_id, reason="invalid")
             await a.send(Send(id=5, to="phone", data=b"hi"))
             assert await a.receive_type((Ack, Nack)) == Ack(id=5)
