@@ -505,3 +505,28 @@ async def test_a_wrong_tsig_key_is_logged_counted_and_retried_and_the_session_go
         metrics = await scrape(running)
         assert metric(metrics, 'yggdrasil_ddns_updates_total{result="ok"}') == 0
         assert metric(metrics, "yggdrasil_ddns_pending") >= 1  # still being retried
+
+
+async def test_a_deleted_devices_name_leaves_the_zone_and_its_label_is_free_again(
+    knot: Knot, data_dir: Path, backend: str, asyncio_loop: None
+) -> None:
+    async with (
+        ddns_server(data_dir, backend, knot.ddns(sweep_s=0.2)) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        outbox = data_dir / "outbox"
+        laptop = await sign_in(http, outbox, "ada@example.org", device_body=device("laptop"))
+        ada = await sign_in(http, outbox, "ada@example.org")
+        tablet = await sign_in(http, outbox, "bob@example.org", device_body=device("tablet"))
+        assert (await ada.put("/api/v1/devices/laptop/ddns", json={"label": "gone"})).is_success
+        async with raw_device(running.gateway_url, laptop.session["access_token"]):
+            await resolves_to(knot, "gone", ["127.0.0.1"])
+        deleted = await ada.delete("/api/v1/devices/laptop")
+        assert deleted.status_code == 204
+        await resolves_to(knot, "gone", [])
+        taken = await tablet.put("/api/v1/devices/tablet/ddns", json={"label": "gone"})
+        assert taken.status_code == 200, taken.text
+        # A new device under the old id does not inherit the name.
+        again = await ada.post("/api/v1/devices", json=device("laptop"))
+        assert again.status_code == 201, again.text
+        assert (await ada.get("/api/v1/devices/laptop/ddns")).status_code == 404

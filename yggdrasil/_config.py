@@ -482,6 +482,9 @@ class DdnsConfig(_Section, frozen=True):
     publish_private: bool = False
     """Publish addresses that are not globally reachable (private, loopback): for a LAN's own
     DNS and for tests. Off: only global addresses go into the zone."""
+    sweep_s: Seconds = 30.0
+    """How often the names of deleted devices (and of deleted accounts and networks) are looked
+    for; their records leave the zone then."""
     reserved_labels: list[str] = msgspec.field(
         default_factory=lambda: ["ns", "ns1", "ns2", "www", "mail", "mx"]
     )

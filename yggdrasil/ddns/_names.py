@@ -16,7 +16,7 @@ import msgspec
 
 from .._errors import Forbidden, Invalid, NotFound, UniqueViolation
 from .._ids import now_ms
-from ..devices import scoped_device
+from ..devices import device_ids_of_network, scoped_device
 from ..store import Row, Scope, Tx, append_audit, from_json, to_json
 
 MAX_ADDRESSES = 4
@@ -152,6 +152,23 @@ def _name(row: Row, addresses: list[str]) -> DdnsName:
     )
 
 
+async def orphaned_names(tx: Tx) -> list[str]:
+    """Remove the names whose device is gone (deleted, with its account or network); their
+    labels. One look at each network that has names."""
+    rows = await tx.fetch("SELECT label, network_id, device_id FROM ddns_names ORDER BY label")
+    devices: dict[str, set[str]] = {}
+    gone = []
+    for row in rows:
+        network_id = row["network_id"]
+        if network_id not in devices:
+            devices[network_id] = set(await device_ids_of_network(tx, network_id))
+        if row["device_id"] not in devices[network_id]:
+            gone.append(row["label"])
+    for label in gone:
+        await tx.execute("DELETE FROM ddns_names WHERE label = $1", label)
+    return gone
+
+
 async def _own_device(tx: Tx, scope: Scope, network_id: str, device_id: str) -> None:
     """The device is in one of the caller's networks (else :class:`NotFound`) and the caller's
     own (else :class:`Forbidden`: its network's members see it, but only its user names it)."""
@@ -167,12 +184,17 @@ async def set_name(
     its earlier one; the name and the label it replaced (``None`` if none, or the same).
     :class:`NameTaken` if another device holds the label."""
     await _own_device(tx, scope, network_id, device_id)
-    before = await label_of(tx, network_id, device_id)
-    if before != label:
-        holder = await tx.fetchrow(
-            "SELECT network_id, device_id FROM ddns_names WHERE label = $1", label
-        )
-        if holder is not None:
+    current = await tx.fetchrow(
+        "SELECT label, user_id FROM ddns_names WHERE network_id = $1 AND device_id = $2",
+        network_id,
+        device_id,
+    )
+    before = None if current is None else current["label"]
+    # A name left by an earlier device of the same id (deleted, not swept yet) is not this one's.
+    stale = current is not None and current["user_id"] != scope.user_id
+    if before != label or stale:
+        holder = await tx.fetchval("SELECT 1 FROM ddns_names WHERE label = $1", label)
+        if holder is not None and label != before:
             raise NameTaken("that name is taken")
         if before is not None:
             await tx.execute("DELETE FROM ddns_names WHERE label = $1", before)
@@ -199,11 +221,12 @@ async def set_name(
 
 async def get_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> DdnsName:
     """The device's name; :class:`NotFound` if it has none (or is not the caller's to see)."""
-    await scoped_device(tx, scope, network_id, device_id)
+    device = await scoped_device(tx, scope, network_id, device_id)
     row = await tx.fetchrow(
-        "SELECT * FROM ddns_names WHERE network_id = $1 AND device_id = $2",
+        "SELECT * FROM ddns_names WHERE network_id = $1 AND device_id = $2 AND user_id = $3",
         network_id,
         device_id,
+        device["user_id"],
     )
     if row is None:
         raise NotFound()
@@ -213,7 +236,12 @@ async def get_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> Ddn
 async def remove_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> str:
     """Take the caller's device's name away; the label it had. :class:`NotFound` if none."""
     await _own_device(tx, scope, network_id, device_id)
-    label = await label_of(tx, network_id, device_id)
+    label: str | None = await tx.fetchval(
+        "SELECT label FROM ddns_names WHERE network_id = $1 AND device_id = $2 AND user_id = $3",
+        network_id,
+        device_id,
+        scope.user_id,
+    )
     if label is None:
         raise NotFound()
     await tx.execute("DELETE FROM ddns_names WHERE label = $1", label)

@@ -31,6 +31,7 @@ from ._names import (
     current_addresses,
     get_name,
     label_of,
+    orphaned_names,
     publishable,
     record_address,
     remove_name,
@@ -149,7 +150,27 @@ class Ddns:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Record addresses and send updates until cancelled (what waits stays for the next
         run of the worker: it lives on this object)."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep)
+            task_status.started()
+            await self._work()
+
+    async def _sweep(self) -> None:
+        """Names of devices that were deleted leave the zone (every ``ddns.sweep_s``)."""
+        while True:
+            await trio.sleep(self.config.sweep_s)
+            try:
+                gone = await self._db().write(orphaned_names)
+            except StoreUnavailable:
+                continue
+            except Exception:  # the next sweep tries again
+                log.warning("ddns sweep failed", exc_info=True)
+                continue
+            for label in gone:
+                log.info("ddns name %s removed: its device is gone", label)
+                self._want(label, [])
+
+    async def _work(self) -> None:
         while True:
             if not self._addresses and not self._due():
                 with trio.move_on_at(self._next_retry()):

@@ -15,14 +15,13 @@ CREATE TABLE device_addresses (
 );
 
 -- One DNS name (<label>.<zone>) per device, and one device per name: the label is unique in
--- the zone, whoever holds it.
+-- the zone, whoever holds it. No foreign key: a deleted device's name stays until the ddns
+-- service's sweep has taken its records out of the zone, then the row goes too.
 CREATE TABLE ddns_names (
     label TEXT PRIMARY KEY,
     network_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    UNIQUE (network_id, device_id),
-    FOREIGN KEY (network_id, device_id) REFERENCES devices (network_id, device_id)
-        ON DELETE CASCADE
+    UNIQUE (network_id, device_id)
 );
