@@ -32,6 +32,7 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from benchmarks._harness import hello as say_hello
+from benchmarks._harness import yggdrasil_command
 from relay.protocol import Ack, Nack, Presence, ReportAddress, Send
 from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.conftest import fresh_pg_database
@@ -530,3 +531,23 @@ async def test_a_deleted_devices_name_leaves_the_zone_and_its_label_is_free_agai
         again = await ada.post("/api/v1/devices", json=device("laptop"))
         assert again.status_code == 201, again.text
         assert (await ada.get("/api/v1/devices/laptop/ddns")).status_code == 404
+
+
+async def test_yggdrasil_serve_refuses_a_ddns_zone_without_a_key_in_one_line(
+    tmp_path: Path,
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    environment.update(
+        YGG_DDNS_ZONE="dyn.example.org", YGG_DDNS_SERVER="127.0.0.1:53", YGG_DDNS_KEY_NAME="k"
+    )
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [*yggdrasil_command(), "serve", "--data-dir", str(tmp_path / "data")],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=environment,
+        )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2
+    assert lines == ["yggdrasil: ddns: a zone needs its TSIG key: key_secret or key_file"]
