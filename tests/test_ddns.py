@@ -33,6 +33,7 @@ from trio_websocket import wrap_client_stream
 
 from benchmarks._harness import hello as say_hello
 from benchmarks._harness import yggdrasil_command
+from relay.client import Credentials, DeliveryFailed, DeviceClient, PresenceChanged
 from relay.protocol import Ack, Nack, Presence, ReportAddress, Send
 from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.conftest import fresh_pg_database
@@ -551,3 +552,43 @@ async def test_yggdrasil_serve_refuses_a_ddns_zone_without_a_key_in_one_line(
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2
     assert lines == ["yggdrasil: ddns: a zone needs its TSIG key: key_secret or key_file"]
+
+
+async def test_the_device_client_reports_its_address_and_sees_its_peers(
+    data_dir: Path, asyncio_loop: None
+) -> None:
+    async with (
+        ddns_server(data_dir, "sqlite", None) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+        trio.open_nursery() as nursery,
+    ):
+        clients = {}
+        for device_id in ("laptop", "phone"):
+            user = await sign_in(
+                http, data_dir / "outbox", "ada@example.org", device_body=device(device_id)
+            )
+            credentials = Credentials(
+                api_url=str(http.base_url),
+                gateway_url=running.gateway_url,
+                device_id=device_id,
+                network_id=user.session["network_id"],
+                access_token=user.session["access_token"],
+                refresh_token=user.session["refresh_token"],
+            )
+            clients[device_id] = DeviceClient(credentials)
+            await nursery.start(clients[device_id].run)
+            await clients[device_id].wait_connected()
+        laptop, phone = clients["laptop"], clients["phone"]
+        assert phone.peers["laptop"].addresses == ["127.0.0.1"]
+        await laptop.report_address(["2001:db8::7", "198.51.100.7"])
+        with trio.fail_after(10):
+            while True:
+                event = await phone.events.get()
+                if isinstance(event, PresenceChanged) and event.device.device_id == "laptop":
+                    break
+        assert event.device.addresses == ["2001:db8::7", "198.51.100.7"]
+        assert phone.peers["laptop"].addresses == ["2001:db8::7", "198.51.100.7"]
+        with pytest.raises(DeliveryFailed, match="invalid"):
+            await laptop.report_address(["localhost"])
+        await laptop.send("phone", b"the relay is still the path")
+        nursery.cancel_scope.cancel()
