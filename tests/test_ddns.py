@@ -592,3 +592,30 @@ async def test_the_device_client_reports_its_address_and_sees_its_peers(
             await laptop.report_address(["localhost"])
         await laptop.send("phone", b"the relay is still the path")
         nursery.cancel_scope.cancel()
+
+
+async def test_only_global_addresses_go_into_the_zone_unless_the_operator_says_so(
+    knot: Knot, data_dir: Path, asyncio_loop: None
+) -> None:
+    async with (
+        ddns_server(data_dir, "sqlite", knot.ddns(publish_private=False)) as running,
+        httpx.AsyncClient(base_url=running.api_url, timeout=30) as http,
+    ):
+        laptop = await sign_in(
+            http, data_dir / "outbox", "ada@example.org", device_body=device("laptop")
+        )
+        assert (await laptop.put("/api/v1/devices/laptop/ddns", json={"label": "pub"})).is_success
+        async with raw_device(running.gateway_url, laptop.session["access_token"]) as a:
+            # Its session comes from loopback: nothing to publish.
+            await a.send(ReportAddress(id=1, addresses=["1.2.3.4", "10.0.0.5"]))
+            assert await a.receive_type((Ack, Nack)) == Ack(id=1)
+            await resolves_to(knot, "pub", ["1.2.3.4"])  # the global one only
+            # Only private addresses now: the zone keeps the last global one.
+            await a.send(ReportAddress(id=2, addresses=["10.0.0.6"]))
+            assert await a.receive_type((Ack, Nack)) == Ack(id=2)
+            await trio.sleep(0.5)
+            assert await resolve(knot, "pub") == ["1.2.3.4"]
+            shown = (await laptop.get("/api/v1/devices/laptop/ddns")).json()
+            assert shown["addresses"] == ["10.0.0.6"]  # the registry has the truth
+        metrics = await scrape(running)
+        assert metric(metrics, 'yggdrasil_ddns_updates_total{result="ok"}') == 1

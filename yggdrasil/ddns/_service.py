@@ -82,6 +82,8 @@ class Ddns:
     ) -> None:
         """A device's session came from ``seen``, or the device reported ``reported`` (checked
         by :func:`check_addresses`): record it, and update its name if it has one. Never blocks."""
+        if not seen and not reported:
+            return  # nothing known (a session over WebRTC): the last address stays
         key = (network_id, device_id)
         if key not in self._addresses and len(self._addresses) >= MAX_PENDING:
             self.stats.dropped += 1
@@ -115,7 +117,7 @@ class Ddns:
                 raise
             raise NameTaken("that name is taken") from None
         if replaced is not None:
-            self._want(replaced, [])
+            self._remove(replaced)
         self._want(name.label, name.addresses)
         return name
 
@@ -134,13 +136,21 @@ class Ddns:
         async def work(tx: Tx) -> str:
             return await remove_name(tx, scope, network_id, device_id)
 
-        self._want(await self._db().write(work), [])
+        self._remove(await self._db().write(work))
 
     def _want(self, label: str, addresses: list[str]) -> None:
-        if self.updater is None:
-            return
-        self._wanted[label] = publishable(addresses, private=self.config.publish_private)
-        self._wake.set()
+        """Point ``label`` at ``addresses``; with nothing to publish (a session over WebRTC,
+        only private addresses) the zone keeps the last address it had."""
+        published = publishable(addresses, private=self.config.publish_private)
+        if published and self.updater is not None:
+            self._wanted[label] = published
+            self._wake.set()
+
+    def _remove(self, label: str) -> None:
+        """Take ``label``'s records out of the zone."""
+        if self.updater is not None:
+            self._wanted[label] = []
+            self._wake.set()
 
     # ----------------------------------------------------------------- the worker
 
@@ -168,7 +178,7 @@ class Ddns:
                 continue
             for label in gone:
                 log.info("ddns name %s removed: its device is gone", label)
-                self._want(label, [])
+                self._remove(label)
 
     async def _work(self) -> None:
         while True:
