@@ -619,3 +619,13 @@ async def test_only_global_addresses_go_into_the_zone_unless_the_operator_says_s
             assert shown["addresses"] == ["10.0.0.6"]  # the registry has the truth
         metrics = await scrape(running)
         assert metric(metrics, 'yggdrasil_ddns_updates_total{result="ok"}') == 1
+        # Ada's data export has the name and the addresses.
+        ada = await sign_in(http, data_dir / "outbox", "ada@example.org")
+        export = (await ada.get("/api/v1/users/me/export")).json()["ddns"]
+        assert [(n["label"], n["device_id"]) for n in export["names"]] == [("pub", "laptop")]
+        [recorded] = export["addresses"]
+        assert (recorded["device_id"], recorded["seen"], recorded["reported"]) == (
+            "laptop",
+            "127.0.0.1",
+            ["10.0.0.6"],
+        )

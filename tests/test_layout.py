@@ -223,8 +223,8 @@ EXPORTS: dict[str, set[str]] = {
         "DisputeRefused", "NotRunningHere", "RequestEnded",
     },
     "yggdrasil.ddns": {
-        "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsName", "DdnsStats", "InvalidAddress",
-        "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
+        "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsData", "DdnsName", "DdnsStats",
+        "InvalidAddress", "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
         "current_addresses", "publishable",
     },
     "yggdrasil.turn": {

@@ -45,6 +45,7 @@ from .billing import (
     open_providers,
     renew_forever,
 )
+from .ddns import DdnsData
 from .devices import DeviceStore
 from .locks import LockStore
 from .networks import NetworkStore
@@ -163,7 +164,10 @@ class Domain:
             disburser=ProviderDisburser(payments),
             collector=collector,
         )
-        rooms = {"billing": BillingData(ledger, config.payouts)}
+        rooms: dict[str, BillingData | DdnsData] = {
+            "billing": BillingData(ledger, config.payouts),
+            "ddns": DdnsData(),
+        }
         return cls(
             store=store,
             accounts=accounts,

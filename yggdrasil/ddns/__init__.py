@@ -17,12 +17,14 @@ from ._names import (
     current_addresses,
     publishable,
 )
+from ._privacy import DdnsData
 from ._service import Ddns, DdnsCollector, DdnsStats
 
 __all__ = [
     "MAX_ADDRESSES",
     "Ddns",
     "DdnsCollector",
+    "DdnsData",
     "DdnsName",
     "DdnsStats",
     "InvalidAddress",
