@@ -39,10 +39,12 @@ from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.conftest import fresh_pg_database
 from tests.devices import RawDevice, raw_device
 from tests.servers import running_server, scrape
-from yggdrasil import ConfigError, Invalid
+from yggdrasil import ConfigError, Database, Invalid, NewDevice, NotFound, Scope, Store, Tx
 from yggdrasil._config import DdnsConfig
 from yggdrasil.ddns import (
+    Ddns,
     InvalidAddress,
+    NameTaken,
     Updater,
     check_addresses,
     check_label,
@@ -607,14 +609,16 @@ async def test_only_global_addresses_go_into_the_zone_unless_the_operator_says_s
         assert (await laptop.put("/api/v1/devices/laptop/ddns", json={"label": "pub"})).is_success
         async with raw_device(running.gateway_url, laptop.session["access_token"]) as a:
             # Its session comes from loopback: nothing to publish.
-            await a.send(ReportAddress(id=1, addresses=["1.2.3.4", "10.0.0.5"]))
+            await a.send(ReportAddress(id=1, addresses=["1.2.3.4", "10.0.0.5", "2a00:1450::1"]))
             assert await a.receive_type((Ack, Nack)) == Ack(id=1)
-            await resolves_to(knot, "pub", ["1.2.3.4"])  # the global one only
+            await resolves_to(knot, "pub", ["1.2.3.4"])  # the global ones only
+            assert await resolve(knot, "pub", "AAAA") == ["2a00:1450::1"]
             # Only private addresses now: the zone keeps the last global one.
             await a.send(ReportAddress(id=2, addresses=["10.0.0.6"]))
             assert await a.receive_type((Ack, Nack)) == Ack(id=2)
             await trio.sleep(0.5)
             assert await resolve(knot, "pub") == ["1.2.3.4"]
+            assert await resolve(knot, "pub", "AAAA") == ["2a00:1450::1"]
             shown = (await laptop.get("/api/v1/devices/laptop/ddns")).json()
             assert shown["addresses"] == ["10.0.0.6"]  # the registry has the truth
         metrics = await scrape(running)
@@ -629,3 +633,72 @@ async def test_only_global_addresses_go_into_the_zone_unless_the_operator_says_s
             "127.0.0.1",
             ["10.0.0.6"],
         )
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _offline_ddns(database: Database) -> Ddns:
+    """A ddns service over ``database`` whose worker does not run (nothing is sent)."""
+    config = {
+        "zone": ZONE,
+        "server": "127.0.0.1:53",
+        "key_name": KEY_NAME,
+        "key_secret": base64.b64encode(b"k" * 32).decode(),
+        "publish_private": True,
+    }
+    return Ddns(msgspec.convert(config, DdnsConfig), lambda: database)
+
+
+async def test_a_label_goes_to_exactly_one_of_many_parallel_claims(database: Database) -> None:
+    store = Store(database)
+    ddns = _offline_ddns(database)
+    claimants = []
+    for n in range(12):
+        user, home = await store.create_user(f"user{n}@example.org")
+        scope = Scope(user.user_id)
+        await store.register_device(scope, home.network_id, NewDevice("box", "Box", "midgard"))
+        claimants.append((scope, home.network_id))
+    outcomes: list[str] = []
+
+    async def claim(scope: Scope, network_id: str) -> None:
+        try:
+            await ddns.set_name(scope, network_id, "box", "shared")
+            outcomes.append("ok")
+        except NameTaken:
+            outcomes.append("taken")
+
+    async with trio.open_nursery() as nursery:
+        for scope, network_id in claimants:
+            nursery.start_soon(claim, scope, network_id)
+    assert sorted(outcomes) == ["ok"] + ["taken"] * 11
+
+
+async def test_a_name_left_by_an_earlier_device_of_the_same_id_is_not_inherited(
+    database: Database,
+) -> None:
+    store = Store(database)
+    ddns = _offline_ddns(database)
+    user, home = await store.create_user("ada@example.org")
+    scope, network_id = Scope(user.user_id), home.network_id
+    await store.register_device(scope, network_id, NewDevice("laptop", "Laptop", "midgard"))
+    named = await ddns.set_name(scope, network_id, "laptop", "Lap")
+    assert (named.label, named.addresses) == ("lap", [])
+    assert (await ddns.get_name(scope, network_id, "laptop")).label == "lap"
+
+    async def orphan(tx: Tx) -> None:  # as if the row were left by another user's device
+        await tx.execute("UPDATE ddns_names SET user_id = 'u_gone' WHERE label = 'lap'")
+
+    await database.write(orphan)
+    with pytest.raises(NotFound):
+        await ddns.get_name(scope, network_id, "laptop")
+    with pytest.raises(NotFound):
+        await ddns.remove_name(scope, network_id, "laptop")
+    # Its address changes do not touch the old name ...
+    ddns.address_changed(network_id, "laptop", "198.51.100.1", [])
+    assert await ddns._record()  # the worker's step, without the worker
+    assert ddns._wanted == {}
+    # ... and the device may take the label for itself.
+    again = await ddns.set_name(scope, network_id, "laptop", "lap")
+    assert (again.label, again.addresses) == ("lap", ["198.51.100.1"])
+    assert ddns._wanted == {"lap": ["198.51.100.1"]}

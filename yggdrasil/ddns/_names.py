@@ -16,7 +16,7 @@ import msgspec
 
 from .._errors import Forbidden, Invalid, NotFound, UniqueViolation
 from .._ids import now_ms
-from ..devices import device_ids_of_network, scoped_device
+from ..devices import device_ids_of_network, find_devices, scoped_device
 from ..store import Row, Scope, Tx, append_audit, from_json, to_json
 
 MAX_ADDRESSES = 4
@@ -132,13 +132,20 @@ async def device_addresses(tx: Tx, network_id: str, device_id: str) -> list[str]
     return current_addresses(row["seen"], from_json(row["reported"]))
 
 
-async def label_of(tx: Tx, network_id: str, device_id: str) -> str | None:
-    """The device's label, if it has a DNS name (unscoped: for the network's own updates)."""
-    label: str | None = await tx.fetchval(
-        "SELECT label FROM ddns_names WHERE network_id = $1 AND device_id = $2",
+async def current_label(tx: Tx, network_id: str, device_id: str) -> str | None:
+    """The label of the device as it is now: ``None`` without a name, and for a name left by
+    an earlier device of the same id and another user (deleted, not swept yet)."""
+    row = await tx.fetchrow(
+        "SELECT label, user_id FROM ddns_names WHERE network_id = $1 AND device_id = $2",
         network_id,
         device_id,
     )
+    if row is None:
+        return None
+    found = await find_devices(tx, network_id=network_id, device_id=device_id, limit=1)
+    if not found or found[0].user_id != row["user_id"]:
+        return None
+    label: str = row["label"]
     return label
 
 

@@ -29,8 +29,8 @@ from ._names import (
     NameTaken,
     check_label,
     current_addresses,
+    current_label,
     get_name,
-    label_of,
     orphaned_names,
     publishable,
     record_address,
@@ -264,7 +264,7 @@ async def _record_one(
 ) -> str | None:
     """Record one device's address; its label, if it has a DNS name."""
     await record_address(tx, *key, seen, reported)
-    return await label_of(tx, *key)
+    return await current_label(tx, *key)
 
 
 class DdnsCollector(Collector):
