@@ -38,7 +38,7 @@ from relay.protocol import Ack, Nack, Presence, ReportAddress, Send
 from tests.clients import RELAXED_LIMITS, device, sign_in
 from tests.conftest import fresh_pg_database
 from tests.devices import RawDevice, raw_device
-from tests.servers import running_server, scrape
+from tests.servers import running_server, scrape, server_process
 from yggdrasil import ConfigError, Database, Invalid, NewDevice, NotFound, Scope, Store, Tx
 from yggdrasil._config import DdnsConfig
 from yggdrasil.ddns import (
@@ -53,6 +53,15 @@ from yggdrasil.ddns import (
 from yggdrasil.server import Running
 
 ZONE = "ddns.test"
+RELAXED_ENV = {
+    f"YGG_LIMITS_{name}": "100000"
+    for name in (
+        "PER_CLIENT_RATE",
+        "PER_CLIENT_BURST",
+        "AUTH_PER_CLIENT_RATE",
+        "AUTH_PER_CLIENT_BURST",
+    )
+}
 KEY_NAME = "yggdrasil-update"
 
 
@@ -702,3 +711,28 @@ async def test_a_name_left_by_an_earlier_device_of_the_same_id_is_not_inherited(
     again = await ddns.set_name(scope, network_id, "laptop", "lap")
     assert (again.label, again.addresses) == ("lap", ["198.51.100.1"])
     assert ddns._wanted == {"lap": ["198.51.100.1"]}
+
+
+async def test_yggdrasil_serve_keeps_a_name_current_configured_from_the_environment(
+    knot: Knot, tmp_path: Path
+) -> None:
+    """The real command, its ``[ddns]`` section from ``YGG_DDNS_*`` (the secret never in a
+    file or on the command line)."""
+    settings = {
+        f"YGG_DDNS_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in knot.ddns().items()
+    }
+    data_dir = tmp_path / "data"
+    with server_process(data_dir, env={**settings, **RELAXED_ENV}) as server:
+        async with httpx.AsyncClient(base_url=server.api_url, timeout=30) as http:
+            laptop = await sign_in(
+                http, data_dir / "outbox", "ada@example.org", device_body=device("laptop")
+            )
+            named = await laptop.put("/api/v1/devices/laptop/ddns", json={"label": "served"})
+            assert named.json()["name"] == f"served.{ZONE}"
+            async with raw_device(server.gateway_url, laptop.session["access_token"]) as a:
+                await resolves_to(knot, "served", ["127.0.0.1"])
+                await a.send(ReportAddress(id=1, addresses=["127.0.0.42"]))
+                await resolves_to(knot, "served", ["127.0.0.42"])
+        assert 'yggdrasil_ddns_updates_total{result="ok"} 2.0' in server.metrics()
+        assert knot.secret not in server.log_path.read_text()
