@@ -107,7 +107,7 @@ EXPORTS: dict[str, set[str]] = {
     },
     "yggdrasil": {
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
-        "AuditEntry",
+        "AuditEntry", "Blocked", "ProbeWatch",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
         "DomainHandle", "EnrollmentKey", "EnrollmentKeyInfo", "Forbidden", "GatewayConfig",
         "HashingBusy", "Invalid",

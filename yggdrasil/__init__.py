@@ -34,6 +34,7 @@ from ._errors import (
 from ._hashing import HashingBusy
 from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
+from ._monitoring import Blocked, ProbeWatch
 from ._ratelimit import RateLimited, RateLimiter
 from ._secrets import Secrets, load_or_create
 from ._tokens import InvalidToken, Principal, TokenService
@@ -83,6 +84,7 @@ __all__ = [
     "AuditChainBroken",
     "AuditEntry",
     "Authorization",
+    "Blocked",
     "Config",
     "ConfigError",
     "Database",
@@ -115,6 +117,7 @@ __all__ = [
     "Page",
     "PostgresDatabase",
     "Principal",
+    "ProbeWatch",
     "ProviderUnavailable",
     "RateLimited",
     "RateLimiter",

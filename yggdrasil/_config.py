@@ -491,6 +491,21 @@ class DdnsConfig(_Section, frozen=True):
     """Labels no user may take (the zone's own names)."""
 
 
+class MonitoringConfig(_Section, frozen=True):
+    """The watch for cross-network probing: per principal, refusals of ids it may not see."""
+
+    probe_threshold: Positive = 30
+    """Refusals (API 404s for ids that are foreign or absent, envelopes the router refuses as
+    unreachable) within ``probe_window_s`` that make a principal a prober."""
+    probe_window_s: Seconds = 60.0
+    """The sliding window the refusals are counted over; one audit entry per window."""
+    probe_block_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """How long a prober is refused (API 429 ``blocked``, envelopes to devices unreachable);
+    0: never blocked, only audited and counted."""
+    probe_tracked: Positive = 10_000
+    """Principals tracked at once on an instance; the least recently refused is forgotten."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -511,6 +526,7 @@ class Config(_Section, frozen=True):
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
     marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
     ddns: DdnsConfig = msgspec.field(default_factory=DdnsConfig)
+    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
 
     @property
     def data_path(self) -> Path:
@@ -537,6 +553,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "locks": LocksConfig,
     "marketplace": MarketplaceConfig,
     "ddns": DdnsConfig,
+    "monitoring": MonitoringConfig,
 }
 
 

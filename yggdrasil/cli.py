@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import trio
@@ -24,6 +25,7 @@ from relay.client import device_cli, provider_cli
 
 from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
+from ._backup import backup, restore
 from ._config import Config, load_config
 from ._errors import ConfigError, NotFound, StoreUnavailable, YggdrasilError, sole_exception
 from ._logging import configure
@@ -116,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="sign new tokens with a new key; tokens of the old key stay valid"
     )
     _common(rotate)
+
+    backup_cmd = commands.add_parser(
+        "backup", help="write the database and the secrets to one archive, while the server runs"
+    )
+    _common(backup_cmd)
+    backup_cmd.add_argument("--to", required=True, metavar="FILE", help="the new archive")
+    restore_cmd = commands.add_parser(
+        "restore", help="restore an archive of 'yggdrasil backup' into an empty data directory"
+    )
+    _common(restore_cmd)
+    restore_cmd.add_argument("archive", metavar="FILE", help="an archive of 'yggdrasil backup'")
 
     device_cli.add_commands(commands, debug=_debug)
     provider_cli.add_commands(commands, debug=_debug)
@@ -255,9 +268,29 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.email} now has the role {args.role}; their own tokens were revoked")
         else:
             print(f"{args.email} has the role {args.role} already; nothing changed")
+    elif args.command in ("backup", "restore"):
+        _backup_or_restore(config, args)
     else:
         _rotate(config)
     return 0
+
+
+def _backup_or_restore(config: Config, args: argparse.Namespace) -> None:
+    server.check(config)
+    if args.command == "backup":
+        target = Path(args.to)
+        made = trio.run(backup, config, target)
+        audit = f", {made.audit_entries} audit entries verified" if made.backend == "sqlite" else ""
+        print(
+            f"wrote {target} ({made.size} bytes): the {made.backend} database{audit} and"
+            f" {made.secret_files} secret file(s); it holds the secrets, keep it as safe as them"
+        )
+    else:
+        done = trio.run(restore, config, Path(args.archive))
+        print(
+            f"restored the {done.backend} database ({done.audit_entries} audit entries verified)"
+            f" and {done.secret_files} secret file(s) into {config.data_path}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

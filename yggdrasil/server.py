@@ -54,11 +54,12 @@ from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._domain import DomainHandle, store_child
-from ._errors import ConfigError, ListenError, sole_exception
+from ._errors import ConfigError, ListenError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
 from ._logging import set_instance
 from ._mail import Mailer, mail_child, parse_smtp_url
 from ._metrics import Metrics
+from ._monitoring import ProbeWatch, probe_audit_child, readiness
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
@@ -91,6 +92,8 @@ class Services:
     api: ApiServer
     operator: OperatorServer | None = None
     """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
+    probes: ProbeWatch | None = None
+    """The watch for cross-network probing (``[monitoring]``)."""
     ddns: Ddns | None = None
     """Devices' current addresses and DNS names."""
 
@@ -224,7 +227,11 @@ def build(
         queue_size=config.mail.queue_size,
     )
     codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES, *MARKETPLACE_MESSAGES)
-    router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
+    probes = ProbeWatch.from_config(config.monitoring)
+    router = Router(
+        instance_id, cluster_bus(config.bus, codec, bridge), rule=probes.rule(tenant_rule)
+    )
+    router.on_unreachable = probes.refused_envelope
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
     marketplace = Marketplace(
@@ -253,6 +260,7 @@ def build(
         webrtc=gateway.accept_webrtc,
         locks=Locks(router),
         marketplace=marketplace,
+        probes=probes,
         ddns=ddns,
     )
     networks = network_actors(
@@ -295,6 +303,7 @@ def build(
             locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
+            probe_audit_child(probes, lambda: domain.get().store.db),
             ChildSpec("ddns", ddns.serve),
         ],
         strategy=Strategy.REST_FOR_ONE,
@@ -307,6 +316,12 @@ def build(
     metrics.supervisors.extend([root, networks, locks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
+    metrics.probes = probes.statistics
+    metrics.payouts = functools.partial(_payout_outcomes, domain)
+    metrics.readiness = readiness(
+        lambda: domain.get().store.db, lambda: router.bus.ready, timeout_s=2.0
+    )
+    metrics.gateway_queue_limit = config.gateway.queue_bytes_total
     metrics.registry.register(DdnsCollector(ddns))
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
@@ -323,9 +338,19 @@ def build(
         gateway,
         api,
         operator,
+        probes,
         ddns,
     )
     return root, services
+
+
+def _payout_outcomes(domain: DomainHandle) -> dict[str, int] | None:
+    """The running store's payouts sent by outcome, for ``/metrics``; ``None`` while the store
+    is away (each run of the store counts from 0: a counter reset to Prometheus)."""
+    try:
+        return dict(domain.get().payouts.outcomes)
+    except StoreUnavailable:
+        return None
 
 
 async def serve(
