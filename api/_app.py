@@ -26,12 +26,14 @@ from yggdrasil import (
     Unavailable,
     YggdrasilError,
 )
+from yggdrasil.ddns import Ddns
 from yggdrasil.locks import Locks
 from yggdrasil.marketplace import Marketplace
 
 from . import (
     _admin,
     _billing,
+    _ddns,
     _errors,
     _locks,
     _marketplace,
@@ -74,6 +76,8 @@ class ApiContext:
     """The networks' lock managers; without them the lock routes answer 503."""
     marketplace: Marketplace | None = None
     """The compute marketplace; without it its routes answer 503."""
+    ddns: Ddns | None = None
+    """Devices' DNS names; without it the DDNS routes answer 503."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
@@ -142,6 +146,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _payouts.install(app, guard)
     _locks.install(app, guard, ctx.locks, response_timeout_s=ctx.response_timeout_s)
     _marketplace.install(app, guard, ctx.marketplace)
+    _ddns.install(app, guard, ctx.ddns)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request

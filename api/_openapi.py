@@ -20,6 +20,7 @@ from . import (
     _app_models,
     _audit_models,
     _billing_models,
+    _ddns_models,
     _errors,
     _locks_models,
     _marketplace_models,
@@ -80,6 +81,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _subscriptions_models,
             _locks_models,
             _marketplace_models,
+            _ddns_models,
         )
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]

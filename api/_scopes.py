@@ -93,6 +93,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    ("PUT", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
+    ("GET", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
+    ("DELETE", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
     # the ledger: the account's own money, never a device's token
     ("GET", "/api/v1/billing/balance"): ACCOUNT,
     ("GET", "/api/v1/billing/entries"): ACCOUNT,

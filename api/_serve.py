@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, ProbeWatch, TokenService
+from yggdrasil.ddns import Ddns
 from yggdrasil.locks import Locks
 from yggdrasil.marketplace import Marketplace
 
@@ -250,6 +251,7 @@ def api_server(
     locks: Locks | None = None,
     marketplace: Marketplace | None = None,
     probes: ProbeWatch | None = None,
+    ddns: Ddns | None = None,
 ) -> ApiServer:
     """The API of a server configured by ``config``; the other arguments as in
     :class:`ApiContext`."""
@@ -265,6 +267,7 @@ def api_server(
         locks=locks,
         marketplace=marketplace,
         probes=probes,
+        ddns=ddns,
         limits=config.limits,
         trusted_proxies=config.api.trusted_proxies,
         max_body_bytes=config.api.max_body_bytes,

@@ -83,6 +83,7 @@ SUBPACKAGES = (
     "relay.protocol",
     "yggdrasil.accounts",
     "yggdrasil.billing",
+    "yggdrasil.ddns",
     "yggdrasil.devices",
     "yggdrasil.locks",
     "yggdrasil.marketplace",
@@ -144,6 +145,7 @@ EXPORTS: dict[str, set[str]] = {
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "ReportAddress",
     },
     "yggdrasil.accounts": {
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
@@ -220,6 +222,11 @@ EXPORTS: dict[str, set[str]] = {
         "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
         "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
         "DisputeRefused", "NotRunningHere", "RequestEnded", "MarketplaceData", "purge_requests",
+    },
+    "yggdrasil.ddns": {
+        "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsData", "DdnsName", "DdnsStats",
+        "InvalidAddress", "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
+        "current_addresses", "publishable",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -359,6 +366,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.billing": set(),
     "yggdrasil.locks": {"yggdrasil.networks"},
     "yggdrasil.marketplace": {"yggdrasil.billing"},
+    "yggdrasil.ddns": {"yggdrasil.devices"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -479,6 +487,8 @@ TABLE_OWNERS: dict[str, str] = {
     "marketplace_providers": "yggdrasil.marketplace",
     "marketplace_requests": "yggdrasil.marketplace",
     "marketplace_disputes": "yggdrasil.marketplace",
+    "device_addresses": "yggdrasil.ddns",
+    "ddns_names": "yggdrasil.ddns",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

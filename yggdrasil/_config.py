@@ -455,6 +455,42 @@ class MarketplaceConfig(_Section, frozen=True):
     probe, at most 10 minutes)."""
 
 
+class DdnsConfig(_Section, frozen=True):
+    """Dynamic DNS for devices (``docs/ddns.md``): names ``<label>.<zone>`` updated through RFC
+    2136 dynamic updates signed with TSIG (RFC 8945). Off while ``zone`` is empty."""
+
+    zone: str = ""
+    """The zone the names live in (a zone for device names only, e.g. ``dyn.example.org``);
+    empty: DDNS is off and its routes answer 404."""
+    server: str = ""
+    """The zone's primary server that takes the updates, ``host:port`` (port 53 if omitted)."""
+    key_name: str = ""
+    """The TSIG key's name, as the DNS server knows it."""
+    key_algorithm: Literal[
+        "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"
+    ] = "hmac-sha256"
+    key_secret: str = ""
+    """The TSIG key's secret, base64; or ``key_file``."""
+    key_file: str = ""
+    """A file that holds the base64 secret (read once at start-up)."""
+    ttl_s: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 60
+    """The TTL of the A and AAAA records written."""
+    timeout_s: Seconds = 5.0
+    """How long one update may take before it counts as failed (and is retried)."""
+    retry_max_s: Seconds = 300.0
+    """Failed updates are retried after 1 s, doubling up to this."""
+    publish_private: bool = False
+    """Publish addresses that are not globally reachable (private, loopback): for a LAN's own
+    DNS and for tests. Off: only global addresses go into the zone."""
+    sweep_s: Seconds = 30.0
+    """How often the names of deleted devices (and of deleted accounts and networks) are looked
+    for; their records leave the zone then."""
+    reserved_labels: list[str] = msgspec.field(
+        default_factory=lambda: ["ns", "ns1", "ns2", "www", "mail", "mx"]
+    )
+    """Labels no user may take (the zone's own names)."""
+
+
 class MonitoringConfig(_Section, frozen=True):
     """The watch for cross-network probing: per principal, refusals of ids it may not see."""
 
@@ -524,6 +560,7 @@ class Config(_Section, frozen=True):
     payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
     marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
+    ddns: DdnsConfig = msgspec.field(default_factory=DdnsConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
@@ -551,6 +588,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "payouts": PayoutsConfig,
     "locks": LocksConfig,
     "marketplace": MarketplaceConfig,
+    "ddns": DdnsConfig,
     "monitoring": MonitoringConfig,
     "retention": RetentionConfig,
 }

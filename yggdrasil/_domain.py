@@ -58,6 +58,7 @@ from .billing import (
     purge_webhook_events,
     renew_forever,
 )
+from .ddns import DdnsData
 from .devices import DeviceStore
 from .locks import LockStore
 from .marketplace import MarketplaceData, purge_requests
@@ -185,6 +186,7 @@ class Domain:
         rooms: dict[str, RoomData] = {
             "billing": BillingData(ledger, config.payouts),
             "marketplace": MarketplaceData(),
+            "ddns": DdnsData(),
         }
         return cls(
             store=store,

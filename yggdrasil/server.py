@@ -65,6 +65,7 @@ from ._revocation_service import Revocations, revocation_sync_child, revocations
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
+from .ddns import Ddns, DdnsCollector, Updater
 from .locks import LOCK_MESSAGES, Locks, lock_managers
 from .marketplace import MARKETPLACE_MESSAGES, Marketplace
 from .store import PostgresDatabase, check_database
@@ -93,6 +94,8 @@ class Services:
     """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
     probes: ProbeWatch | None = None
     """The watch for cross-network probing (``[monitoring]``)."""
+    ddns: Ddns | None = None
+    """Devices' current addresses and DNS names."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ def check(config: Config) -> None:
     check_addresses(config.turn)
     if config.mail.smtp_url:
         parse_smtp_url(config.mail.smtp_url)
+    if config.ddns.zone:
+        Updater(config.ddns)  # the zone, its server and its TSIG key
 
 
 def _listeners(config: Config) -> list[tuple[str, str, int, socket.SocketKind]]:
@@ -243,6 +248,7 @@ def build(
         relay_aliases=turn.relay_aliases,
     )
     revocations.add_listener(gateway.revoked)
+    ddns = Ddns(config.ddns, lambda: domain.get().store.db)
     api = api_server(
         config,
         metrics=metrics,
@@ -255,8 +261,15 @@ def build(
         locks=Locks(router),
         marketplace=marketplace,
         probes=probes,
+        ddns=ddns,
     )
-    networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    networks = network_actors(
+        router,
+        NETWORK,
+        domain,
+        idle_s=config.gateway.network_idle_s,
+        on_address=ddns.address_changed,
+    )
     locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
     operator = operator_server(config, metrics)
 
@@ -291,6 +304,7 @@ def build(
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
             probe_audit_child(probes, lambda: domain.get().store.db),
+            ChildSpec("ddns", ddns.serve),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -308,6 +322,7 @@ def build(
         lambda: domain.get().store.db, lambda: router.bus.ready, timeout_s=2.0
     )
     metrics.gateway_queue_limit = config.gateway.queue_bytes_total
+    metrics.registry.register(DdnsCollector(ddns))
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
@@ -324,6 +339,7 @@ def build(
         api,
         operator,
         probes,
+        ddns,
     )
     return root, services
 
