@@ -19,7 +19,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer
 
 from actors import ByteBudget, ChildSpec, Envelope, Overloaded, Router, Unreachable
 from yggdrasil import (
@@ -38,6 +37,7 @@ from yggdrasil import (
 from ._messages import Rejoin, Revoke
 from ._network import TenantQuota
 from ._session import DeviceSession
+from ._websocket import HandshakeFailed, ServerWebSocket
 from ._wsguard import GuardedListener
 from .protocol import CLOSE_GOING_AWAY, MAX_FRAME_BYTES, Transport, TransportClosed
 
@@ -121,22 +121,15 @@ class Gateway:
         """Listen until ``stopping`` is set, then close every session with 1001 (going away)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            # Every connection's bytes pass a frame guard before trio-websocket sees them, so a
+            # Every connection's bytes pass a frame guard before wsproto sees them, so a
             # protocol violation closes with RFC 6455's code at once (relay._wsguard).
             sockets = await trio.open_tcp_listeners(port, host=host)
             self._guards = [GuardedListener(listener, MAX_FRAME_BYTES) for listener in sockets]
-            server = WebSocketServer(
-                self._handle,
-                # trio-websocket annotates listeners as trio's own classes; it only needs
-                # accept() and aclose(), which the guard provides.
-                self._guards,  # type: ignore[arg-type]
-                handler_nursery=nursery,
-                max_message_size=MAX_FRAME_BYTES,
-                receive_buffer_size=64 * 1024,
-                connect_timeout=self.config.handshake_timeout_s,
-                disconnect_timeout=2.0,
+            await nursery.start(
+                functools.partial(trio.serve_listeners, handler_nursery=nursery),
+                self._connection,
+                self._guards,
             )
-            await nursery.start(server.run)
             address, bound_port = sockets[0].socket.getsockname()[:2]
             url = f"ws://{address}:{bound_port}"
             if ":" in str(address):
@@ -165,7 +158,24 @@ class Gateway:
             "violations": sum(guard.violations for guard in self._guards),
         }
 
-    def _authenticate(self, request: WebSocketRequest) -> Principal:
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        """One client connection: its upgrade request within the handshake timeout, then
+        :meth:`_handle`; the connection is closed when it returns."""
+        ws = ServerWebSocket(stream, receive_buffer_size=64 * 1024, disconnect_timeout_s=2.0)
+        try:
+            with trio.move_on_after(self.config.handshake_timeout_s) as timer:
+                await ws.read_request()
+            if timer.cancelled_caught:
+                return
+            await self._handle(ws)
+        except HandshakeFailed:
+            return
+        finally:
+            with trio.move_on_after(2.0) as cleanup:
+                cleanup.shield = True
+                await ws.aclose(CLOSE_GOING_AWAY, "")
+
+    def _authenticate(self, request: ServerWebSocket) -> Principal:
         headers = {
             key.decode("latin-1").lower(): value.decode("latin-1") for key, value in request.headers
         }
@@ -179,13 +189,13 @@ class Gateway:
         principal = self.tokens.verify(token)
         return principal
 
-    def _origin_allowed(self, request: WebSocketRequest) -> bool:
+    def _origin_allowed(self, request: ServerWebSocket) -> bool:
         for key, value in request.headers:
             if key.lower() == b"origin":
                 return value.decode("latin-1") in self.config.allowed_origins
         return True  # not a browser
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: ServerWebSocket) -> None:
         if not self._origin_allowed(request):
             self.rejected += 1
             _refused(403, "origin not allowed")
@@ -216,7 +226,8 @@ class Gateway:
                 429, body=_error_body("rate_limited", "too many sessions for this account")
             )
             return
-        ws = await request.accept()
+        await request.accept()
+        ws = request
         self.accepted += 1
         self._per_user[principal.user_id] += 1
         try:

@@ -147,6 +147,8 @@ def _protocol_error(exc: ProtocolError) -> Error:
 
 
 _ENVELOPE_OVERHEAD = 128
+_BATCH_BYTES = 256 * 1024
+"""The writer stops taking envelopes into one write past this many bytes of frames."""
 _MAX_PAUSE_S = 1.0
 
 
@@ -229,6 +231,12 @@ class DeviceSession(Actor):
         self._unconfirmed: dict[int, tuple[Address, int]] = {}
         """As a recipient: deliver seq -> (sender's address, its send id), until confirmed."""
         self._seq = 0
+        self._batching = False
+        self._pending: list[bytes] = []
+        """Frames handled but not yet written: the writer sends them together."""
+        self._pending_bytes = 0
+        self._written_then_tell: list[tuple[Address, int]] = []
+        """Deliveries to confirm to their senders once the pending frames are written."""
         self._used_locks = False
         """The device sent lock frames: its waits end with the session."""
         self.jobs = Jobs(config.max_pending_requests)
@@ -397,8 +405,10 @@ class DeviceSession(Actor):
                     ),
                     activate=False,
                 )
-        # What this device received but never confirmed: its senders hear it did not arrive.
-        senders = _by_sender(self._unconfirmed.values())
+        # What this device received but never confirmed, or was never written to it: its
+        # senders hear it did not arrive.
+        senders = _by_sender([*self._unconfirmed.values(), *self._written_then_tell])
+        self._written_then_tell.clear()
         self._unconfirmed.clear()
         for sender, ids in senders.items():
             await self._tell(sender, Undelivered(ids))
@@ -691,18 +701,76 @@ class DeviceSession(Actor):
             overflow=Overflow.WAIT,
         )
 
+    async def _serve(self) -> None:
+        """The writer: waits for the mailbox, handles everything it holds by then (up to
+        ``_BATCH_BYTES`` of frames) and writes the frames in one go."""
+        mailbox = self.mailbox
+        while True:
+            try:
+                envelope = await mailbox.get()
+            except trio.EndOfChannel:
+                return
+            self._batching = True
+            try:
+                await self._take(envelope)
+                while self._pending_bytes < _BATCH_BYTES:
+                    try:
+                        envelope = mailbox.get_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    await self._take(envelope)
+            finally:
+                self._batching = False
+            await self._flush()
+
+    async def _take(self, envelope: Envelope) -> None:
+        if envelope.deadline is not None and envelope.deadline < time.time():
+            self.expired += 1
+            return
+        await self.handle(envelope)
+
     async def _write(self, data: bytes) -> None:
+        """Write one frame to the device; while the writer handles a batch, the frame joins it
+        (written by :meth:`_flush`, in order)."""
         if len(data) > self.max_frame_bytes:
             # Only a smaller transport's limit can be exceeded (a websocket takes any frame).
             self.stats.too_large += 1
             data = encode(
                 Error(code="too_large", message="a frame for this device exceeded its transport")
             )
+        if self._batching:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            return
         with trio.move_on_after(self.config.send_timeout_s):
             await self.transport.send_message(data)
             self.stats.sent += 1
             return
         raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    async def _flush(self) -> None:
+        """Write the pending frames (one socket write where the transport can), then tell the
+        senders of the deliveries among them that they were written."""
+        frames = self._pending
+        if frames:
+            self._pending = []
+            self._pending_bytes = 0
+            with trio.move_on_after(self.config.send_timeout_s):
+                send_messages = getattr(self.transport, "send_messages", None)
+                if send_messages is not None and len(frames) > 1:
+                    await send_messages(frames)
+                else:
+                    for frame in frames:
+                        await self.transport.send_message(frame)
+                self.stats.sent += len(frames)
+                frames = []
+            if frames:
+                raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
+        if self._written_then_tell:
+            senders = _by_sender(self._written_then_tell)
+            self._written_then_tell = []
+            for sender, ids in senders.items():
+                await self._tell(sender, Delivered(ids))
 
     async def handle(self, envelope: Envelope) -> None:
         """The writer: one envelope from the mailbox, written to the device."""
@@ -753,7 +821,10 @@ class DeviceSession(Actor):
         if not self.receipts:
             # This device does not confirm: written to it is as far as the server can tell.
             await self._write(encode(Deliver(from_=sender, data=data)))
-            await self._tell(src, Delivered([frame_id]))
+            if self._batching:
+                self._written_then_tell.append((src, frame_id))
+            else:
+                await self._tell(src, Delivered([frame_id]))
             return
         if len(self._unconfirmed) >= 4 * self.config.queue_size:
             raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer: deliveries left unconfirmed")
