@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -39,7 +39,13 @@ from ._network import TenantQuota
 from ._session import DeviceSession
 from ._websocket import HandshakeFailed, ServerWebSocket
 from ._wsguard import GuardedListener
-from .protocol import CLOSE_GOING_AWAY, MAX_FRAME_BYTES, Transport, TransportClosed
+from .protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_PING_TIMEOUT,
+    MAX_FRAME_BYTES,
+    Transport,
+    TransportClosed,
+)
 
 if TYPE_CHECKING:
     from ._webrtc import Offer
@@ -109,6 +115,10 @@ class Gateway:
         self.rejected = 0
         self.url = ""
         self._nursery: trio.Nursery | None = None
+        self._ping_at: deque[tuple[float, DeviceSession, ServerWebSocket]] = deque()
+        """Websocket sessions by when they are pinged next (one interval for all: in order)."""
+        self._pong_by: deque[tuple[float, DeviceSession, ServerWebSocket, int]] = deque()
+        """Pings sent: by when a pong must have come, and how many had come before."""
 
     async def serve(
         self,
@@ -138,6 +148,7 @@ class Gateway:
             log.info("gateway listening on %s", url, extra={"listener": "gateway", "url": url})
             task_status.started(url)
             nursery.start_soon(self._watch_networks)
+            nursery.start_soon(self._ping_timer)
             await stopping.wait()
             self._nursery = None  # no new WebRTC sessions
             for session in list(self.sessions.values()):
@@ -231,14 +242,20 @@ class Gateway:
         self.accepted += 1
         self._per_user[principal.user_id] += 1
         try:
-            await self._run(ws, principal, MAX_FRAME_BYTES, "websocket")
+            await self._run(ws, principal, MAX_FRAME_BYTES, "websocket", ws)
         finally:
             self._release(principal)
 
     async def _run(
-        self, transport: Transport, principal: Principal, max_frame_bytes: int, kind: str
+        self,
+        transport: Transport,
+        principal: Principal,
+        max_frame_bytes: int,
+        kind: str,
+        websocket: ServerWebSocket | None = None,
     ) -> None:
-        """Run one session on ``transport`` (a ``kind``: websocket or webrtc) to its end."""
+        """Run one session on ``transport`` (a ``kind``: websocket or webrtc) to its end; a
+        ``websocket`` session is pinged by the gateway's timer (:meth:`_ping_timer`)."""
         assert principal.network_id is not None
         network_id = principal.network_id
         quota, count = self._quotas.get(network_id) or (
@@ -254,6 +271,7 @@ class Gateway:
             quota=quota,
             budget=self.queued,
             max_frame_bytes=max_frame_bytes,
+            pinged_by=None if websocket is None else functools.partial(self._pinged, websocket),
         )
         self.sessions[session.session_id] = session
         log.info(
@@ -316,6 +334,33 @@ class Gateway:
                                 Envelope(_GATEWAY, session.address, Rejoin()), activate=False
                             )
             suspects = gone
+
+    def _pinged(self, websocket: ServerWebSocket, session: DeviceSession) -> None:
+        """A websocket session runs: the timer pings it from now on."""
+        due = trio.current_time() + self.config.ping_interval_s
+        self._ping_at.append((due, session, websocket))
+
+    async def _ping_timer(self) -> None:
+        """One timer pings every websocket session here each ``ping_interval_s`` (the session's
+        writer sends the ping with its next write) and ends (4003) those whose pong has not come
+        within ``ping_timeout_s``: no task per session waits for its pong."""
+        interval, timeout = self.config.ping_interval_s, self.config.ping_timeout_s
+        tick = min(1.0, max(0.01, min(interval, timeout) / 4))
+        ping_at, pong_by = self._ping_at, self._pong_by
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            while ping_at and ping_at[0][0] <= now:
+                _, session, websocket = ping_at.popleft()
+                if self.sessions.get(session.session_id) is not session:
+                    continue  # ended
+                pong_by.append((now + timeout, session, websocket, websocket.pong_seen))
+                session.want_ping()
+                ping_at.append((now + interval, session, websocket))
+            while pong_by and pong_by[0][0] <= now:
+                _, session, websocket, seen = pong_by.popleft()
+                if websocket.pong_seen == seen and session.session_id in self.sessions:
+                    session.close(CLOSE_PING_TIMEOUT, "ping timeout")
 
     def _release(self, principal: Principal) -> None:
         self._per_user[principal.user_id] -= 1

@@ -128,6 +128,11 @@ class AddressReport(msgspec.Struct, frozen=True, tag="network.address"):
     addresses: list[str]
 
 
+class PingDue(msgspec.Struct, frozen=True, tag="session.ping_due"):
+    """From the gateway's ping timer to a session on this instance (never over the bus): its
+    writer sends a ping with its next write."""
+
+
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     DataFrom,
     Delivered,

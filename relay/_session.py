@@ -27,7 +27,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -66,6 +66,7 @@ from ._messages import (
     Join,
     Joined,
     Leave,
+    PingDue,
     Refused,
     Rejoin,
     Replace,
@@ -147,8 +148,9 @@ def _protocol_error(exc: ProtocolError) -> Error:
 
 
 _ENVELOPE_OVERHEAD = 128
-_BATCH_BYTES = 256 * 1024
-"""The writer stops taking envelopes into one write past this many bytes of frames."""
+_BATCH_BYTES = 16 * 1024
+"""The writer stops taking envelopes into one write past this many bytes of frames: a stalled
+device's session holds little more than the frame it is writing outside its mailbox's bound."""
 _MAX_PAUSE_S = 1.0
 
 
@@ -189,9 +191,13 @@ class DeviceSession(Actor):
         quota: TenantQuota,
         budget: ByteBudget | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        pinged_by: Callable[[DeviceSession], None] | None = None,
     ) -> None:
-        """``instance``: the id of the instance this session runs on (its network learns it,
-        to notice when the instance dies). ``quota``: the network's quota on this instance.
+        """``pinged_by``: a ping timer the session joins once it runs (the gateway's, for
+        transports that can send a ping without waiting for its pong); without one the session
+        pings in a task of its own. ``instance``: the id of the instance this session runs on
+        (its network learns it, to notice when the instance dies). ``quota``: the network's
+        quota on this instance.
         ``budget``: the bytes queued for every session of the gateway, bounded together."""
         assert principal.network_id is not None
         assert principal.device_id is not None
@@ -199,6 +205,8 @@ class DeviceSession(Actor):
         self.config = config
         self.budget = budget
         self.max_frame_bytes = max_frame_bytes
+        self._pinged_by = pinged_by
+        self._ping_wanted = False
         """The largest message the transport carries to the device."""
         self.max_data_bytes = max(0, min(config.max_data_bytes, max_frame_bytes - _FRAME_OVERHEAD))
         self.principal = principal
@@ -389,7 +397,10 @@ class DeviceSession(Actor):
             )
         )
         self.nursery.start_soon(self._reader)
-        self.nursery.start_soon(self._pinger)
+        if self._pinged_by is not None:
+            self._pinged_by(self)
+        else:
+            self.nursery.start_soon(self._pinger)
         if self.receipts:
             self.nursery.start_soon(self._expire_unconfirmed)
 
@@ -748,23 +759,32 @@ class DeviceSession(Actor):
             return
         raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    def want_ping(self) -> None:
+        """The ping timer: send a ping with the next write (it then waits for a pong)."""
+        self._ping_wanted = True
+        with contextlib.suppress(Unreachable, Overloaded):
+            # Not waiting: a full mailbox means the writer is busy and will flush soon.
+            self.mailbox.put_nowait(Envelope(self.address, self.address, PingDue()))
+
     async def _flush(self) -> None:
         """Write the pending frames (one socket write where the transport can), then tell the
         senders of the deliveries among them that they were written."""
         frames = self._pending
-        if frames:
+        send_messages = getattr(self.transport, "send_messages", None)
+        ping, self._ping_wanted = self._ping_wanted and send_messages is not None, False
+        if frames or ping:
             self._pending = []
             self._pending_bytes = 0
             with trio.move_on_after(self.config.send_timeout_s):
-                send_messages = getattr(self.transport, "send_messages", None)
-                if send_messages is not None and len(frames) > 1:
-                    await send_messages(frames)
+                if send_messages is not None and (len(frames) > 1 or ping):
+                    await send_messages(frames, ping=ping)
                 else:
                     for frame in frames:
                         await self.transport.send_message(frame)
                 self.stats.sent += len(frames)
                 frames = []
-            if frames:
+                ping = False
+            if frames or ping:
                 raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
         if self._written_then_tell:
             senders = _by_sender(self._written_then_tell)
@@ -777,6 +797,8 @@ class DeviceSession(Actor):
         match envelope.body:
             case Encoded(frame=data):
                 await self._write(data)
+            case PingDue():
+                pass  # the ping goes out with this batch (_flush)
             case DataFrom(device_id=sender, data=data, frame_id=frame_id, confirm=confirm):
                 await self._deliver(envelope.src, sender, data, frame_id, confirm)
             case Delivered(ids=ids):

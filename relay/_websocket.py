@@ -209,10 +209,14 @@ class ServerWebSocket:
     async def send_message(self, message: bytes, /) -> None:
         await self._send_bytes(self._ws.send(BytesMessage(data=message)))
 
-    async def send_messages(self, messages: list[bytes], /) -> None:
-        """Send several messages in one write, in order."""
+    async def send_messages(self, messages: list[bytes], /, *, ping: bool = False) -> None:
+        """Send several messages in one write, in order, and a ping after them if asked (its
+        pong counts in :attr:`pong_seen`)."""
         send = self._ws.send
-        await self._send_bytes(b"".join([send(BytesMessage(data=m)) for m in messages]))
+        chunks = [send(BytesMessage(data=m)) for m in messages]
+        if ping:
+            chunks.append(self.ping_frame())
+        await self._send_bytes(b"".join(chunks))
 
     def ping_frame(self) -> bytes:
         """The bytes of a new ping (its pong counts in :attr:`pong_seen`)."""
