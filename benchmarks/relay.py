@@ -1,7 +1,8 @@
 """Device-to-device relay: throughput and one-way latency, and memory per idle session.
 
 Run:  .venv/bin/python -m benchmarks.relay [--seconds 3] [--pairs 1,10,100]
-                                           [--sizes 64,1024,16384] [--sessions 1000,10000]
+                                           [--sizes 64,1024,16384] [--sessions 1000,10000,50000]
+                                           [--half-load 10:64,100:64]
 
 Two servers, each in its own process, measured in the same run by the same load generator (a third
 process):
@@ -13,8 +14,13 @@ process):
 
 Senders are windowed (at most ``--window`` messages of each pair in flight) so that the figures are
 a sustained rate, not a queue filling up. One-way latency is taken from a monotonic timestamp in the
-payload (both ends are on this machine). Memory is the server's resident set growth per open idle
-session. Every Yggdrasil figure is printed with its ratio to the baseline.
+payload (both ends are on this machine). Half load: for each ``pairs:size`` of ``--half-load``, both
+servers get the same paced load, half the rate the baseline reached in the throughput cell, and
+the one-way p99 is reported. Memory is the server's resident set growth per open idle session;
+the idle clients are spread over several generator processes and 127.0.0.x source addresses (one
+source address has ~28,000 ephemeral ports toward one server port), and a count the open-file
+hard limit cannot hold is reported as such. Every Yggdrasil figure is printed with its ratio to
+the baseline.
 """
 
 from __future__ import annotations
@@ -132,10 +138,14 @@ class Target:
         self.tokens = tokens or []
 
     async def connect(self, index: int) -> WebSocketConnection:
+        return await self.connect_from(index, None)
+
+    async def connect_from(self, index: int, source: str | None) -> WebSocketConnection:
+        """Connect device ``index`` from the local address ``source`` (any if ``None``)."""
         if self.kind == "baseline":
-            return await _open(f"{self.url}/{index}", [])
+            return await _open(f"{self.url}/{index}", [], source)
         headers = [(b"authorization", f"Bearer {self.tokens[index]}".encode())]
-        ws = await _open(self.url, headers)
+        ws = await _open(self.url, headers, source)
         await hello(ws, "bench")
         return ws
 
@@ -156,20 +166,49 @@ class Target:
         return frame.data if isinstance(frame, Deliver) else None
 
 
-async def _open(url: str, headers: list[tuple[bytes, bytes]]) -> WebSocketConnection:
-    from trio_websocket import connect_websocket_url
+async def _open(
+    url: str, headers: list[tuple[bytes, bytes]], source: str | None = None
+) -> WebSocketConnection:
+    from urllib.parse import urlsplit
 
-    return await connect_websocket_url(
-        _nursery, url, extra_headers=headers, max_message_size=2**21, receive_buffer_size=65536
+    from trio_websocket import connect_websocket_url, wrap_client_stream
+
+    if source is None:
+        return await connect_websocket_url(
+            _nursery, url, extra_headers=headers, max_message_size=2**21, receive_buffer_size=65536
+        )
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port, local_address=source)
+    return await wrap_client_stream(
+        _nursery,
+        stream,
+        parts.hostname,
+        parts.path or "/",
+        extra_headers=headers,
+        max_message_size=2**21,
+        receive_buffer_size=65536,
     )
+
+
+_SOURCES_EVERY = 20_000
+"""Idle clients per loopback source address (~28,000 ephemeral ports each toward one port)."""
+
+
+def _source_address(index: int) -> str:
+    return f"127.0.0.{10 + index // _SOURCES_EVERY}"
 
 
 _nursery: Any = None
 
 
 async def run_cell(
-    target: Target, pairs: int, size: int, seconds: float, window: int
+    target: Target, pairs: int, size: int, seconds: float, window: int, rate: float = 0.0
 ) -> dict[str, float]:
+    """Windowed senders as fast as the server allows, or (``rate`` > 0) paced: each pair sends
+    ``rate / pairs`` messages a second on a fixed schedule (a late message does not push the
+    next one back), with a window large enough never to hold them back."""
     global _nursery
     latencies: list[float] = []
     delivered = 0
@@ -184,10 +223,14 @@ async def run_cell(
             nonlocal delivered
             credit = trio.Semaphore(window)
             pad = b"\x00" * max(0, size - _STAMP.size)
+            period = pairs / rate if rate > 0 else 0.0
 
             async def send() -> None:
                 seq = 0
+                start = trio.current_time() + period * i / pairs
                 while trio.current_time() < deadline:
+                    if period:
+                        await trio.sleep_until(start + seq * period)
                     await credit.acquire()
                     seq += 1
                     payload = _STAMP.pack(time.monotonic_ns()) + pad
@@ -235,7 +278,7 @@ async def run_cell(
     }
 
 
-async def open_idle(target: Target, count: int, hold: trio.Event) -> None:
+async def open_idle(target: Target, first: int, count: int, hold: trio.Event) -> None:
     global _nursery
     async with trio.open_nursery() as nursery:
         _nursery = nursery
@@ -244,10 +287,10 @@ async def open_idle(target: Target, count: int, hold: trio.Event) -> None:
 
         async def one(i: int) -> None:
             async with limiter:
-                sockets.append(await target.connect(i))
+                sockets.append(await target.connect_from(i, _source_address(i)))
 
         async with trio.open_nursery() as group:
-            for i in range(count):
+            for i in range(first, first + count):
                 group.start_soon(one, i)
         hold.set()
         await trio.sleep_forever()
@@ -258,14 +301,22 @@ def generator(job: dict[str, Any], out: Any) -> None:
     target = Target(job["kind"], job["url"], job.get("tokens"))
     if job["mode"] == "cell":
         out.put(
-            trio.run(run_cell, target, job["pairs"], job["size"], job["seconds"], job["window"])
+            trio.run(
+                run_cell,
+                target,
+                job["pairs"],
+                job["size"],
+                job["seconds"],
+                job["window"],
+                job.get("rate", 0.0),
+            )
         )
         return
 
     async def idle() -> None:
         hold = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(open_idle, target, job["count"], hold)
+            nursery.start_soon(open_idle, target, job["first"], job["count"], hold)
             await hold.wait()
             out.put("open")
             await trio.to_thread.run_sync(job["release"].wait)
@@ -289,9 +340,11 @@ def measure_cell(
     size: int,
     seconds: float,
     window: int,
+    rate: float = 0.0,
 ) -> dict[str, float]:
     out: Any = multiprocessing.Queue()
     job = {
+        "rate": rate,
         "mode": "cell",
         "kind": kind,
         "url": url,
@@ -308,29 +361,45 @@ def measure_cell(
     return result
 
 
+_PER_GENERATOR = 15_000
+"""Idle clients per generator process (each holds one descriptor per client)."""
+
+
 def measure_idle(
     kind: str, url: str, tokens: list[str] | None, count: int, server_pid: int
 ) -> float:
     out: Any = multiprocessing.Queue()
     release = multiprocessing.Event()
     before = rss_kib(server_pid)
-    job = {
-        "mode": "idle",
-        "kind": kind,
-        "url": url,
-        "tokens": tokens,
-        "count": count,
-        "release": release,
-    }
-    process = multiprocessing.Process(target=generator, args=(job, out))
-    process.start()
-    out.get(timeout=600)
+    processes = []
+    for first in range(0, count, _PER_GENERATOR):
+        job = {
+            "mode": "idle",
+            "kind": kind,
+            "url": url,
+            "tokens": tokens,
+            "first": first,
+            "count": min(_PER_GENERATOR, count - first),
+            "release": release,
+        }
+        process = multiprocessing.Process(target=generator, args=(job, out))
+        process.start()
+        processes.append(process)
+    for _ in processes:
+        out.get(timeout=900)
     time.sleep(1.0)
     after = rss_kib(server_pid)
     release.set()
-    process.join(timeout=60)
+    for process in processes:
+        process.join(timeout=60)
     time.sleep(1.0)
     return (after - before) / count
+
+
+def open_file_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,16 +409,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--pairs", default="1,10,100")
     parser.add_argument("--sizes", default="64,1024,16384")
-    parser.add_argument("--sessions", default="1000,10000")
+    parser.add_argument("--sessions", default="1000,10000,50000")
+    parser.add_argument(
+        "--half-load", default="10:64", help="pairs:size cells measured at half the baseline's rate"
+    )
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--keep-log", help="copy the server's log here (debugging)")
     args = parser.parse_args(argv)
     pairs = [int(p) for p in args.pairs.split(",") if p]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     sessions = [int(s) for s in args.sessions.split(",") if s]
-    needed = max([2 * max(pairs, default=1), *sessions])
-
+    half_load = [
+        (int(cell.split(":")[0]), int(cell.split(":")[1]))
+        for cell in args.half_load.split(",")
+        if cell
+    ]
     raise_fd_limit()
+    limit = open_file_limit()
+    # One descriptor per session in the server (and a margin for its own files).
+    feasible = {count: min(count, (limit - 1000) // 1000 * 1000) for count in sessions}
+    needed = max([2 * max([*pairs, *(p for p, _ in half_load)], default=1), *feasible.values()])
+
     ports: Any = multiprocessing.Queue()
     base = multiprocessing.Process(target=baseline_server, args=(ports,), daemon=True)
     base.start()
@@ -367,11 +447,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'pairs':>5} {'size':>6} | {'baseline msg/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
                 f"{'yggdrasil msg/s':>15} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
             )
+            bare_rate: dict[tuple[int, int], float] = {}
             for p in pairs:
                 for size in sizes:
                     b = measure_cell(
                         "baseline", baseline_url, None, p, size, args.seconds, args.window
                     )
+                    bare_rate[p, size] = b["rate"]
                     y = measure_cell(
                         "yggdrasil", ygg_url, tokens, p, size, args.seconds, args.window
                     )
@@ -379,13 +461,44 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = y["rate"] / b["rate"]
                     ygg_part = f"{y['rate']:>15.0f} {ratio:>6.2f} {y['p50']:>7.2f} {y['p99']:>7.2f}"
                     print(f"{p:>5} {size:>6} | {base_part} | {ygg_part}", flush=True)
+            if half_load:
+                print("one-way latency at half the baseline's rate (paced senders, both servers)")
+                print(
+                    f"{'pairs':>5} {'size':>6} | {'offered msg/s':>13} | {'baseline p50':>12} "
+                    f"{'p99 ms':>7} | {'yggdrasil p50':>13} {'p99 ms':>7} {'ratio':>6} {'<5ms':>5}"
+                )
+            for p, size in half_load:
+                if (p, size) not in bare_rate:
+                    full = measure_cell(
+                        "baseline", baseline_url, None, p, size, args.seconds, args.window
+                    )
+                    bare_rate[p, size] = full["rate"]
+                offered = bare_rate[p, size] / 2
+                paced = (args.seconds, 4096, offered)
+                b = measure_cell("baseline", baseline_url, None, p, size, *paced)
+                y = measure_cell("yggdrasil", ygg_url, tokens, p, size, *paced)
+                verdict = "yes" if y["p99"] < 5 else "no"
+                print(
+                    f"{p:>5} {size:>6} | {offered:>13.0f} | {b['p50']:>12.2f} {b['p99']:>7.2f} | "
+                    f"{y['p50']:>13.2f} {y['p99']:>7.2f} {y['p99'] / b['p99']:>6.2f} {verdict:>5}",
+                    flush=True,
+                )
             print("memory per idle session (server RSS growth)")
             for count in sessions:
-                b_kib = measure_idle("baseline", baseline_url, None, count, base.pid or 0)
-                y_kib = measure_idle("yggdrasil", ygg_url, tokens, count, ygg.pid)
+                measured = feasible[count]
+                if measured < count:
+                    print(
+                        f"{count:>6} sessions | not possible here: the open-file hard limit is "
+                        f"{limit} per process (one per session); measured at {measured} instead",
+                        flush=True,
+                    )
+                    if measured <= 0 or measured in sessions:
+                        continue
+                b_kib = measure_idle("baseline", baseline_url, None, measured, base.pid or 0)
+                y_kib = measure_idle("yggdrasil", ygg_url, tokens, measured, ygg.pid)
                 print(
-                    f"{count:>6} sessions | baseline {b_kib:7.1f} KiB | yggdrasil {y_kib:7.1f} KiB"
-                    f" | ratio {y_kib / b_kib if b_kib > 0 else float('nan'):.2f}",
+                    f"{measured:>6} sessions | baseline {b_kib:7.1f} KiB | yggdrasil "
+                    f"{y_kib:7.1f} KiB | ratio {y_kib / b_kib if b_kib > 0 else float('nan'):.2f}",
                     flush=True,
                 )
         finally:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -66,7 +66,10 @@ class ServerWebSocket:
         self.stream = stream
         self.receive_buffer_size = receive_buffer_size
         self.disconnect_timeout_s = disconnect_timeout_s
-        self._ws = WSConnection(ConnectionType.SERVER)
+        self._handshake: WSConnection | None = WSConnection(ConnectionType.SERVER)
+        """The upgrade's state (h11's parser), dropped once accepted."""
+        self._ws: Connection | None = None
+        """The open websocket (frames), once accepted."""
         self._messages: deque[bytes | str] = deque()
         self._parts: list[bytes | str] = []
         self._closed: TransportClosed | None = None
@@ -80,18 +83,20 @@ class ServerWebSocket:
 
     async def read_request(self) -> Request:
         """Read the client's upgrade request (the caller bounds the time)."""
+        handshake = self._handshake
+        assert handshake is not None
         while self.request is None:
             data = await self._receive()
             if not data:
                 raise HandshakeFailed("connection closed during the handshake")
             try:
-                self._ws.receive_data(data)
+                handshake.receive_data(data)
             except RemoteProtocolError as exc:
                 if exc.event_hint is not None:
                     with contextlib.suppress(Exception):
-                        await self.stream.send_all(self._ws.send(exc.event_hint))
+                        await self.stream.send_all(handshake.send(exc.event_hint))
                 raise HandshakeFailed(str(exc)) from None
-            for event in self._ws.events():
+            for event in handshake.events():
                 if isinstance(event, Request):
                     self.request = event
                     break
@@ -106,21 +111,29 @@ class ServerWebSocket:
         return list(self.request.extra_headers) if self.request is not None else []
 
     async def accept(self) -> None:
-        await self._send_bytes(self._ws.send(AcceptConnection()))
+        """Accept the upgrade; from now on only the frame layer is kept (not the request, nor
+        h11's parser)."""
+        handshake = self._handshake
+        assert handshake is not None
+        data = handshake.send(AcceptConnection())
+        self._ws, self._handshake, self.request = handshake.connection, None, None
+        await self._send_bytes(data)
 
     async def reject(
         self, status: int, *, extra_headers: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
     ) -> None:
         """Refuse the upgrade with an HTTP ``status`` and ``body``, then end the connection once
         the client has read it (or after the disconnect timeout)."""
+        handshake = self._handshake
+        assert handshake is not None
         headers = list(extra_headers)
         if body:
             headers.append((b"content-length", str(len(body)).encode("ascii")))
-        data = self._ws.send(
+        data = handshake.send(
             RejectConnection(status_code=status, headers=headers, has_body=bool(body))
         )
         if body:
-            data += self._ws.send(RejectData(data=body))
+            data += handshake.send(RejectData(data=body))
         self._closed = TransportClosed(None, "rejected")
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(data)
@@ -141,20 +154,22 @@ class ServerWebSocket:
         return messages.popleft()
 
     async def _read_once(self) -> None:
+        ws = self._ws
+        assert ws is not None
         data = await self._receive()
         if not data:
             self._lost()
             return
         try:
-            self._ws.receive_data(data)
+            ws.receive_data(data)
         except RemoteProtocolError as exc:
             self._lost()
             if exc.event_hint is not None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(self._ws.send(exc.event_hint))
+                    await self.stream.send_all(ws.send(exc.event_hint))
             await trio.aclose_forcefully(self.stream)
             return
-        for event in self._ws.events():
+        for event in ws.events():
             if isinstance(event, Message):
                 self._parts.append(event.data)
                 if event.message_finished:
@@ -168,14 +183,14 @@ class ServerWebSocket:
                         self._messages.append("".join(parts))  # type: ignore[arg-type]
                     self._parts = []
             elif isinstance(event, Ping):
-                await self._send_bytes(self._ws.send(event.response()))
+                await self._send_bytes(ws.send(event.response()))
             elif isinstance(event, Pong):
                 self._pong(bytes(event.payload))
             elif isinstance(event, CloseConnection):
                 # The client closes: answer (RFC 6455 section 5.5.1), then the server closes TCP.
-                if self._ws.state == ConnectionState.REMOTE_CLOSING:
+                if ws.state == ConnectionState.REMOTE_CLOSING:
                     with contextlib.suppress(TransportClosed):
-                        await self._send_bytes(self._ws.send(event.response()))
+                        await self._send_bytes(ws.send(event.response()))
                 self._lost()
                 await trio.aclose_forcefully(self.stream)
                 return
@@ -206,13 +221,18 @@ class ServerWebSocket:
 
     # ----------------------------------------------------------------- writing
 
+    def _frames(self) -> Connection:
+        if self._ws is None:
+            raise self._closed or TransportClosed()
+        return self._ws
+
     async def send_message(self, message: bytes, /) -> None:
-        await self._send_bytes(self._ws.send(BytesMessage(data=message)))
+        await self._send_bytes(self._frames().send(BytesMessage(data=message)))
 
     async def send_messages(self, messages: list[bytes], /, *, ping: bool = False) -> None:
         """Send several messages in one write, in order, and a ping after them if asked (its
         pong counts in :attr:`pong_seen`)."""
-        send = self._ws.send
+        send = self._frames().send
         chunks = [send(BytesMessage(data=m)) for m in messages]
         if ping:
             chunks.append(self.ping_frame())
@@ -220,7 +240,7 @@ class ServerWebSocket:
 
     def ping_frame(self) -> bytes:
         """The bytes of a new ping (its pong counts in :attr:`pong_seen`)."""
-        return self._ws.send(Ping(payload=next(self._ping_ids).to_bytes(4, "big")))
+        return self._frames().send(Ping(payload=next(self._ping_ids).to_bytes(4, "big")))
 
     async def send_ping(self) -> None:
         """Send a ping and return without waiting for its pong."""
@@ -232,7 +252,7 @@ class ServerWebSocket:
         payload = next(self._ping_ids).to_bytes(4, "big")
         arrived = trio.Event()
         self._pings[payload] = arrived
-        await self._send_bytes(self._ws.send(Ping(payload=payload)))
+        await self._send_bytes(self._frames().send(Ping(payload=payload)))
         await arrived.wait()
         if self._closed is not None:
             raise self._closed
@@ -253,9 +273,10 @@ class ServerWebSocket:
         """Close with ``code``: send the close frame, wait (at most the disconnect timeout)
         for the client's, then close TCP. Idempotent; the reader must be gone."""
         try:
-            if self._closed is None and self._ws.state == ConnectionState.OPEN:
+            ws = self._ws
+            if self._closed is None and ws is not None and ws.state == ConnectionState.OPEN:
                 with trio.move_on_after(self.disconnect_timeout_s):
-                    await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
+                    await self._send_bytes(ws.send(CloseConnection(code=code, reason=reason)))
                     while self._closed is None:
                         await self._read_once()
                         self._messages.clear()
