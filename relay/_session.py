@@ -2,8 +2,10 @@
 mailbox and its network membership, and is reached by other actors only through the router.
 
 The transport is a websocket or a WebRTC data channel (:class:`relay.protocol.Transport`); the
-session is the same behind either. Its actor loop is the writer (the only task that writes to
-the transport, draining the mailbox); side tasks read frames and ping. The first of them to fail
+session is the same behind either. Its actor loop is the writer (the only task that writes
+messages to the transport: it drains the mailbox and writes what it holds in one go); a side task
+reads frames. A websocket session is pinged by the gateway's one ping timer (the writer sends the
+ping with its next write), a WebRTC session by a side task of its own. The first task to fail
 ends the session; the transport is closed with a code that says why. Urgent messages (a newer
 session of the same device, revoked tokens, a restarted network) end it at once, ahead of its
 queue.
