@@ -503,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             ygg.terminate()
-            ygg.wait(timeout=30)
+            try:  # tens of thousands of sessions may still be ending
+                ygg.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                ygg.kill()
+                ygg.wait()
             base.kill()
             if args.keep_log:
                 Path(args.keep_log).write_bytes((Path(tmp) / "yggdrasil.log").read_bytes())
