@@ -10,8 +10,8 @@ def peer_address(transport: object) -> str:
     """The IP address the transport's peer connects from, canonical (an IPv4-mapped IPv6
     address as IPv4); empty when the transport does not say (a WebRTC data channel).
 
-    trio-websocket names a wrapped stream's endpoint only by its ``repr``, so the socket is
-    found under the frame guard (``relay._wsguard.GuardedStream.inner``)."""
+    The gateway's websocket (``relay._websocket.ServerWebSocket``) keeps its stream as
+    ``_stream``; the socket is under the frame guard (``relay._wsguard.GuardedStream.inner``)."""
     stream = getattr(transport, "_stream", None)
     inner = getattr(stream, "inner", stream)
     sock = getattr(inner, "socket", None)

@@ -63,7 +63,7 @@ class ServerWebSocket:
         receive_buffer_size: int = 64 * 1024,
         disconnect_timeout_s: float = 2.0,
     ) -> None:
-        self.stream = stream
+        self._stream = stream
         self.receive_buffer_size = receive_buffer_size
         self.disconnect_timeout_s = disconnect_timeout_s
         self._handshake: WSConnection | None = WSConnection(ConnectionType.SERVER)
@@ -94,7 +94,7 @@ class ServerWebSocket:
             except RemoteProtocolError as exc:
                 if exc.event_hint is not None:
                     with contextlib.suppress(Exception):
-                        await self.stream.send_all(handshake.send(exc.event_hint))
+                        await self._stream.send_all(handshake.send(exc.event_hint))
                 raise HandshakeFailed(str(exc)) from None
             for event in handshake.events():
                 if isinstance(event, Request):
@@ -136,11 +136,11 @@ class ServerWebSocket:
             data += handshake.send(RejectData(data=body))
         self._closed = TransportClosed(None, "rejected")
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
+            await self._stream.send_all(data)
             with trio.move_on_after(self.disconnect_timeout_s):
-                while await self.stream.receive_some(self.receive_buffer_size):
+                while await self._stream.receive_some(self.receive_buffer_size):
                     pass
-        await trio.aclose_forcefully(self.stream)
+        await trio.aclose_forcefully(self._stream)
 
     # ----------------------------------------------------------------- reading
 
@@ -166,8 +166,8 @@ class ServerWebSocket:
             self._lost()
             if exc.event_hint is not None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(ws.send(exc.event_hint))
-            await trio.aclose_forcefully(self.stream)
+                    await self._stream.send_all(ws.send(exc.event_hint))
+            await trio.aclose_forcefully(self._stream)
             return
         for event in ws.events():
             if isinstance(event, Message):
@@ -192,12 +192,12 @@ class ServerWebSocket:
                     with contextlib.suppress(TransportClosed):
                         await self._send_bytes(ws.send(event.response()))
                 self._lost()
-                await trio.aclose_forcefully(self.stream)
+                await trio.aclose_forcefully(self._stream)
                 return
 
     async def _receive(self) -> bytes:
         try:
-            data = await self.stream.receive_some(self.receive_buffer_size)
+            data = await self._stream.receive_some(self.receive_buffer_size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
         return data if isinstance(data, bytes) else bytes(data)
@@ -261,7 +261,7 @@ class ServerWebSocket:
         if self._closed is not None:
             raise self._closed
         try:
-            await self.stream.send_all(data)
+            await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._lost()
             assert self._closed is not None
@@ -284,4 +284,4 @@ class ServerWebSocket:
             pass
         finally:
             self._lost()
-            await trio.aclose_forcefully(self.stream)
+            await trio.aclose_forcefully(self._stream)
