@@ -131,7 +131,7 @@ async def register_devices(db: Database, count: int, per_network: int) -> list[t
     async def register(tx: Tx) -> None:
         for i in range(count):
             if i % per_network == 0:
-                user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
+                user_id, network_id = await insert_user(tx, db.vault, f"bench{i}@example.org")
             owners.append((user_id, network_id))
             await insert_device(
                 tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")

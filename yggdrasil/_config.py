@@ -455,6 +455,16 @@ class MarketplaceConfig(_Section, frozen=True):
     probe, at most 10 minutes)."""
 
 
+class EncryptionConfig(_Section, frozen=True):
+    key_file: str = ""
+    """The data keyring (AES-256-GCM keys and the blind-index key, JSON); empty: the data
+    directory's ``secrets/data-keyring.json``, generated on first start."""
+    reencrypt_interval_s: Seconds = 30.0
+    """How often the keyring is read again and rows under an older key are re-encrypted."""
+    reencrypt_batch: Positive = 500
+    """Rows re-encrypted per transaction."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -474,6 +484,7 @@ class Config(_Section, frozen=True):
     payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
     marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
+    encryption: EncryptionConfig = msgspec.field(default_factory=EncryptionConfig)
 
     @property
     def data_path(self) -> Path:
@@ -499,6 +510,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "payouts": PayoutsConfig,
     "locks": LocksConfig,
     "marketplace": MarketplaceConfig,
+    "encryption": EncryptionConfig,
 }
 
 

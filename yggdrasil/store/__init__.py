@@ -26,6 +26,7 @@ from ._migrations import current_version, migrate
 from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
+from ._sealing import SealedColumns, count_by_key, reseal
 from ._sqlite import SqliteDatabase
 
 __all__ = [
@@ -38,11 +39,13 @@ __all__ = [
     "PostgresDatabase",
     "Row",
     "Scope",
+    "SealedColumns",
     "SqliteDatabase",
     "Tx",
     "append_audit",
     "audit_entries_about",
     "check_database",
+    "count_by_key",
     "current_version",
     "decode_cursor",
     "encode_cursor",
@@ -50,6 +53,7 @@ __all__ = [
     "migrate",
     "open_database",
     "open_database_retrying",
+    "reseal",
     "seal_audit_forever",
     "to_json",
 ]
