@@ -217,17 +217,23 @@ def keyring_path(data_dir: Path, key_file: str) -> Path:
     return Path(key_file) if key_file else data_dir / "secrets" / KEYRING_NAME
 
 
-def _write(path: Path, ring: Keyring) -> None:
-    """Replace the keyring file atomically (a reader sees the old or the new one, whole)."""
-    fresh = path.with_name(path.name + ".new")
-    fresh.unlink(missing_ok=True)
+def _write(path: Path, ring: Keyring, *, exclusive: bool = False) -> None:
+    """Replace the keyring file atomically (a reader sees the old or the new one, whole); with
+    ``exclusive``, only create it: ``FileExistsError`` if another process made it first."""
+    fresh = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
     fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, ring.encode())
-        os.fsync(fd)
+        try:
+            os.write(fd, ring.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(fresh, path)
+        else:
+            os.replace(fresh, path)
     finally:
-        os.close(fd)
-    os.replace(fresh, path)
+        fresh.unlink(missing_ok=True)
 
 
 def open_vault(data_dir: Path, key_file: str = "", *, create: bool = True) -> Vault | None:
@@ -247,12 +253,13 @@ def open_vault(data_dir: Path, key_file: str = "", *, create: bool = True) -> Va
         legacy = data_dir / "secrets" / "data-key"
         try:
             first = base64.b64decode(legacy.read_bytes()) if legacy.exists() else None
-            _write(path, Keyring.fresh(first if first and len(first) == 32 else None))
+            ring = Keyring.fresh(first if first and len(first) == 32 else None)
+            _write(path, ring, exclusive=True)
+            log.info("generated the data keyring %s", path.name)
         except FileExistsError:
             pass  # another process made it first
         except OSError as exc:
             raise ConfigError(f"cannot create the data keyring {path}: {exc}") from None
-        log.info("generated the data keyring %s", path.name)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -269,7 +276,7 @@ def rotate_data_key(data_dir: Path, key_file: str = "") -> tuple[str | None, str
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         ring = Keyring.fresh()
-        _write(path, ring)
+        _write(path, ring, exclusive=True)
         return None, ring.current
     ring = Keyring.decode(path.read_bytes(), path)
     kid = _new_kid()

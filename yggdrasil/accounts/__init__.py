@@ -24,9 +24,11 @@ from ._operator_tools import CLI_OPERATOR, UserDetail
 from ._operators import Operators
 from ._removal import HomeNetwork, RoomData
 from ._revocations import revoke_device_tokens
+from ._sealed import ACCOUNT_SEALED
 from ._users import User, UserStore, insert_user
 
 __all__ = [
+    "ACCOUNT_SEALED",
     "CLI_OPERATOR",
     "AccountData",
     "AccountSuspended",

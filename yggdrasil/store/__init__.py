@@ -26,7 +26,7 @@ from ._migrations import current_version, migrate
 from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
-from ._sealing import SealedColumns, count_by_key, reseal
+from ._sealing import SealedColumns, key_usage, reseal, reseal_all
 from ._sqlite import SqliteDatabase
 
 __all__ = [
@@ -45,15 +45,16 @@ __all__ = [
     "append_audit",
     "audit_entries_about",
     "check_database",
-    "count_by_key",
     "current_version",
     "decode_cursor",
     "encode_cursor",
     "from_json",
+    "key_usage",
     "migrate",
     "open_database",
     "open_database_retrying",
     "reseal",
+    "reseal_all",
     "seal_audit_forever",
     "to_json",
 ]

@@ -8,10 +8,11 @@ otherwise, and runs :func:`reseal` as a unit of work (``db.write(lambda tx: rese
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._crypto import PLAIN, SEALED, Vault
-from ._db import Tx
+from ._db import Database, Tx
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,44 @@ async def reseal(tx: Tx, vault: Vault, spec: SealedColumns, limit: int) -> int:
             f"UPDATE {spec.table} SET {', '.join(sets)} WHERE {' AND '.join(where)}", *args
         )
     return changed
+
+
+async def reseal_all(db: Database, specs: Sequence[SealedColumns], batch: int) -> int:
+    """:func:`reseal` every table of ``specs`` until nothing is left, a batch per transaction;
+    how many rows changed. Safe to run on any instance, any time, several at once."""
+    total = 0
+    for spec in specs:
+
+        async def work(tx: Tx, spec: SealedColumns = spec) -> int:
+            return await reseal(tx, db.vault, spec, batch)
+
+        while True:
+            changed = await db.write(work)
+            total += changed
+            if changed < batch:
+                break
+    return total
+
+
+async def key_usage(db: Database, specs: Sequence[SealedColumns]) -> dict[str, int]:
+    """How many stored values each data key sealed (``plain`` for those not sealed yet): in
+    the columns of ``specs`` and in the audit log's details, which never change and so keep
+    their keys until retention removes them. A key with no values may be retired."""
+
+    async def work(tx: Tx) -> dict[str, int]:
+        usage: dict[str, int] = {}
+        for spec in specs:
+            for kid, count in (await count_by_key(tx, spec)).items():
+                usage[kid] = usage.get(kid, 0) + count
+        for table in ("audit_log", "audit_pending"):
+            rows = await tx.fetch(f"SELECT detail FROM {table} WHERE detail LIKE '%\"{SEALED}%'")
+            for row in rows:
+                for part in str(row["detail"]).split(f'"{SEALED}')[1:]:
+                    kid = part.partition(":")[0]
+                    usage[kid] = usage.get(kid, 0) + 1
+        return usage
+
+    return await db.read(work)
 
 
 async def count_by_key(tx: Tx, spec: SealedColumns) -> dict[str, int]:
