@@ -88,7 +88,9 @@ async def reseal_all(db: Database, specs: Sequence[SealedColumns], batch: int) -
     return total
 
 
-async def key_usage(db: Database, specs: Sequence[SealedColumns]) -> dict[str, int]:
+async def key_usage(
+    db: Database, specs: Sequence[SealedColumns], *, audit: bool = True
+) -> dict[str, int]:
     """How many stored values each data key sealed (``plain`` for those not sealed yet): in
     the columns of ``specs`` and in the audit log's details, which never change and so keep
     their keys until retention removes them. A key with no values may be retired."""
@@ -98,7 +100,7 @@ async def key_usage(db: Database, specs: Sequence[SealedColumns]) -> dict[str, i
         for spec in specs:
             for kid, count in (await count_by_key(tx, spec)).items():
                 usage[kid] = usage.get(kid, 0) + count
-        for table in ("audit_log", "audit_pending"):
+        for table in ("audit_log", "audit_pending") if audit else ():
             rows = await tx.fetch(f"SELECT detail FROM {table} WHERE detail LIKE '%\"{SEALED}%'")
             for row in rows:
                 for part in str(row["detail"]).split(f'"{SEALED}')[1:]:

@@ -1,0 +1,212 @@
+"""Personal data at rest: a dump of the database shows no e-mail address, name, OIDC subject,
+client address or payout detail; sign-in by e-mail and OIDC still work (blind indexes); a data
+key rotation keeps every account readable and moves the rows to the new key while the server
+runs; a database made before encryption (migrations up to 0010, plaintext rows) is converted at
+start-up. Both store backends."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.clients import RELAXED_LIMITS, User, read_code, sign_in
+from tests.conftest import fresh_pg_database
+from tests.oidc_issuer import CLIENT_ID, CLIENT_SECRET, Issuer
+from tests.servers import running_server
+from tests.test_oidc import REDIRECT, World, authorize, callback
+from yggdrasil import Database, Scope, Tx
+from yggdrasil._crypto import DataKeyMissing, Vault, rotate_data_key
+from yggdrasil._domain import SEALED_COLUMNS
+from yggdrasil.server import Running
+from yggdrasil.store import key_usage
+
+ADA = "ada.lovelace@example.org"
+ADA_NAME = "Ada Lovelace"
+ALICE = "alice@example.org"
+ALICE_NAME = "Alice Liddell"
+ALICE_SUB = "alice-sub-4711"
+KYC_REFERENCE = "KYC-CASE-ADA-LOVELACE-1815"
+PAYOUT_LABEL = "Ada Lovelace PayPal"
+CLIENT_IP = "127.0.0.1"
+
+SECRETS_IN_CLEAR = [ADA, ADA_NAME, ALICE, ALICE_NAME, ALICE_SUB, KYC_REFERENCE, PAYOUT_LABEL]
+
+
+@asynccontextmanager
+async def world_on(backend: str, data_dir: Path, **sections: Any) -> AsyncIterator[World]:
+    """A server on ``backend`` with a local OIDC issuer whose user is Alice."""
+    issuer = Issuer()
+    issuer.user = {**issuer.user, "sub": ALICE_SUB, "email": ALICE, "name": ALICE_NAME}
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        await nursery.start(issuer.serve)
+        provider = {
+            "issuer": issuer.url,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [REDIRECT],
+        }
+        running = await stack.enter_async_context(
+            running_server(
+                data_dir,
+                limits=RELAXED_LIMITS,
+                database=database,
+                oidc={"providers": {"test": provider}},
+                **sections,
+            )
+        )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=running.api_url, timeout=30)
+        )
+        world = World(http, issuer, data_dir / "outbox")
+        world.running = running  # type: ignore[attr-defined]
+        world.database_url = database.get("url", "")  # type: ignore[attr-defined]
+        yield world
+
+
+def running_of(world: World) -> Running:
+    return world.running  # type: ignore[attr-defined, no-any-return]
+
+
+def db_of(world: World) -> Database:
+    return running_of(world).services.domain.get().store.db
+
+
+async def dump(world: World, data_dir: Path) -> str:
+    """The whole database as its own tools dump it: ``pg_dump`` or SQLite's ``iterdump``."""
+    await running_of(world).services.domain.get().store.audit_log.seal()
+    url: str = world.database_url  # type: ignore[attr-defined]
+    if url:
+        done = await trio.run_process(["pg_dump", "--data-only", url], capture_stdout=True)
+        return done.stdout.decode()
+    connection = sqlite3.connect(data_dir / "yggdrasil.sqlite3")
+    try:
+        return "\n".join(connection.iterdump())
+    finally:
+        connection.close()
+
+
+async def sign_up_everyone(world: World) -> tuple[User, User]:
+    """Ada by e-mail code (with her name, a payout method and a KYC case), Alice by OIDC."""
+    sent = await world.http.post(
+        "/api/v1/users/register", json={"email": ADA, "display_name": ADA_NAME}
+    )
+    assert sent.status_code == 202
+    await read_code(world.outbox, ADA)  # delivered, so that sign_in waits for its own code
+    ada = await sign_in(world.http, world.outbox, ADA)
+    named = await ada.request("PUT", "/api/v1/users/me", json={"display_name": ADA_NAME})
+    assert named.status_code == 200, named.text
+    paypal = {
+        "kind": "paypal",
+        "token": "tok_sandbox_paypal",
+        "purposes": ["payout"],
+        "label": PAYOUT_LABEL,
+    }
+    added = await ada.post("/api/v1/payments/methods", json=paypal)
+    assert added.status_code == 201, added.text
+    kyc = await ada.post("/api/v1/kyc", json={"region": "DE", "reference": KYC_REFERENCE})
+    assert kyc.status_code in (200, 201), kyc.text
+    state, code = await authorize(world)
+    signed = await callback(world, state, code)
+    assert signed.status_code == 200, signed.text
+    return ada, User(world.http, signed.json())
+
+
+async def test_a_dump_shows_no_personal_data_in_clear(
+    backend: str, data_dir: Path, asyncio_loop: None
+) -> None:
+    async with world_on(backend, data_dir) as world:
+        ada, alice = await sign_up_everyone(world)
+        # (The OIDC issuer's own URL, stored with each identity, names the loopback too.)
+        text = (await dump(world, data_dir)).replace(world.issuer.url, "<issuer>")
+        assert "INSERT INTO" in text or "COPY public." in text  # the dump has the rows
+        assert text.count("enc:") >= 10  # ... sealed
+        in_clear = [c for c in [*SECRETS_IN_CLEAR, CLIENT_IP, "s***@example.org"] if c in text]
+        assert in_clear == []
+
+        # What the owners see is the same as ever.
+        me = (await ada.get("/api/v1/users/me")).json()
+        assert (me["email"], me["display_name"]) == (ADA, ADA_NAME)
+        export = (await ada.get("/api/v1/users/me/export")).json()
+        logins = [e for e in export["audit_log"] if e["action"] == "login.success"]
+        assert logins and all(e["detail"]["ip"] == CLIENT_IP for e in logins)
+        method = export["billing"]["payment_methods"][0]
+        assert (method["label"], method["email_masked"]) == (PAYOUT_LABEL, "s***@example.org")
+        assert export["billing"]["kyc"]["reference"] == KYC_REFERENCE
+        alice_export = (await alice.get("/api/v1/users/me/export")).json()
+        assert alice_export["user"]["email"] == ALICE
+        assert alice_export["user"]["display_name"] == ALICE_NAME
+        assert [i["subject"] for i in alice_export["identities"]] == [ALICE_SUB]
+
+        # Sign-in finds both accounts again through the blind indexes.
+        again = await sign_in(world.http, world.outbox, ADA)
+        assert again.session["user_id"] == ada.session["user_id"]
+        state, code = await authorize(world)
+        oidc_again = await callback(world, state, code)
+        assert oidc_again.json()["user_id"] == alice.session["user_id"]
+        # ... and an operator's search by address or part of it.
+        operators = running_of(world).services.domain.get().operators
+        operator = Scope("op", role="operator")
+        found = await operators.find_users(operator, email=ADA.upper())
+        assert [u.user_id for u in found] == [ada.session["user_id"]]
+        page = await operators.list_users(operator, search="LOVELACE")
+        assert [u.email for u in page.items] == [ADA]
+
+
+async def test_rotation_keeps_accounts_readable_and_moves_rows_while_serving(
+    backend: str, data_dir: Path, asyncio_loop: None
+) -> None:
+    fast = {"reencrypt_interval_s": 0.1, "reencrypt_batch": 2}
+    async with world_on(backend, data_dir, encryption=fast) as world:
+        ada, alice = await sign_up_everyone(world)
+        others = [await sign_in(world.http, world.outbox, f"u{i}@example.org") for i in range(4)]
+        db = db_of(world)
+        first = db.vault.current
+        assert set(await key_usage(db, SEALED_COLUMNS)) == {first}
+
+        old, new = rotate_data_key(data_dir)
+        assert (old, new != first) == (first, True)
+        with trio.fail_after(20):  # the running server reads the keyring again and re-seals
+            while first in await key_usage(db, SEALED_COLUMNS, audit=False):
+                await trio.sleep(0.1)
+        usage = await key_usage(db, SEALED_COLUMNS)
+        assert db.vault.current == new and usage[new] >= 6
+        # The audit log never changes: its sealed addresses keep the old key, which stays.
+        assert usage.get(first, 0) > 0 and first in db.vault.key_ids
+
+        for user, address in [(ada, ADA), (alice, ALICE)] + [
+            (u, f"u{i}@example.org") for i, u in enumerate(others)
+        ]:
+            assert (await user.get("/api/v1/users/me")).json()["email"] == address
+        assert (await sign_in(world.http, world.outbox, ADA)).session["user_id"] == (
+            ada.session["user_id"]
+        )
+        export = (await ada.get("/api/v1/users/me/export")).json()
+        assert export["billing"]["kyc"]["reference"] == KYC_REFERENCE
+        assert {e["detail"].get("ip") for e in export["audit_log"] if "ip" in e["detail"]} == {
+            CLIENT_IP
+        }
+
+        # A keyring without the old key cannot open what it sealed: the key id matters.
+        bare = Vault.ephemeral()
+        sealed = await db.read(_one_sealed_detail)
+        with pytest.raises(DataKeyMissing):
+            bare.open(sealed, "audit.ip")
+
+
+async def _one_sealed_detail(tx: Tx) -> str:
+    row = await tx.fetchrow("SELECT detail FROM audit_log WHERE detail LIKE '%\"ip\"%' LIMIT 1")
+    assert row is not None
+    return str(json.loads(row["detail"])["ip"])
