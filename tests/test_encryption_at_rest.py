@@ -141,7 +141,8 @@ async def test_a_dump_shows_no_personal_data_in_clear(
         assert (me["email"], me["display_name"]) == (ADA, ADA_NAME)
         export = (await ada.get("/api/v1/users/me/export")).json()
         logins = [e for e in export["audit_log"] if e["action"] == "login.success"]
-        assert logins and all(e["detail"]["ip"] == CLIENT_IP for e in logins)
+        assert logins
+        assert all(e["detail"]["ip"] == CLIENT_IP for e in logins)
         method = export["billing"]["payment_methods"][0]
         assert (method["label"], method["email_masked"]) == (PAYOUT_LABEL, "s***@example.org")
         assert export["billing"]["kyc"]["reference"] == KYC_REFERENCE
@@ -179,12 +180,14 @@ async def test_rotation_keeps_accounts_readable_and_moves_rows_while_serving(
         old, new = rotate_data_key(data_dir)
         assert (old, new != first) == (first, True)
         with trio.fail_after(20):  # the running server reads the keyring again and re-seals
-            while first in await key_usage(db, SEALED_COLUMNS, audit=False):
+            while first in await key_usage(db, SEALED_COLUMNS, audit=False):  # noqa: ASYNC110
                 await trio.sleep(0.1)
         usage = await key_usage(db, SEALED_COLUMNS)
-        assert db.vault.current == new and usage[new] >= 6
+        assert db.vault.current == new
+        assert usage[new] >= 6
         # The audit log never changes: its sealed addresses keep the old key, which stays.
-        assert usage.get(first, 0) > 0 and first in db.vault.key_ids
+        assert usage.get(first, 0) > 0
+        assert first in db.vault.key_ids
 
         for user, address in [(ada, ADA), (alice, ALICE)] + [
             (u, f"u{i}@example.org") for i, u in enumerate(others)
