@@ -27,6 +27,7 @@ from yggdrasil._crypto import DataKeyMissing, Vault, rotate_data_key
 from yggdrasil._domain import SEALED_COLUMNS
 from yggdrasil.server import Running
 from yggdrasil.store import key_usage
+from yggdrasil.store._migrations import available
 
 ADA = "ada.lovelace@example.org"
 ADA_NAME = "Ada Lovelace"
@@ -213,3 +214,129 @@ async def _one_sealed_detail(tx: Tx) -> str:
     row = await tx.fetchrow("SELECT detail FROM audit_log WHERE detail LIKE '%\"ip\"%' LIMIT 1")
     assert row is not None
     return str(json.loads(row["detail"])["ip"])
+
+
+# ----------------------------------------------------------------------------- conversion
+
+GRACE = "grace@example.org"
+GRACE_NAME = "Grace Hopper"
+GRACE_SUB = "grace-sub-1906"
+GRACE_IP = "192.0.2.77"
+GRACE_KYC = "KYC-CASE-GRACE-HOPPER"
+GRACE_LABEL = "Grace Hopper bank account"
+OLD_CLEAR = [GRACE, GRACE_NAME, GRACE_SUB, GRACE_IP, GRACE_KYC, GRACE_LABEL, "g***@example.org"]
+
+
+async def make_old_database(db: Database) -> None:
+    """The schema of migrations 0001 to 0010, with rows as the code before 0011 wrote them:
+    everything in clear."""
+
+    async def bootstrap(tx: Tx) -> None:
+        await tx.execute_script(
+            "CREATE TABLE schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);\n"
+        )
+
+    await db.write(bootstrap)
+    for migration in [m for m in available() if m.version <= 10]:
+
+        async def apply(tx: Tx, migration: Any = migration) -> None:
+            await tx.execute_script(migration.script(db.dialect))
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, 0)",
+                migration.version,
+                migration.name,
+            )
+
+        await db.write(apply)
+
+    async def rows(tx: Tx) -> None:
+        await tx.execute(
+            "INSERT INTO users (user_id, email, display_name, home_network_id, created_at,"
+            " updated_at) VALUES ('u_grace', $1, $2, 'n_grace', 1, 1)",
+            GRACE,
+            GRACE_NAME,
+        )
+        await tx.execute(
+            "INSERT INTO networks (network_id, name, owner_id, created_at)"
+            " VALUES ('n_grace', 'Home', 'u_grace', 1)"
+        )
+        await tx.execute(
+            "INSERT INTO memberships (network_id, user_id, role, created_at)"
+            " VALUES ('n_grace', 'u_grace', 'owner', 1)"
+        )
+        await tx.execute(
+            "INSERT INTO identities (issuer, subject, user_id, email, created_at)"
+            " VALUES ('https://id.example', $1, 'u_grace', $2, 1)",
+            GRACE_SUB,
+            GRACE,
+        )
+        await tx.execute(
+            "INSERT INTO login_codes (code_id, email, code_hash, created_at, expires_at, source)"
+            " VALUES ('c_old', $1, 'x', 1, 2, $2)",
+            GRACE,
+            GRACE_IP,
+        )
+        await tx.execute(
+            "INSERT INTO payment_methods (method_id, user_id, provider, kind, token, payer,"
+            " payout, status, label, email_masked, test_mode, created_at, updated_at)"
+            " VALUES ('pm_grace', 'u_grace', 'sandbox', 'paypal', 'tok_grace', 0, 1, 'verified',"
+            " $1, 'g***@example.org', 1, 1, 1)",
+            GRACE_LABEL,
+        )
+        await tx.execute(
+            "INSERT INTO kyc (user_id, region, status, reference, submitted_at)"
+            " VALUES ('u_grace', 'DE', 'pending', $1, 1)",
+            GRACE_KYC,
+        )
+
+    await db.write(rows)
+
+
+async def test_an_old_database_is_converted_at_start(
+    backend: str, data_dir: Path, asyncio_loop: None, bridge: Any
+) -> None:
+    from yggdrasil import PostgresDatabase, SqliteDatabase
+
+    async with AsyncExitStack() as stack:
+        database: dict[str, str] = {}
+        old: Database
+        if backend == "postgres":
+            database["url"] = await stack.enter_async_context(fresh_pg_database())
+            old = await PostgresDatabase.open(
+                database["url"], bridge, min_size=1, max_size=2, query_timeout_s=10.0
+            )
+        else:
+            await trio.Path(data_dir).mkdir(parents=True)
+            old = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
+        try:
+            await make_old_database(old)
+        finally:
+            await old.aclose()
+
+        running = await stack.enter_async_context(
+            running_server(data_dir, limits=RELAXED_LIMITS, database=database)
+        )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=running.api_url, timeout=30)
+        )
+        world = World(http, Issuer(), data_dir / "outbox")
+        world.running = running  # type: ignore[attr-defined]
+        world.database_url = database.get("url", "")  # type: ignore[attr-defined]
+        text = await dump(world, data_dir)
+        assert [c for c in OLD_CLEAR if c in text] == []
+        assert "plain:" not in text
+        assert text.count("enc:") >= 7
+
+        grace = await sign_in(http, world.outbox, GRACE)  # found by the new blind index
+        assert grace.session["user_id"] == "u_grace"
+        me = (await grace.get("/api/v1/users/me")).json()
+        assert (me["email"], me["display_name"]) == (GRACE, GRACE_NAME)
+        export = (await grace.get("/api/v1/users/me/export")).json()
+        assert [(i["subject"], i["email"]) for i in export["identities"]] == [(GRACE_SUB, GRACE)]
+        method = export["billing"]["payment_methods"][0]
+        assert (method["label"], method["email_masked"]) == (GRACE_LABEL, "g***@example.org")
+        assert export["billing"]["kyc"]["reference"] == GRACE_KYC
+        # The code in flight before the conversion (its address in clear) was dropped.
+        assert [c["code_id"] for c in export["login_codes"]] != ["c_old"]
+        assert "c_old" not in {c["code_id"] for c in export["login_codes"]}
