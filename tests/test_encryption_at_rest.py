@@ -7,6 +7,7 @@ start-up. Both store backends."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,16 +18,17 @@ import httpx
 import pytest
 import trio
 
+from benchmarks._harness import yggdrasil_command
 from tests.clients import RELAXED_LIMITS, User, read_code, sign_in
 from tests.conftest import fresh_pg_database
 from tests.oidc_issuer import CLIENT_ID, CLIENT_SECRET, Issuer
 from tests.servers import running_server
 from tests.test_oidc import REDIRECT, World, authorize, callback
-from yggdrasil import Database, Scope, Tx
-from yggdrasil._crypto import DataKeyMissing, Vault, rotate_data_key
+from yggdrasil import Database, Scope, SqliteDatabase, Store, Tx
+from yggdrasil._crypto import DataKeyMissing, Vault, open_vault, rotate_data_key
 from yggdrasil._domain import SEALED_COLUMNS
 from yggdrasil.server import Running
-from yggdrasil.store import key_usage
+from yggdrasil.store import AuditLog, key_usage
 from yggdrasil.store._migrations import available
 
 ADA = "ada.lovelace@example.org"
@@ -340,3 +342,95 @@ async def test_an_old_database_is_converted_at_start(
         # The code in flight before the conversion (its address in clear) was dropped.
         assert [c["code_id"] for c in export["login_codes"]] != ["c_old"]
         assert "c_old" not in {c["code_id"] for c in export["login_codes"]}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [*yggdrasil_command(), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**environment, **(env or {})},
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def _usage(out: str) -> dict[str, int]:
+    return {line.split("\t")[0]: int(line.split("\t")[1]) for line in out.splitlines()}
+
+
+async def test_keys_rotate_data_usage_and_retire(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert (await _cli("migrate", "--data-dir", str(data)))[0] == 0
+    vault = open_vault(data, create=False)
+    assert vault is not None
+    first = vault.current
+
+    db = await SqliteDatabase.open(data / "yggdrasil.sqlite3")
+    db.vault = vault
+    try:
+        user, _ = await Store(db).create_user(ADA, display_name=ADA_NAME)
+        audit = AuditLog(db)
+        await audit.append(
+            user.user_id, "login.success", user.user_id, vault.seal_detail({"ip": CLIENT_IP})
+        )
+        await audit.seal()
+    finally:
+        await db.aclose()
+
+    status, out, _ = await _cli("keys", "rotate-data", "--data-dir", str(data))
+    assert status == 0
+    assert f"key {first} stays" in out
+    status, out, _ = await _cli("keys", "data-usage", "--data-dir", str(data))
+    new = open_vault(data, create=False).current  # type: ignore[union-attr]
+    assert _usage(out) == {first: 3, new: 0}  # e-mail, name, and the audit entry's address
+
+    # Retiring a key that still seals something is refused, in one line.
+    status, _, err = await _cli("keys", "retire-data", first, "--data-dir", str(data))
+    assert status == 2
+    assert err.strip().startswith("yggdrasil: data key")
+    assert "still seals 3" in err
+
+    # 'migrate' (like a running server) moves the users' rows; the audit entry keeps its key.
+    assert (await _cli("migrate", "--data-dir", str(data)))[0] == 0
+    status, out, _ = await _cli("keys", "data-usage", "--data-dir", str(data))
+    assert _usage(out) == {first: 1, new: 2}
+
+    reopened = await SqliteDatabase.open(data / "yggdrasil.sqlite3")
+    reopened.vault = open_vault(data, create=False)  # type: ignore[assignment]
+    try:
+        me = await Store(reopened).get_me(Scope(user.user_id))
+        assert (me.email, me.display_name) == (ADA, ADA_NAME)
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_missing_key_file_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "keyring.json"
+    key_file = {"YGG_ENCRYPTION_KEY_FILE": str(missing)}
+    status, _, err = await _cli(
+        "migrate",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=key_file,
+    )
+    assert status == 2
+    assert err.strip() == (
+        f"yggdrasil: no data keyring at {missing} (encryption.key_file): create it with"
+        " 'yggdrasil keys rotate-data'"
+    )
+    # ... which makes one, and then the command runs with it.
+    assert (await _cli("keys", "rotate-data", env=key_file))[0] == 0
+    status, _, err = await _cli(
+        "migrate",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=key_file,
+    )
+    assert status == 0, err
+    assert not (tmp_path / "data" / "secrets" / "data-keyring.json").exists()

@@ -252,6 +252,7 @@ def open_vault(data_dir: Path, key_file: str = "", *, create: bool = True) -> Va
             return None
         legacy = data_dir / "secrets" / "data-key"
         try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             first = base64.b64decode(legacy.read_bytes()) if legacy.exists() else None
             ring = Keyring.fresh(first if first and len(first) == 32 else None)
             _write(path, ring, exclusive=True)
