@@ -146,6 +146,7 @@ EXPORTS: dict[str, set[str]] = {
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
     },
     "yggdrasil.accounts": {
+        "ACCOUNT_SEALED",
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
@@ -164,13 +165,15 @@ EXPORTS: dict[str, set[str]] = {
     },
     "yggdrasil.store": {
         "MAX_PAGE", "AuditChainBroken", "AuditEntry", "AuditLog", "Database", "Page",
-        "PostgresDatabase", "Row", "Scope", "SqliteDatabase", "Tx", "append_audit",
+        "PostgresDatabase", "Row", "Scope", "SealedColumns", "SqliteDatabase", "Tx", "append_audit",
+        "key_usage", "reseal", "reseal_all",
         "audit_entries_about", "check_database", "current_version", "decode_cursor",
         "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
         "seal_audit_forever",
         "to_json",
     },
     "yggdrasil.billing": {
+        "BILLING_SEALED",
         "KIND_RULES", "MAX_AMOUNT", "SIGN_RULES", "Balances", "Capture", "Cents", "Charge",
         "Codec", "Collected", "Collector", "Deposit", "Entry", "ExceedsHold", "ExceedsRefundable",
         "Hold", "HoldClosed", "IdempotencyKeyRequired", "IdempotencyKeyReused",

@@ -229,15 +229,15 @@ async def _with_operators(config: Config, work: Callable[[Operators], Awaitable[
     server.check(config)
     server.prepare_data_dir(config)
     vault = open_vault(config.data_path, config.encryption.key_file, create=not config.database.url)
-    if vault is None:
-        raise ConfigError(
-            f"no data keyring in {config.data_path / 'secrets'}: is --data-dir (or"
-            " encryption.key_file) right?"
-        )
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
-        db.vault = vault
         try:
+            if vault is None:  # addresses and names are sealed with the servers' keyring
+                raise ConfigError(
+                    f"no data keyring in {config.data_path / 'secrets'}: is --data-dir (or"
+                    " encryption.key_file) right?"
+                )
+            db.vault = vault
             await migrate(db)
             # Deleting a user here forgets their billing data exactly as the API does.
             billing = BillingData(Ledger(db, config.ledger), config.payouts)
