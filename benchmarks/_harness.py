@@ -134,7 +134,7 @@ async def register_devices(db: Database, count: int, per_network: int) -> list[t
                 user_id, network_id = await insert_user(tx, db.vault, f"bench{i}@example.org")
             owners.append((user_id, network_id))
             await insert_device(
-                tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
+                tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard"), vault=db.vault
             )
 
     await db.write(register)

@@ -38,9 +38,20 @@ ALICE_NAME = "Alice Liddell"
 ALICE_SUB = "alice-sub-4711"
 KYC_REFERENCE = "KYC-CASE-ADA-LOVELACE-1815"
 PAYOUT_LABEL = "Ada Lovelace PayPal"
+DEVICE_NAME = "Ada Lovelace's analytical engine"
 CLIENT_IP = "127.0.0.1"
 
-SECRETS_IN_CLEAR = [ADA, ADA_NAME, ALICE, ALICE_NAME, ALICE_SUB, KYC_REFERENCE, PAYOUT_LABEL]
+SECRETS_IN_CLEAR = [
+    ADA,
+    ADA_NAME,
+    ALICE,
+    ALICE_NAME,
+    ALICE_SUB,
+    KYC_REFERENCE,
+    PAYOUT_LABEL,
+    "analytical engine",  # the device's name (a dump doubles its apostrophe)
+    "Lovelace",
+]
 
 
 @asynccontextmanager
@@ -109,6 +120,10 @@ async def sign_up_everyone(world: World) -> tuple[User, User]:
     assert sent.status_code == 202
     await read_code(world.outbox, ADA)  # delivered, so that sign_in waits for its own code
     ada = await sign_in(world.http, world.outbox, ADA)
+    engine = {"device_id": "engine", "name": "engine", "world_type": "asgard"}
+    assert (await ada.post("/api/v1/devices", json=engine)).status_code == 201
+    renamed = await ada.request("PUT", "/api/v1/devices/engine", json={"name": DEVICE_NAME})
+    assert renamed.json()["name"] == DEVICE_NAME
     named = await ada.request("PUT", "/api/v1/users/me", json={"display_name": ADA_NAME})
     assert named.status_code == 200, named.text
     paypal = {
@@ -142,6 +157,8 @@ async def test_a_dump_shows_no_personal_data_in_clear(
         # What the owners see is the same as ever.
         me = (await ada.get("/api/v1/users/me")).json()
         assert (me["email"], me["display_name"]) == (ADA, ADA_NAME)
+        devices = (await ada.get("/api/v1/devices")).json()["items"]
+        assert [d["name"] for d in devices] == [DEVICE_NAME]
         export = (await ada.get("/api/v1/users/me/export")).json()
         logins = [e for e in export["audit_log"] if e["action"] == "login.success"]
         assert logins
@@ -226,7 +243,17 @@ GRACE_SUB = "grace-sub-1906"
 GRACE_IP = "192.0.2.77"
 GRACE_KYC = "KYC-CASE-GRACE-HOPPER"
 GRACE_LABEL = "Grace Hopper bank account"
-OLD_CLEAR = [GRACE, GRACE_NAME, GRACE_SUB, GRACE_IP, GRACE_KYC, GRACE_LABEL, "g***@example.org"]
+GRACE_DEVICE = "Grace Hopper's UNIVAC"
+OLD_CLEAR = [
+    GRACE_DEVICE,
+    GRACE,
+    GRACE_NAME,
+    GRACE_SUB,
+    GRACE_IP,
+    GRACE_KYC,
+    GRACE_LABEL,
+    "g***@example.org",
+]
 
 
 async def make_old_database(db: Database) -> None:
@@ -266,6 +293,11 @@ async def make_old_database(db: Database) -> None:
         await tx.execute(
             "INSERT INTO memberships (network_id, user_id, role, created_at)"
             " VALUES ('n_grace', 'u_grace', 'owner', 1)"
+        )
+        await tx.execute(
+            "INSERT INTO devices (network_id, device_id, user_id, name, world_type,"
+            " registered_at) VALUES ('n_grace', 'univac', 'u_grace', $1, 'jotnar', 1)",
+            GRACE_DEVICE,
         )
         await tx.execute(
             "INSERT INTO identities (issuer, subject, user_id, email, created_at)"
@@ -336,6 +368,7 @@ async def test_an_old_database_is_converted_at_start(
         assert (me["email"], me["display_name"]) == (GRACE, GRACE_NAME)
         export = (await grace.get("/api/v1/users/me/export")).json()
         assert [(i["subject"], i["email"]) for i in export["identities"]] == [(GRACE_SUB, GRACE)]
+        assert [d["name"] for d in export["devices"]] == [GRACE_DEVICE]
         method = export["billing"]["payment_methods"][0]
         assert (method["label"], method["email_masked"]) == (GRACE_LABEL, "g***@example.org")
         assert export["billing"]["kyc"]["reference"] == GRACE_KYC

@@ -154,6 +154,7 @@ EXPORTS: dict[str, set[str]] = {
         "revoke_device_tokens",
     },
     "yggdrasil.devices": {
+        "DEVICES_SEALED",
         "Device", "DeviceStore", "DeviceUpdate", "NewDevice", "RevokeDevice", "WorldType",
         "claim_device", "delete_devices_of_user", "device_ids_of_network", "devices_of_user",
         "find_devices", "insert_device", "remove_device", "scoped_device",

@@ -55,7 +55,7 @@ from .billing import (
     open_providers,
     renew_forever,
 )
-from .devices import DeviceStore
+from .devices import DEVICES_SEALED, DeviceStore
 from .locks import LockStore
 from .networks import NetworkStore
 from .store import (
@@ -70,7 +70,7 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-SEALED_COLUMNS = (*ACCOUNT_SEALED, *BILLING_SEALED)
+SEALED_COLUMNS = (*ACCOUNT_SEALED, DEVICES_SEALED, *BILLING_SEALED)
 """Every room's personal columns sealed with the data keys."""
 
 _SEAL_INTERVAL_S = 0.25

@@ -66,7 +66,7 @@ class AccountData:
             if user is None:
                 raise NotFound()
             networks = await networks_of_user(tx, user_id)
-            devices = await devices_of_user(tx, user_id)
+            devices = await devices_of_user(tx, user_id, vault=vault)
             identities = [
                 {
                     **row,

@@ -289,6 +289,7 @@ class Accounts:
                 secret_hash,
                 refresh,
                 self.config,
+                vault=self.db.vault,
             )
             detail = self.db.vault.seal_detail({"method": method, "ip": source})
             await append_audit(tx, user["user_id"], "login.success", user["user_id"], detail)
@@ -483,6 +484,7 @@ class Accounts:
                 secret_hash,
                 refresh,
                 self.config,
+                vault=self.db.vault,
                 fresh_device=True,
             )
             await append_audit(

@@ -182,7 +182,7 @@ class OperatorTools:
                 Network(n["network_id"], n["name"], n["role"], n["created_at"])
                 for n in await networks_of_user(tx, user_id)
             ]
-            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE)
+            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE, vault=self.db.vault)
             await append_audit(tx, scope.user_id, "admin.show_user", user_id)
             return UserDetail(_user(row, self.db.vault), networks, devices)
 
@@ -226,6 +226,7 @@ class OperatorTools:
                 device_id=device_id,
                 after=after,
                 limit=limit + 1,
+                vault=self.db.vault,
             )
             await append_audit(
                 tx, scope.user_id, "admin.list_devices", user_id or "", {"found": len(found)}
@@ -245,7 +246,9 @@ class OperatorTools:
         _operator_only(scope)
 
         async def work(tx: Tx) -> Device:
-            found = await find_devices(tx, network_id=network_id, device_id=device_id, limit=1)
+            found = await find_devices(
+                tx, network_id=network_id, device_id=device_id, limit=1, vault=self.db.vault
+            )
             if not found:
                 raise NotFound("no such device")
             await append_audit(tx, scope.user_id, "admin.show_device", f"{network_id}/{device_id}")

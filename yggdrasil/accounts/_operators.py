@@ -71,7 +71,7 @@ class Operators(OperatorTools):
             exists = await tx.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id)
             if not exists:
                 raise NotFound()
-            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE)
+            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE, vault=self.db.vault)
             await append_audit(tx, scope.user_id, "admin.list_devices", user_id)
             return devices
 

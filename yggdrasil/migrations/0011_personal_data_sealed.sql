@@ -22,6 +22,9 @@ UPDATE identities SET email = 'plain:' || email WHERE email IS NOT NULL;
 -- rather than converted (their owners ask for a new one).
 DELETE FROM login_codes;
 
+-- A device's name (often its owner's: "Ada's laptop").
+UPDATE devices SET name = 'plain:' || name WHERE name != '';
+
 -- Payment and payout methods: the user's label and the provider account's masked address.
 UPDATE payment_methods SET label = 'plain:' || label WHERE label != '';
 UPDATE payment_methods SET email_masked = 'plain:' || email_masked WHERE email_masked IS NOT NULL;
