@@ -24,8 +24,17 @@ from tests.conftest import fresh_pg_database
 from tests.oidc_issuer import CLIENT_ID, CLIENT_SECRET, Issuer
 from tests.servers import running_server
 from tests.test_oidc import REDIRECT, World, authorize, callback
-from yggdrasil import Database, Scope, SqliteDatabase, Store, Tx
-from yggdrasil._crypto import DataKeyMissing, Vault, open_vault, rotate_data_key
+from yggdrasil import (
+    Database,
+    DataKeyMissing,
+    Scope,
+    SqliteDatabase,
+    Store,
+    Tx,
+    Vault,
+    open_vault,
+    rotate_data_key,
+)
 from yggdrasil._domain import SEALED_COLUMNS
 from yggdrasil.server import Running
 from yggdrasil.store import AuditLog, key_usage

@@ -105,6 +105,7 @@ EXPORTS: dict[str, set[str]] = {
         "create_app", "create_operator_app", "error_response", "operator_server", "serve_api",
     },
     "yggdrasil": {
+        "DataKeyMissing", "Vault", "open_vault", "rotate_data_key",
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
         "AuditEntry",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
