@@ -297,18 +297,31 @@ def store_child(
     return ChildSpec("store", run, shutdown_s=shutdown_s, graceful=True)
 
 
+_RESEAL_PASSES = 10
+"""Intervals after a key change during which the tables are scanned for rows under an older
+key: long enough for every instance sharing the keyring to have read it again (and so to have
+stopped sealing with the old key)."""
+
+
 async def reseal_forever(db: Database, config: Config) -> None:
     """Every ``encryption.reencrypt_interval_s``: read the keyring again (a rotation by
-    ``yggdrasil keys rotate-data`` reaches a running instance so) and move the rows sealed
-    under an older key to the current one. An unreachable store only delays it."""
+    ``yggdrasil keys rotate-data`` reaches a running instance so); after a change of the
+    current key, move the rows sealed under an older key to it, for a few intervals (the
+    start-up already sealed everything). An unreachable store only delays it."""
+    passes, seen = 0, db.vault.current
     while True:
         await trio.sleep(config.encryption.reencrypt_interval_s)
         try:
-            if db.vault.reload():
-                log.info("data key %s is current now", db.vault.current)
-            changed = await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
-            if changed:
-                log.info("re-encrypted %d rows under data key %s", changed, db.vault.current)
+            db.vault.reload()
+            if db.vault.current != seen:  # (reading a new key's value may have reloaded it)
+                seen = db.vault.current
+                log.info("data key %s is current now", seen)
+                passes = _RESEAL_PASSES
+            if passes > 0:
+                changed = await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
+                passes -= 1
+                if changed:
+                    log.info("re-encrypted %d rows under data key %s", changed, db.vault.current)
         except StoreUnavailable as exc:
             log.info("re-encryption waits for the store: %s", exc.message)
         except (OSError, ConfigError) as exc:
