@@ -76,7 +76,7 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
 
     secrets_dir = data_dir / "secrets"
     keys = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
-    assert set(keys) == {"signing-key.pem", "data-key", "turn-secret"}
+    assert set(keys) == {"signing-key.pem", "data-key", "data-keyring.json", "turn-secret"}
     for path in secrets_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
