@@ -99,6 +99,9 @@ class Router:
         self._unreachable = 0
         self._late = 0
         self._activated = 0
+        self.on_unreachable: Callable[[Envelope], None] | None = None
+        """Called with each envelope :meth:`send` refuses as unreachable (the application's
+        watch for probing); it must not block or raise."""
 
     # ----------------------------------------------------------------- kinds and registry
 
@@ -173,7 +176,7 @@ class Router:
         goodbye to an actor that is gone need not wake it).
         """
         if not self._rule(envelope.src, envelope.dst):
-            self._unreachable += 1
+            self._refused(envelope)
             raise Unreachable()
         if envelope.is_reply:
             if self._owns(envelope.corr):
@@ -184,9 +187,14 @@ class Router:
         try:
             await self.bus.forward(envelope)
         except Unreachable:
-            self._unreachable += 1
+            self._refused(envelope)
             raise
         self._forwarded += 1
+
+    def _refused(self, envelope: Envelope) -> None:
+        self._unreachable += 1
+        if self.on_unreachable is not None:
+            self.on_unreachable(envelope)
 
     async def request(
         self, src: Address, dst: Address, body: msgspec.Struct, *, timeout_s: float

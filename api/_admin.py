@@ -9,6 +9,7 @@ from __future__ import annotations
 from quart import Quart, Response
 from quart_schema import tag, validate_querystring, validate_request, validate_response
 
+from ._audit_models import AdminAuditQuery, AuditEntryOut, AuditPage, after_seq, seq_cursor
 from ._auth import Guard, errors
 from ._models import (
     AdminDeviceQuery,
@@ -232,3 +233,32 @@ def install(app: Quart, guard: Guard) -> None:
         principal = guard.principal()
         await guard.domain().operators.revoke_enrollment_key(principal.scope, key_id)
         return Response(b"", status=204)
+
+    # ------------------------------------------------------------------- the audit log
+
+    @app.get("/api/admin/audit")
+    @tag(["admin"])
+    @validate_querystring(AdminAuditQuery)
+    @validate_response(AuditPage, 200)
+    @errors(403, 422, 503)
+    async def admin_audit(query_args: AdminAuditQuery) -> AuditPage:
+        """Everyone's audit entries with their hashes, oldest first, filtered by ``actor``,
+        ``subject``, ``action`` (or a prefix ending in a dot) and time; the read is audited."""
+        principal = guard.principal()
+        store = guard.domain().store
+        entries = await store.audit_log.search(
+            actor=query_args.actor,
+            subject=query_args.subject,
+            action=query_args.action,
+            since=query_args.since,
+            until=query_args.until,
+            after=after_seq(query_args.cursor),
+            limit=query_args.limit + 1,
+        )
+        more = len(entries) > query_args.limit
+        entries = entries[: query_args.limit]
+        await store.audit(principal.user_id, "admin.read_audit", "", {"found": len(entries)})
+        return AuditPage(
+            [convert(entry, AuditEntryOut) for entry in entries],
+            seq_cursor(entries[-1].seq) if more else None,
+        )

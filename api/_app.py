@@ -17,18 +17,23 @@ from yggdrasil import (
     DomainHandle,
     LimitsConfig,
     Metrics,
+    NotFound,
     Principal,
+    ProbeWatch,
     RateLimiter,
     StoreUnavailable,
     TokenService,
     Unavailable,
+    YggdrasilError,
 )
+from yggdrasil.ddns import Ddns
 from yggdrasil.locks import Locks
 from yggdrasil.marketplace import Marketplace
 
 from . import (
     _admin,
     _billing,
+    _ddns,
     _errors,
     _locks,
     _marketplace,
@@ -71,12 +76,17 @@ class ApiContext:
     """The networks' lock managers; without them the lock routes answer 503."""
     marketplace: Marketplace | None = None
     """The compute marketplace; without it its routes answer 503."""
+    ddns: Ddns | None = None
+    """Devices' DNS names; without it the DDNS routes answer 503."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     trusted_proxies: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
     response_timeout_s: float = 30.0
     ready_timeout_s: float = 2.0
+    probes: ProbeWatch | None = None
+    """The watch for cross-network probing: counts the 404s a principal gets and refuses a
+    blocked one (429 ``blocked``); without it nothing is counted."""
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:
@@ -100,7 +110,17 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         openapi_provider_class=CompleteOpenAPIProvider,
     )
     app.json = BoundedJSONProvider(app, app.json)  # after QuartSchema, which sets its own
-    _errors.install(app)
+    probes = ctx.probes
+
+    def observe(error: YggdrasilError) -> None:
+        if error.status == 401:
+            ctx.metrics.auth_failure(error.code)
+        elif probes is not None and isinstance(error, NotFound):
+            caller: Principal | None = g.get("caller")
+            if caller is not None:
+                probes.refused_by(caller)
+
+    _errors.install(app, observe)
     limits = ctx.limits
     guard = Guard(
         ctx.tokens,
@@ -126,6 +146,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     _payouts.install(app, guard)
     _locks.install(app, guard, ctx.locks, response_timeout_s=ctx.response_timeout_s)
     _marketplace.install(app, guard, ctx.marketplace)
+    _ddns.install(app, guard, ctx.ddns)
     _pages.install(app, "Yggdrasil", ctx.version)
 
     @app.before_request
@@ -150,6 +171,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             g.principal = guard.authorize(
                 request.method, rule.rule, request.view_args or {}, request.args.get("network_id")
             )
+            if probes is not None and g.principal is not None:
+                probes.check_principal(g.principal)
 
     @app.after_request
     async def _count(response: Response) -> Response:

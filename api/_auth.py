@@ -95,6 +95,7 @@ class Guard:
         if access.public:
             return None
         principal = self._verify()
+        g.caller = principal  # for the probing watch, even when this request is refused below
         kind = kind_of(principal)
         if not access.allows(kind):
             raise InsufficientScope(_refusal(kind, access.operator))

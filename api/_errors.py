@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import msgspec
 from quart import Quart, Response, request
@@ -59,9 +60,14 @@ def error_response(
     return response
 
 
-def install(app: Quart) -> None:
+def install(app: Quart, observe: Callable[[YggdrasilError], None] | None = None) -> None:
+    """The error handlers; ``observe`` sees every domain error before it is answered (the
+    probing watch and the auth-failure count), and must not raise."""
+
     @app.errorhandler(YggdrasilError)
     async def domain_error(error: YggdrasilError) -> Response:
+        if observe is not None:
+            observe(error)
         headers: dict[str, str] = {}
         retry_after_s = getattr(error, "retry_after_s", None)
         if isinstance(retry_after_s, int):  # rate limits (429), a full hashing pool (503)

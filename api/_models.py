@@ -236,6 +236,10 @@ class Export(msgspec.Struct):
     audit_log: list[dict[str, Any]]
     billing: dict[str, Any] = msgspec.field(default_factory=dict)
     """Balances, ledger entries, holds, payouts and their settings, KYC, spending limits."""
+    marketplace: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Provider registrations, requests made and served, disputes on either side."""
+    ddns: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The devices' DNS names and current public addresses."""
 
 
 class IceServer(msgspec.Struct):

@@ -18,7 +18,9 @@ from quart_schema import OpenAPIProvider
 
 from . import (
     _app_models,
+    _audit_models,
     _billing_models,
+    _ddns_models,
     _errors,
     _locks_models,
     _marketplace_models,
@@ -72,12 +74,14 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
             _models,
             _errors,
             _app_models,
+            _audit_models,
             _billing_models,
             _payments_models,
             _payouts_models,
             _subscriptions_models,
             _locks_models,
             _marketplace_models,
+            _ddns_models,
         )
         _, components = msgspec.json.schema_components(models, ref_template=_REF_TEMPLATE)
         known = schema["components"]["schemas"]

@@ -44,6 +44,7 @@ def create_operator_app(metrics: Metrics, *, token: str = "") -> QuartTrio:
                     "the metrics need the operator token",
                     {"WWW-Authenticate": 'Bearer realm="metrics"'},
                 )
+        await metrics.refresh()
         return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     return app

@@ -75,6 +75,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("PUT", "/api/v1/users/me"): ACCOUNT,
     ("DELETE", "/api/v1/users/me"): ACCOUNT,
     ("GET", "/api/v1/users/me/export"): ACCOUNT,
+    ("GET", "/api/v1/users/me/audit"): ACCOUNT,
     # networks
     ("GET", "/api/v1/networks"): NETWORK,
     ("POST", "/api/v1/networks"): ACCOUNT,
@@ -92,6 +93,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/v1/devices/<device_id>"): OWN_DEVICE,
     ("GET", "/api/v1/devices/<device_id>/ice-servers"): OWN_DEVICE,
     ("POST", "/api/v1/devices/<device_id>/webrtc"): DEVICE_SESSION,
+    ("PUT", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
+    ("GET", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
+    ("DELETE", "/api/v1/devices/<device_id>/ddns"): OWN_DEVICE,
     # the ledger: the account's own money, never a device's token
     ("GET", "/api/v1/billing/balance"): ACCOUNT,
     ("GET", "/api/v1/billing/entries"): ACCOUNT,
@@ -174,6 +178,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/admin/enrollment-keys/<key_id>"): OPERATOR,
     ("GET", "/api/admin/networks/<network_id>/locks"): OPERATOR,
     ("POST", "/api/admin/marketplace/disputes/<dispute_id>/resolve"): OPERATOR,
+    ("GET", "/api/admin/audit"): OPERATOR,
 }
 
 # Methods every route answers by itself, with the scope of the method they stand for.

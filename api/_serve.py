@@ -14,7 +14,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, TokenService
+from yggdrasil import VERSION, Config, DomainHandle, Metrics, Principal, ProbeWatch, TokenService
+from yggdrasil.ddns import Ddns
 from yggdrasil.locks import Locks
 from yggdrasil.marketplace import Marketplace
 
@@ -249,6 +250,8 @@ def api_server(
     webrtc: Callable[[Principal, str], Awaitable[str]],
     locks: Locks | None = None,
     marketplace: Marketplace | None = None,
+    probes: ProbeWatch | None = None,
+    ddns: Ddns | None = None,
 ) -> ApiServer:
     """The API of a server configured by ``config``; the other arguments as in
     :class:`ApiContext`."""
@@ -263,6 +266,8 @@ def api_server(
         webrtc=webrtc,
         locks=locks,
         marketplace=marketplace,
+        probes=probes,
+        ddns=ddns,
         limits=config.limits,
         trusted_proxies=config.api.trusted_proxies,
         max_body_bytes=config.api.max_body_bytes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Quart, Response
 from quart_schema import tag, validate_querystring, validate_request, validate_response
 
+from ._audit_models import AuditQuery, MyAuditEntry, MyAuditPage, after_seq, seq_cursor
 from ._auth import Guard, errors
 from ._models import (
     Accepted,
@@ -178,6 +179,37 @@ def install(app: Quart, guard: Guard) -> None:
         principal = guard.principal()
         data = await guard.domain().account_data.export(principal.scope)
         return convert(data, Export)  # type: ignore[no-any-return]
+
+    @app.get("/api/v1/users/me/audit")
+    @tag(["accounts"])
+    @validate_querystring(AuditQuery)
+    @validate_response(MyAuditPage, 200)
+    @errors(422, 503)
+    async def my_audit(query_args: AuditQuery) -> MyAuditPage:
+        """The user's own audit trail, oldest first: what they did and what was done about
+        them (never another user's entries, nor who else acted). Entries older than the
+        retention (``retention.audit_days``) are gone."""
+        principal = guard.principal()
+        after = after_seq(query_args.cursor)
+        entries = await guard.domain().store.audit_log.entries_about(
+            principal.user_id, after=after, limit=query_args.limit + 1
+        )
+        more = len(entries) > query_args.limit
+        entries = entries[: query_args.limit]
+        return MyAuditPage(
+            [
+                MyAuditEntry(
+                    seq=entry.seq,
+                    at=entry.at,
+                    by="self" if entry.actor == principal.user_id else "other",
+                    action=entry.action,
+                    subject=entry.subject,
+                    detail=entry.detail,
+                )
+                for entry in entries
+            ],
+            seq_cursor(entries[-1].seq) if more else None,
+        )
 
     @app.get("/.well-known/jwks.json")
     @tag(["accounts"])

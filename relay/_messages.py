@@ -98,6 +98,8 @@ class Join(msgspec.Struct, frozen=True, tag="network.join"):
     session_id: str
     instance: str
     """The instance the session runs on: when it dies, its members leave with it."""
+    address: str = ""
+    """The IP address the session comes from, as the server sees it (empty: unknown)."""
 
 
 class Joined(msgspec.Struct, frozen=True, tag="network.joined"):
@@ -117,6 +119,15 @@ class Leave(msgspec.Struct, frozen=True, tag="network.leave"):
     session_id: str
 
 
+class AddressReport(msgspec.Struct, frozen=True, tag="network.address"):
+    """A member's device reported its public addresses (checked): the network records them
+    and tells its other members (a presence change)."""
+
+    device_id: str
+    session_id: str
+    addresses: list[str]
+
+
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     DataFrom,
     Delivered,
@@ -132,4 +143,5 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Joined,
     Refused,
     Leave,
+    AddressReport,
 )

@@ -22,8 +22,9 @@ import trio
 
 from actors import Actor, Address, Envelope, Overloaded, Router, Supervisor, Unreachable
 from yggdrasil import DomainHandle, RateLimiter, StoreUnavailable, device_address
+from yggdrasil.ddns import current_addresses
 
-from ._messages import Encoded, Join, Joined, Leave, Refused, Rejoin
+from ._messages import AddressReport, Encoded, Join, Joined, Leave, Refused, Rejoin
 from .protocol import PeerState, Presence, encode
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ class _Member:
     instance: str
 
 
+AddressChanged = Callable[[str, str, str, list[str]], None]
+"""``changed(network_id, device_id, seen, reported)``: a member's address, as its session came
+from (``seen``) and as the device reported it (``reported``, empty until it does); must not
+block (the ddns room's ``Ddns.address_changed``)."""
+
+
 class NetworkActor(Actor):
     mailbox_capacity = 1024
 
@@ -72,8 +79,10 @@ class NetworkActor(Actor):
         domain: DomainHandle,
         *,
         idle_s: float,
+        on_address: AddressChanged | None = None,
     ) -> None:
-        """``domain``: where the device registry is, while the store runs."""
+        """``domain``: where the device registry is, while the store runs. ``on_address``:
+        who records members' addresses (and keeps their DNS names current)."""
         super().__init__(address)
         self.network_id = address.key
         self.idle_timeout_s = idle_s
@@ -84,6 +93,11 @@ class NetworkActor(Actor):
         self._domain = domain
         self._unsaved: dict[str, tuple[Literal["online", "offline"], int]] = {}
         self._wake_saver = trio.Event()
+        self._on_address = on_address
+        self._seen: dict[str, str] = {}
+        """Members' addresses as their sessions come from."""
+        self._reported: dict[str, list[str]] = {}
+        """Members' addresses as their devices reported them (this session)."""
 
     def idle(self) -> bool:
         return not self.members
@@ -109,13 +123,18 @@ class NetworkActor(Actor):
 
     async def handle(self, envelope: Envelope) -> None:
         match envelope.body:
-            case Join(device_id=device_id, session_id=session_id, instance=instance):
+            case Join(
+                device_id=device_id, session_id=session_id, instance=instance, address=address
+            ):
                 if device_id not in self.devices:
                     await self._load()
                 if device_id not in self.devices:
                     await self.reply(envelope, Refused("unknown device"))
                     return
                 self.members[device_id] = _Member(session_id, instance)
+                self._seen[device_id] = address
+                self._reported.pop(device_id, None)
+                self._address_changed(device_id)
                 # The change first: the joining device's map shows itself online, at the serial
                 # the others see in their delta.
                 await self._change(device_id, online=True)
@@ -128,6 +147,8 @@ class NetworkActor(Actor):
                 if member is not None and member.session_id == session_id:
                     del self.members[device_id]
                     await self._change(device_id, online=False)
+            case AddressReport(device_id=device_id, session_id=session_id, addresses=addresses):
+                await self._on_report(device_id, session_id, addresses)
             case _:
                 log.warning("network=%s ignored %s", self.network_id, type(envelope.body).__name__)
 
@@ -171,7 +192,17 @@ class NetworkActor(Actor):
         current = self.devices.get(device_id)
         if current is None:
             return
-        state = PeerState(current.device_id, current.name, current.world_type, online, now)
+        addresses: list[str] = []
+        if online:
+            addresses = current_addresses(
+                self._seen.get(device_id, ""), self._reported.get(device_id, [])
+            )
+        else:
+            self._seen.pop(device_id, None)
+            self._reported.pop(device_id, None)
+        state = PeerState(
+            current.device_id, current.name, current.world_type, online, now, addresses
+        )
         self.devices[device_id] = state
         self.serial += 1
         frame = Encoded(encode(Presence(serial=self.serial, device=state)))
@@ -188,6 +219,28 @@ class NetworkActor(Actor):
                 # network map when it reconnects, and the serial shows it missed a change.
                 log.debug("network=%s presence to %s dropped", self.network_id, member)
 
+    async def _on_report(self, device_id: str, session_id: str, addresses: list[str]) -> None:
+        """A member reported new addresses: recorded, and a presence change for the others
+        when where it is reached changed (they refresh their direct connections)."""
+        member = self.members.get(device_id)
+        if member is None or member.session_id != session_id:
+            return  # from a session that has left (or was replaced) meanwhile
+        before = self.devices.get(device_id)
+        self._reported[device_id] = list(addresses)
+        self._address_changed(device_id)
+        after = current_addresses(self._seen.get(device_id, ""), addresses)
+        if before is None or before.addresses != after:
+            await self._change(device_id, online=True)
+
+    def _address_changed(self, device_id: str) -> None:
+        if self._on_address is not None:
+            self._on_address(
+                self.network_id,
+                device_id,
+                self._seen.get(device_id, ""),
+                self._reported.get(device_id, []),
+            )
+
     async def _load(self) -> None:
         try:
             store = self._domain.get().store
@@ -203,23 +256,33 @@ class NetworkActor(Actor):
             )
 
 
-def network_factory(domain: DomainHandle, *, idle_s: float) -> Callable[[Address], NetworkActor]:
+def network_factory(
+    domain: DomainHandle, *, idle_s: float, on_address: AddressChanged | None = None
+) -> Callable[[Address], NetworkActor]:
     """The router's factory for the ``network`` kind."""
 
     def make(address: Address) -> NetworkActor:
-        return NetworkActor(address, domain, idle_s=idle_s)
+        return NetworkActor(address, domain, idle_s=idle_s, on_address=on_address)
 
     return make
 
 
-def network_actors(router: Router, kind: str, domain: DomainHandle, *, idle_s: float) -> Supervisor:
+def network_actors(
+    router: Router,
+    kind: str,
+    domain: DomainHandle,
+    *,
+    idle_s: float,
+    on_address: AddressChanged | None = None,
+) -> Supervisor:
     """The ``networks`` supervisor, and ``router``'s virtual kind ``kind`` that runs under it:
     the first envelope to ``<kind>/<network>`` starts that network's actor there, and it stops
-    after ``idle_s`` without members. Put :meth:`Supervisor.as_child` in the tree."""
+    after ``idle_s`` without members; ``on_address`` hears of members' addresses. Put
+    :meth:`Supervisor.as_child` in the tree."""
     networks = Supervisor("networks", max_restarts=20, period_s=10.0)
     router.define(
         kind,
-        factory=network_factory(domain, idle_s=idle_s),
+        factory=network_factory(domain, idle_s=idle_s, on_address=on_address),
         supervisor=networks,
         shutdown_s=1.0,
     )

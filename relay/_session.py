@@ -48,15 +48,18 @@ from actors import (
     is_urgent,
 )
 from yggdrasil import GatewayConfig, Principal, RateLimiter, device_address, network_address
+from yggdrasil.ddns import InvalidAddress, check_addresses
 from yggdrasil.locks import Abandon, LockLost, locks_address
 from yggdrasil.marketplace import JobCancel, JobFailed, JobOffer
 
+from ._addresses import peer_address
 from ._compute import GERI, Asks, GeriAsk, GeriChunk, GeriDone, GeriFail
 from ._jobs import Jobs
 from ._locks import ask_lock, expired, refused
 from ._messages import (
     ActionFrom,
     ActionResult,
+    AddressReport,
     DataFrom,
     Delivered,
     Encoded,
@@ -101,6 +104,7 @@ from .protocol import (
     ProtocolError,
     Received,
     Reply,
+    ReportAddress,
     Request,
     Response,
     Send,
@@ -414,7 +418,9 @@ class DeviceSession(Actor):
             try:
                 answer = await self.request(
                     self.network_address,
-                    Join(self.device_id, self.session_id, self.instance),
+                    Join(
+                        self.device_id, self.session_id, self.instance, peer_address(self.transport)
+                    ),
                     timeout_s=10,
                 )
             except Unreachable:
@@ -459,6 +465,8 @@ class DeviceSession(Actor):
                     await self.jobs.from_device(self.router, self.address, frame)
                 case ComputeRequest():
                     await self._on_compute(frame)
+                case ReportAddress():
+                    await self._on_address(frame)
                 case Ping(nonce=nonce):
                     await self._queue(Pong(nonce=nonce))
                 case Pong():
@@ -646,6 +654,26 @@ class DeviceSession(Actor):
             self.asks.forget(frame.id)
             message = "the marketplace is not reachable, try again"
             await self._queue(ComputeFail(id=frame.id, code="unavailable", message=message))
+
+    async def _on_address(self, frame: ReportAddress) -> None:
+        """The device's public addresses changed: its network records them (DDNS follows) and
+        tells its other members; ``nack invalid`` for what is not a list of unicast addresses."""
+        refused = self._admit(0)
+        addresses: list[str] = []
+        if refused is None:
+            try:
+                addresses = check_addresses(frame.addresses)
+            except InvalidAddress:
+                refused = "invalid"
+        if refused is None:
+            report = AddressReport(self.device_id, self.session_id, addresses)
+            try:
+                await self.router.send(Envelope(self.address, self.network_address, report))
+            except (Unreachable, Overloaded):
+                refused = "overloaded"
+        await self._queue(
+            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
+        )
 
     async def _on_reply(self, frame: Reply) -> None:
         envelope = self._incoming.pop(frame.id, None)

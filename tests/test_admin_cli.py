@@ -462,5 +462,6 @@ def test_every_command_is_documented() -> None:
         "yggdrasil config show",
         "yggdrasil config example",
         "yggdrasil status",
+        "yggdrasil audit verify",
     ):
         assert command in text, command

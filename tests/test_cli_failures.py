@@ -29,6 +29,9 @@ pytestmark = pytest.mark.slow
 
 def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("YGG_")}
+    # Any free operator port, so that another server on this machine (on the default 9464)
+    # does not decide what a failure is; the operator port's own test names one.
+    environment["YGG_OPERATOR_PORT"] = "0"
     environment.update(extra or {})
     return environment
 

@@ -41,6 +41,7 @@ PUBLIC_PARAMS = {"provider"}  # identity providers are the server's public confi
 # validation and prove nothing. A new route with a body must be added here (the test says so).
 BODIES: dict[tuple[str, str], Any] = {
     ("put", "/api/v1/devices/{device_id}"): {"name": "pwned", "metadata": {"x": 1}},
+    ("put", "/api/v1/devices/{device_id}/ddns"): {"label": "pwned"},
     ("post", "/api/v1/networks/{network_id}/enrollment-keys"): {"ttl_s": 600},
     ("put", "/api/v1/networks/{network_id}"): {"name": "pwned"},
     ("put", "/api/admin/networks/{network_id}"): {"name": "pwned"},

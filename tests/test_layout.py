@@ -83,6 +83,7 @@ SUBPACKAGES = (
     "relay.protocol",
     "yggdrasil.accounts",
     "yggdrasil.billing",
+    "yggdrasil.ddns",
     "yggdrasil.devices",
     "yggdrasil.locks",
     "yggdrasil.marketplace",
@@ -107,7 +108,7 @@ EXPORTS: dict[str, set[str]] = {
     "yggdrasil": {
         "DataKeyMissing", "Vault", "open_vault", "rotate_data_key",
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
-        "AuditEntry",
+        "AuditEntry", "Blocked", "ProbeWatch",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
         "DomainHandle", "EnrollmentKey", "EnrollmentKeyInfo", "Forbidden", "GatewayConfig",
         "HashingBusy", "Invalid",
@@ -145,6 +146,7 @@ EXPORTS: dict[str, set[str]] = {
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
+        "ReportAddress",
     },
     "yggdrasil.accounts": {
         "ACCOUNT_SEALED",
@@ -152,7 +154,8 @@ EXPORTS: dict[str, set[str]] = {
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
         "RoomData", "Session", "User", "UserDetail", "UserStore", "insert_user", "normalize_email",
-        "revoke_device_tokens",
+        "revoke_device_tokens", "purge_login_codes", "purge_oauth_states",
+        "purge_refresh_tokens", "purge_token_revocations",
     },
     "yggdrasil.devices": {
         "DEVICES_SEALED",
@@ -172,7 +175,7 @@ EXPORTS: dict[str, set[str]] = {
         "audit_entries_about", "check_database", "current_version", "decode_cursor",
         "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
         "seal_audit_forever",
-        "to_json",
+        "to_json", "Purge", "Retention", "retain_forever",
     },
     "yggdrasil.billing": {
         "BILLING_SEALED",
@@ -204,7 +207,7 @@ EXPORTS: dict[str, set[str]] = {
         "PayoutMethod", "PayoutMethodRequired", "PayoutMethods", "PayoutRecord",
         "PayoutSettings", "PayoutUnreachable", "Payouts", "SandboxDisburser",
         "SandboxPayoutMethods", "SpendingHook", "SpendingLimitReached", "SpendingLimits",
-        "Waiting",
+        "Waiting", "purge_webhook_events",
     },
     "yggdrasil.locks": {
         "LOCK_MESSAGES", "LOCK_NAME", "LOCK_REPLY_S", "MAX_PRIORITY", "MIN_LEASE_MS", "Abandon",
@@ -223,7 +226,12 @@ EXPORTS: dict[str, set[str]] = {
         "ProviderAnalytics", "ProviderSpec", "ProviderTestFailed", "QualitySettings",
         "RequestFailed", "RequestState", "RequesterAnalytics", "RoutingDecision", "Score",
         "Transaction", "TransactionPage", "Usage", "Window", "count_tokens", "run_job",
-        "DisputeRefused", "NotRunningHere", "RequestEnded",
+        "DisputeRefused", "NotRunningHere", "RequestEnded", "MarketplaceData", "purge_requests",
+    },
+    "yggdrasil.ddns": {
+        "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsData", "DdnsName", "DdnsStats",
+        "InvalidAddress", "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
+        "current_addresses", "publishable",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",
@@ -363,6 +371,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "yggdrasil.billing": set(),
     "yggdrasil.locks": {"yggdrasil.networks"},
     "yggdrasil.marketplace": {"yggdrasil.billing"},
+    "yggdrasil.ddns": {"yggdrasil.devices"},
 }
 COMPOSITION = {
     "yggdrasil",
@@ -440,6 +449,8 @@ TABLE_OWNERS: dict[str, str] = {
     "audit_log": "yggdrasil.store",
     "audit_head": "yggdrasil.store",
     "audit_pending": "yggdrasil.store",
+    "audit_cut": "yggdrasil.store",
+    "retention_runs": "yggdrasil.store",
     "networks": "yggdrasil.networks",
     "memberships": "yggdrasil.networks",
     "devices": "yggdrasil.devices",
@@ -481,6 +492,8 @@ TABLE_OWNERS: dict[str, str] = {
     "marketplace_providers": "yggdrasil.marketplace",
     "marketplace_requests": "yggdrasil.marketplace",
     "marketplace_disputes": "yggdrasil.marketplace",
+    "device_addresses": "yggdrasil.ddns",
+    "ddns_names": "yggdrasil.ddns",
 }
 _SQL_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE(?: IF NOT EXISTS)?)\s+([a-z_][a-z0-9_]*)")
 

@@ -167,6 +167,7 @@ async def test_a_declined_payout_is_reversed_by_a_new_transaction(database: Data
     failed = await billing.payouts.request(provider, key="k", amount=2000)
     assert (failed.status, failed.failure) == ("failed", "declined: closed")
     assert failed.reversal_id is not None
+    assert billing.payouts.outcomes == {"paid": 0, "failed": 1, "retry": 0}  # on /metrics
     assert (await billing.ledger.balances(provider)).earnings == 3000
     assert await external(database) == -5000
     entries = (await billing.ledger.entries(provider, limit=10)).items
@@ -204,6 +205,7 @@ async def test_an_unreachable_provider_leaves_the_payout_pending_for_a_retry(
         await billing.payouts.send_pending(now=again.updated_at + n * 301_000)
     gone = await billing.payouts.get(provider, again.payout_id)
     assert (gone.status, gone.attempts) == ("failed", 3)
+    assert billing.payouts.outcomes == {"paid": 1, "failed": 1, "retry": 3}  # on /metrics
     assert (await billing.ledger.balances(provider)).earnings == 1500
     assert (await billing.ledger.verify()).ok
 

@@ -35,6 +35,7 @@ from ._errors import (
 from ._hashing import HashingBusy
 from ._mail import Mail, Mailer, MailQueueFull
 from ._metrics import Metrics
+from ._monitoring import Blocked, ProbeWatch
 from ._ratelimit import RateLimited, RateLimiter
 from ._secrets import Secrets, load_or_create
 from ._tokens import InvalidToken, Principal, TokenService
@@ -84,6 +85,7 @@ __all__ = [
     "AuditChainBroken",
     "AuditEntry",
     "Authorization",
+    "Blocked",
     "Config",
     "ConfigError",
     "DataKeyMissing",
@@ -117,6 +119,7 @@ __all__ = [
     "Page",
     "PostgresDatabase",
     "Principal",
+    "ProbeWatch",
     "ProviderUnavailable",
     "RateLimited",
     "RateLimiter",

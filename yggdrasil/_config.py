@@ -455,6 +455,92 @@ class MarketplaceConfig(_Section, frozen=True):
     probe, at most 10 minutes)."""
 
 
+class DdnsConfig(_Section, frozen=True):
+    """Dynamic DNS for devices (``docs/ddns.md``): names ``<label>.<zone>`` updated through RFC
+    2136 dynamic updates signed with TSIG (RFC 8945). Off while ``zone`` is empty."""
+
+    zone: str = ""
+    """The zone the names live in (a zone for device names only, e.g. ``dyn.example.org``);
+    empty: DDNS is off and its routes answer 404."""
+    server: str = ""
+    """The zone's primary server that takes the updates, ``host:port`` (port 53 if omitted)."""
+    key_name: str = ""
+    """The TSIG key's name, as the DNS server knows it."""
+    key_algorithm: Literal[
+        "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"
+    ] = "hmac-sha256"
+    key_secret: str = ""
+    """The TSIG key's secret, base64; or ``key_file``."""
+    key_file: str = ""
+    """A file that holds the base64 secret (read once at start-up)."""
+    ttl_s: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 60
+    """The TTL of the A and AAAA records written."""
+    timeout_s: Seconds = 5.0
+    """How long one update may take before it counts as failed (and is retried)."""
+    retry_max_s: Seconds = 300.0
+    """Failed updates are retried after 1 s, doubling up to this."""
+    publish_private: bool = False
+    """Publish addresses that are not globally reachable (private, loopback): for a LAN's own
+    DNS and for tests. Off: only global addresses go into the zone."""
+    sweep_s: Seconds = 30.0
+    """How often the names of deleted devices (and of deleted accounts and networks) are looked
+    for; their records leave the zone then."""
+    reserved_labels: list[str] = msgspec.field(
+        default_factory=lambda: ["ns", "ns1", "ns2", "www", "mail", "mx"]
+    )
+    """Labels no user may take (the zone's own names)."""
+
+
+class MonitoringConfig(_Section, frozen=True):
+    """The watch for cross-network probing: per principal, refusals of ids it may not see."""
+
+    probe_threshold: Positive = 30
+    """Refusals (API 404s for ids that are foreign or absent, envelopes the router refuses as
+    unreachable) within ``probe_window_s`` that make a principal a prober."""
+    probe_window_s: Seconds = 60.0
+    """The sliding window the refusals are counted over; one audit entry per window."""
+    probe_block_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """How long a prober is refused (API 429 ``blocked``, envelopes to devices unreachable);
+    0: never blocked, only audited and counted."""
+    probe_tracked: Positive = 10_000
+    """Principals tracked at once on an instance; the least recently refused is forgotten."""
+
+
+Days = Annotated[int, msgspec.Meta(ge=0, le=36500)]
+
+
+class RetentionConfig(_Section, frozen=True):
+    """The retention job (``docs/operations.md``, "Retention"): what is deleted after how long.
+    ``0`` keeps that kind of row for ever. One instance of a cluster runs it at a time."""
+
+    enabled: bool = True
+    """Run the retention job on this instance (any instance may take a round)."""
+    interval_s: Seconds = 3600.0
+    """How often the job looks for rows past their retention."""
+    lease_s: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 600
+    """How long one instance has a round to itself; past it (that instance died) another may
+    take over."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Rows deleted per transaction."""
+    login_codes_days: Days = 1
+    """E-mail one-time codes: days after they expired (at least ``auth.codes_window_s``)."""
+    refresh_tokens_days: Days = 7
+    """Refresh tokens: days after they expired or were revoked."""
+    oauth_states_days: Days = 1
+    """OpenID Connect sign-in states: days after they expired."""
+    token_revocations_days: Days = 1
+    """Token revocations: days after the last access token they could refuse expired."""
+    webhook_events_days: Days = 90
+    """Payment providers' webhook events (kept to drop redelivered ones): days after receipt;
+    at least 7, longer than the providers retry."""
+    marketplace_requests_days: Days = 365
+    """Finished marketplace requests (their prompts and answers) without an open dispute: days
+    after they were made. The ledger's entries stay."""
+    audit_days: Days = 365
+    """Audit log entries: days after they were written; the oldest go first (a prefix of the
+    chain) and the cut is recorded, so the chain still verifies."""
+
+
 class EncryptionConfig(_Section, frozen=True):
     key_file: str = ""
     """The data keyring (AES-256-GCM keys and the blind-index key, JSON); empty: the data
@@ -484,6 +570,9 @@ class Config(_Section, frozen=True):
     payouts: PayoutsConfig = msgspec.field(default_factory=PayoutsConfig)
     locks: LocksConfig = msgspec.field(default_factory=LocksConfig)
     marketplace: MarketplaceConfig = msgspec.field(default_factory=MarketplaceConfig)
+    ddns: DdnsConfig = msgspec.field(default_factory=DdnsConfig)
+    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     encryption: EncryptionConfig = msgspec.field(default_factory=EncryptionConfig)
 
     @property
@@ -510,6 +599,9 @@ _SECTIONS: dict[str, type[_Section]] = {
     "payouts": PayoutsConfig,
     "locks": LocksConfig,
     "marketplace": MarketplaceConfig,
+    "ddns": DdnsConfig,
+    "monitoring": MonitoringConfig,
+    "retention": RetentionConfig,
     "encryption": EncryptionConfig,
 }
 
@@ -702,4 +794,21 @@ def load_config(
         raise _error(exc) from None
     _check_values(config)
     _check_subscriptions(config.subscriptions)
+    _check_retention(config)
     return config
+
+
+def _check_retention(config: Config) -> None:
+    """Retention never removes what a running check still needs."""
+    retention = config.retention
+    codes_s = retention.login_codes_days * 86400
+    if codes_s and codes_s < config.auth.codes_window_s:
+        raise ConfigError(
+            "retention.login_codes_days: codes are counted for auth.codes_window_s"
+            f" ({config.auth.codes_window_s} s); keep them at least that long"
+        )
+    if 0 < retention.webhook_events_days < 7:
+        raise ConfigError(
+            "retention.webhook_events_days must be 0 (for ever) or at least 7: payment"
+            " providers redeliver events for days"
+        )

@@ -32,7 +32,12 @@ from .accounts import (
     Accounts,
     Oidc,
     Operators,
+    RoomData,
     UserStore,
+    purge_login_codes,
+    purge_oauth_states,
+    purge_refresh_tokens,
+    purge_token_revocations,
     revoke_device_tokens,
 )
 from .billing import (
@@ -53,18 +58,24 @@ from .billing import (
     Subscriptions,
     UsageMeter,
     open_providers,
+    purge_webhook_events,
     renew_forever,
 )
+from .ddns import DdnsData
 from .devices import DEVICES_SEALED, DeviceStore
 from .locks import LockStore
+from .marketplace import MarketplaceData, purge_requests
 from .networks import NetworkStore
 from .store import (
     AuditLog,
     Database,
+    Purge,
+    Retention,
     Scope,
     migrate,
     open_database_retrying,
     reseal_all,
+    retain_forever,
     seal_audit_forever,
 )
 
@@ -132,6 +143,8 @@ class Domain:
     its provider (the sandbox's test tokens in test mode)."""
     kyc: KycService
     limits: Limits
+    retention: Retention
+    """The retention job (``[retention]``): each room's purge, once per cluster at a time."""
 
     @classmethod
     def build(
@@ -177,7 +190,11 @@ class Domain:
             disburser=ProviderDisburser(payments),
             collector=collector,
         )
-        rooms = {"billing": BillingData(ledger, config.payouts)}
+        rooms: dict[str, RoomData] = {
+            "billing": BillingData(ledger, config.payouts),
+            "marketplace": MarketplaceData(),
+            "ddns": DdnsData(),
+        }
         return cls(
             store=store,
             accounts=accounts,
@@ -198,7 +215,26 @@ class Domain:
             payouts=payouts,
             kyc=kyc,
             limits=limits,
+            retention=Retention(db, retention_purges(config), config.retention),
         )
+
+
+def retention_purges(config: Config) -> list[Purge]:
+    """Each room's purge with its age from ``[retention]`` (the audit log's is the store's
+    own, added by :class:`Retention`)."""
+    days, day_ms = config.retention, 86_400_000
+    # A revocation matters until the last access token it refuses has expired.
+    revocation_ms = days.token_revocations_days * day_ms
+    if revocation_ms:
+        revocation_ms += (config.auth.access_ttl_s + 60) * 1000
+    return [
+        Purge("login_codes", days.login_codes_days * day_ms, purge_login_codes),
+        Purge("refresh_tokens", days.refresh_tokens_days * day_ms, purge_refresh_tokens),
+        Purge("oauth_states", days.oauth_states_days * day_ms, purge_oauth_states),
+        Purge("token_revocations", revocation_ms, purge_token_revocations),
+        Purge("webhook_events", days.webhook_events_days * day_ms, purge_webhook_events),
+        Purge("marketplace_requests", days.marketplace_requests_days * day_ms, purge_requests),
+    ]
 
 
 class DomainHandle:
@@ -280,6 +316,10 @@ def store_child(
                             purges=[subscriptions.requests.purge, built.usage.purge],
                         )
                     )
+                    if config.retention.enabled:
+                        nursery.start_soon(
+                            retain_forever, built.retention, config.retention.interval_s
+                        )
                     task_status.started()
                     await stopping.wait()
                     nursery.cancel_scope.cancel()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -23,8 +23,19 @@ from actors import Router, Supervisor
 
 from ._hashing import Hasher
 from ._hashing import pool as hashing_pool
+from ._monitoring import ProbeStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+AUTH_FAILURE_CODES = (
+    "invalid_token",
+    "invalid_code",
+    "invalid_grant",
+    "invalid_key",
+    "oidc_failed",
+)
+"""The codes of the API's 401 answers; their series exist from the start (at 0)."""
+PAYOUT_OUTCOMES = ("paid", "failed", "retry")
 
 # *_created series double the output and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -169,6 +180,63 @@ class _ActorCollector(Collector):
         )
 
 
+class _OperationsCollector(Collector):
+    """Readiness, the probing watch, payouts and limits, read at scrape time (alerting)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        if m.ready is not None:
+            yield GaugeMetricFamily(
+                "yggdrasil_ready", "1 while /readyz would answer ready (at this scrape)", m.ready
+            )
+        if m.gateway_queue_limit is not None:
+            yield GaugeMetricFamily(
+                "yggdrasil_gateway_queued_bytes_limit",
+                "gateway.queue_bytes_total: past it the furthest-behind sessions are shed",
+                value=m.gateway_queue_limit,
+            )
+        if m.probes is not None:
+            stats = m.probes()
+            refusals = CounterMetricFamily(
+                "yggdrasil_probe_refusals",
+                "Refusals of ids a principal may not see (api: 404, relay: unreachable device)",
+                labels=["kind"],
+            )
+            for kind, count in sorted(stats.refusals.items()):
+                refusals.add_metric([kind], count)
+            yield refusals
+            for name, help_text, value in (
+                ("probing_principals", "Principals past the probing threshold", stats.probing),
+                ("probe_blocked_principals", "Principals blocked for probing", stats.blocked),
+                ("probe_tracked_principals", "Principals the watch tracks", stats.tracked),
+            ):
+                yield GaugeMetricFamily(f"yggdrasil_{name}", help_text, value=value)
+            yield CounterMetricFamily(
+                "yggdrasil_probe_trips",
+                "Times a principal passed the probing threshold (audited)",
+                value=stats.trips,
+            )
+            yield CounterMetricFamily(
+                "yggdrasil_probe_reports_dropped",
+                "Probing audit entries lost while the store was away",
+                value=stats.reports_dropped,
+            )
+        if m.payouts is not None:
+            counts = m.payouts()
+            if counts is not None:
+                family = CounterMetricFamily(
+                    "yggdrasil_payout_attempts",
+                    "Payouts sent to a provider: paid, failed (reversed), retry (unreachable)",
+                    labels=["outcome"],
+                )
+                for outcome in PAYOUT_OUTCOMES:
+                    family.add_metric([outcome], counts.get(outcome, 0))
+                yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -189,6 +257,22 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
         self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.auth_failures = Counter(
+            "yggdrasil_auth_failures",
+            "API requests refused 401, by error code (bad tokens, codes, keys, sign-ins)",
+            ["code"],
+            registry=self.registry,
+        )
+        for code in AUTH_FAILURE_CODES:
+            self.auth_failures.labels(code)
+        self.probes: Callable[[], ProbeStatistics] | None = None
+        """The probing watch's statistics, when it runs."""
+        self.payouts: Callable[[], dict[str, int] | None] | None = None
+        """Payouts sent by this instance by outcome; ``None`` while the store is away."""
+        self.readiness: Callable[[], Awaitable[bool]] | None = None
+        """What ``/readyz`` checks, asked at each scrape (:meth:`refresh`)."""
+        self.ready: int | None = None
+        self.gateway_queue_limit: int | None = None
         self.router: Router | None = None
         self.supervisors: list[Supervisor] = []
         self.gateway: Callable[[], dict[str, int]] | None = None
@@ -207,6 +291,15 @@ class Metrics:
                 lambda: None if self.bus is None else self.bus(),
             )
         )
+        self.registry.register(_OperationsCollector(self))
+
+    def auth_failure(self, code: str) -> None:
+        self.auth_failures.labels(code).inc()
+
+    async def refresh(self) -> None:
+        """Ask what can only be asked with a wait (readiness), just before a scrape."""
+        if self.readiness is not None:
+            self.ready = 1 if await self.readiness() else 0
 
     def observe_http(self, route: str, method: str, status: int, seconds: float | None) -> None:
         """Count one answered request (and its latency, when known). The labelled children are

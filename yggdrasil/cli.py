@@ -25,6 +25,7 @@ from relay.client import device_cli, provider_cli
 
 from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
+from ._backup import backup, restore
 from ._config import Config, load_config
 from ._crypto import keyring_path, open_vault, retire_data_key, rotate_data_key
 from ._domain import SEALED_COLUMNS
@@ -33,7 +34,7 @@ from ._logging import configure
 from ._secrets import rotate_signing_key
 from ._version import VERSION
 from .accounts import Operators
-from .store import Database, Tx, key_usage, migrate, open_database, reseal_all
+from .store import AuditLog, Database, Tx, key_usage, migrate, open_database, reseal_all
 
 log = logging.getLogger("yggdrasil")
 T = TypeVar("T")
@@ -133,6 +134,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     retire.add_argument("kid")
     _common(retire)
+
+    backup_cmd = commands.add_parser(
+        "backup", help="write the database and the secrets to one archive, while the server runs"
+    )
+    _common(backup_cmd)
+    backup_cmd.add_argument("--to", required=True, metavar="FILE", help="the new archive")
+    restore_cmd = commands.add_parser(
+        "restore", help="restore an archive of 'yggdrasil backup' into an empty data directory"
+    )
+    _common(restore_cmd)
+    restore_cmd.add_argument("archive", metavar="FILE", help="an archive of 'yggdrasil backup'")
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="TASK")
+    verify = audit_commands.add_parser(
+        "verify", help="check the audit log's hash chain (from the retention cut on)"
+    )
+    _common(verify)
 
     device_cli.add_commands(commands, debug=_debug)
     provider_cli.add_commands(commands, debug=_debug)
@@ -339,9 +358,54 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.email} now has the role {args.role}; their own tokens were revoked")
         else:
             print(f"{args.email} has the role {args.role} already; nothing changed")
+    elif args.command in ("backup", "restore"):
+        _backup_or_restore(config, args)
+    elif args.command == "audit":
+        print(trio.run(_verify_audit, config))
     else:
         _keys(config, args)
     return 0
+
+
+def _backup_or_restore(config: Config, args: argparse.Namespace) -> None:
+    server.check(config)
+    if args.command == "backup":
+        target = Path(args.to)
+        made = trio.run(backup, config, target)
+        audit = f", {made.audit_entries} audit entries verified" if made.backend == "sqlite" else ""
+        print(
+            f"wrote {target} ({made.size} bytes): the {made.backend} database{audit} and"
+            f" {made.secret_files} secret file(s); it holds the secrets, keep it as safe as them"
+        )
+    else:
+        done = trio.run(restore, config, Path(args.archive))
+        print(
+            f"restored the {done.backend} database ({done.audit_entries} audit entries verified)"
+            f" and {done.secret_files} secret file(s) into {config.data_path}"
+        )
+
+
+async def _verify_audit(config: Config) -> str:
+    """``yggdrasil audit verify``: one line when the chain holds; a broken chain raises
+    ``AuditChainBroken`` naming the first entry that does not match (exit 1)."""
+    sqlite = config.data_path / "yggdrasil.sqlite3"
+    if not config.database.url and not sqlite.exists():
+        raise ConfigError(f"no database at {sqlite}: is --data-dir (or --database-url) right?")
+    where = _redacted(config.database.url) if config.database.url else str(sqlite)
+
+    async def work(db: Database) -> str:
+        if not await _has_schema(db):
+            raise ConfigError(f"{where} holds no Yggdrasil data: is the URL right?")
+        await migrate(db)
+        log = AuditLog(db)
+        count = await log.verify_chain()
+        first, last = await log.span()
+        if not count:
+            return f"audit chain ok: no entries (cut at {first - 1})"
+        cut = f", entries up to {first - 1} removed by retention" if first > 1 else ""
+        return f"audit chain ok: {count} entries, {first} to {last}{cut}"
+
+    return await _with_database(config, work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,16 +55,18 @@ from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
 from ._crypto import open_vault
 from ._domain import DomainHandle, store_child
-from ._errors import ConfigError, ListenError, sole_exception
+from ._errors import ConfigError, ListenError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
 from ._logging import set_instance
 from ._mail import Mailer, mail_child, parse_smtp_url
 from ._metrics import Metrics
+from ._monitoring import ProbeWatch, probe_audit_child, readiness
 from ._revocation_service import MESSAGE_TYPES as REVOCATION_MESSAGES
 from ._revocation_service import Revocations, revocation_sync_child, revocations_child
 from ._secrets import Secrets, load_or_create
 from ._tokens import TokenService
 from ._version import VERSION
+from .ddns import Ddns, DdnsCollector, Updater
 from .locks import LOCK_MESSAGES, Locks, lock_managers
 from .marketplace import MARKETPLACE_MESSAGES, Marketplace
 from .store import PostgresDatabase, check_database
@@ -91,6 +93,10 @@ class Services:
     api: ApiServer
     operator: OperatorServer | None = None
     """The operator listener (``/metrics``); ``None`` when ``operator.enabled`` is false."""
+    probes: ProbeWatch | None = None
+    """The watch for cross-network probing (``[monitoring]``)."""
+    ddns: Ddns | None = None
+    """Devices' current addresses and DNS names."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ def check(config: Config) -> None:
     check_addresses(config.turn)
     if config.mail.smtp_url:
         parse_smtp_url(config.mail.smtp_url)
+    if config.ddns.zone:
+        Updater(config.ddns)  # the zone, its server and its TSIG key
 
 
 def _listeners(config: Config) -> list[tuple[str, str, int, socket.SocketKind]]:
@@ -220,7 +228,11 @@ def build(
         queue_size=config.mail.queue_size,
     )
     codec = Codec(*RELAY_MESSAGES, *REVOCATION_MESSAGES, *LOCK_MESSAGES, *MARKETPLACE_MESSAGES)
-    router = Router(instance_id, cluster_bus(config.bus, codec, bridge), rule=tenant_rule)
+    probes = ProbeWatch.from_config(config.monitoring)
+    router = Router(
+        instance_id, cluster_bus(config.bus, codec, bridge), rule=probes.rule(tenant_rule)
+    )
+    router.on_unreachable = probes.refused_envelope
     router.define(SERVICE, placement=Placement.INSTANCE)
     domain = DomainHandle()
     marketplace = Marketplace(
@@ -237,6 +249,7 @@ def build(
         relay_aliases=turn.relay_aliases,
     )
     revocations.add_listener(gateway.revoked)
+    ddns = Ddns(config.ddns, lambda: domain.get().store.db)
     api = api_server(
         config,
         metrics=metrics,
@@ -248,8 +261,16 @@ def build(
         webrtc=gateway.accept_webrtc,
         locks=Locks(router),
         marketplace=marketplace,
+        probes=probes,
+        ddns=ddns,
     )
-    networks = network_actors(router, NETWORK, domain, idle_s=config.gateway.network_idle_s)
+    networks = network_actors(
+        router,
+        NETWORK,
+        domain,
+        idle_s=config.gateway.network_idle_s,
+        on_address=ddns.address_changed,
+    )
     locks = lock_managers(router, LOCKS, lambda: domain.get().store.locks, config.locks)
     operator = operator_server(config, metrics)
 
@@ -284,6 +305,8 @@ def build(
             locks.as_child(shutdown_s=2.0),
             gateway_child(gateway, config.server.host, config.gateway.port, shutdown_s=grace),
             turn_child(turn),
+            probe_audit_child(probes, lambda: domain.get().store.db),
+            ChildSpec("ddns", ddns.serve),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=5,
@@ -295,6 +318,13 @@ def build(
     metrics.supervisors.extend([root, networks, locks])
     metrics.gateway = gateway.statistics
     metrics.turn = turn.stats
+    metrics.probes = probes.statistics
+    metrics.payouts = functools.partial(_payout_outcomes, domain)
+    metrics.readiness = readiness(
+        lambda: domain.get().store.db, lambda: router.bus.ready, timeout_s=2.0
+    )
+    metrics.gateway_queue_limit = config.gateway.queue_bytes_total
+    metrics.registry.register(DdnsCollector(ddns))
     if isinstance(router.bus, NatsBus):
         metrics.bus = router.bus.statistics
     services = Services(
@@ -310,8 +340,19 @@ def build(
         gateway,
         api,
         operator,
+        probes,
+        ddns,
     )
     return root, services
+
+
+def _payout_outcomes(domain: DomainHandle) -> dict[str, int] | None:
+    """The running store's payouts sent by outcome, for ``/metrics``; ``None`` while the store
+    is away (each run of the store counts from 0: a counter reset to Prometheus)."""
+    try:
+        return dict(domain.get().payouts.outcomes)
+    except StoreUnavailable:
+        return None
 
 
 async def serve(

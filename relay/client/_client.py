@@ -51,6 +51,7 @@ from ..protocol import (
     ProtocolError,
     Received,
     Reply,
+    ReportAddress,
     Request,
     Response,
     Send,
@@ -269,6 +270,17 @@ class DeviceClient:
         """Deliver ``data`` to device ``to``; :class:`DeliveryFailed` with the server's reason."""
         frame_id = next(self._ids)
         result = await self._roundtrip(frame_id, Send(id=frame_id, to=to, data=data), timeout_s)
+        if isinstance(result, Nack):
+            raise DeliveryFailed(result.reason)
+
+    async def report_address(self, addresses: list[str], *, timeout_s: float = 10.0) -> None:
+        """Tell the server this device's public addresses changed (learned from STUN, its
+        router, a network change): the network's other devices hear of it at once, and a DNS
+        name the device has follows. An empty list: the address the server sees.
+        :class:`DeliveryFailed` (``invalid``) for what is not up to four unicast addresses."""
+        frame_id = next(self._ids)
+        frame = ReportAddress(id=frame_id, addresses=addresses)
+        result = await self._roundtrip(frame_id, frame, timeout_s)
         if isinstance(result, Nack):
             raise DeliveryFailed(result.reason)
 

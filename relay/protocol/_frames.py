@@ -39,6 +39,9 @@ class PeerState(msgspec.Struct, frozen=True, omit_defaults=True):
     world_type: str
     online: bool
     last_seen: int | None = None
+    addresses: list[str] = []
+    """Where the device is reached now, while it is online: the public addresses it reported
+    (``address``), else the one its session comes from; for refreshing direct connections."""
 
 
 class ThorAction(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -55,7 +58,9 @@ class ThorResult(msgspec.Struct, frozen=True, omit_defaults=True):
     """For ``ok=False``: ``unreachable``, ``timeout``, ``overloaded``, or the executor's code."""
 
 
-NackReason = Literal["unreachable", "overloaded", "too_large", "rate_limited", "quota", "timeout"]
+NackReason = Literal[
+    "unreachable", "overloaded", "too_large", "rate_limited", "quota", "timeout", "invalid"
+]
 
 
 # ----------------------------------------------------------------------------- device -> server
@@ -200,6 +205,16 @@ class ComputeRequest(_Frame, tag="compute_request", frozen=True):
     max_tokens: int = 1024
 
 
+class ReportAddress(_Frame, tag="address", frozen=True):
+    """The device's public addresses changed (it learns them from STUN, its router, ...):
+    at most four unicast IP addresses; answered by ``ack`` (recorded, and the network told)
+    or ``nack`` ``invalid`` with the same ``id``. An empty list: use the address the server
+    sees the session come from."""
+
+    id: int
+    addresses: list[str]
+
+
 ClientFrame = (
     Hello
     | Send
@@ -216,6 +231,7 @@ ClientFrame = (
     | JobDone
     | JobFail
     | ComputeRequest
+    | ReportAddress
 )
 
 

@@ -23,6 +23,12 @@ from ._oidc import Authorization, Oidc, OidcFailed, ProviderUnavailable
 from ._operator_tools import CLI_OPERATOR, UserDetail
 from ._operators import Operators
 from ._removal import HomeNetwork, RoomData
+from ._retention import (
+    purge_login_codes,
+    purge_oauth_states,
+    purge_refresh_tokens,
+    purge_token_revocations,
+)
 from ._revocations import revoke_device_tokens
 from ._sealed import ACCOUNT_SEALED
 from ._users import User, UserStore, insert_user
@@ -52,5 +58,9 @@ __all__ = [
     "UserStore",
     "insert_user",
     "normalize_email",
+    "purge_login_codes",
+    "purge_oauth_states",
+    "purge_refresh_tokens",
+    "purge_token_revocations",
     "revoke_device_tokens",
 ]

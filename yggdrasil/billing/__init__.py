@@ -106,6 +106,7 @@ from ._providers import (
     ProviderRefund,
 )
 from ._renewals import Renewals, renew_forever
+from ._retention import purge_webhook_events
 from ._sandbox import MICRO_DEPOSITS_CENTS, SandboxProvider
 from ._seam import (
     Collected,
@@ -257,6 +258,7 @@ __all__ = [
     "post",
     "prorate",
     "purge_idempotency_keys",
+    "purge_webhook_events",
     "render_html",
     "renew_forever",
     "run_once",

@@ -177,6 +177,8 @@ class Payouts:
         self.disburser = disburser
         self.collector = collector
         self._id_codec: Codec = struct_codec(str)
+        self.outcomes: dict[str, int] = {"paid": 0, "failed": 0, "retry": 0}
+        """Payouts this object sent, by outcome (``yggdrasil_payout_attempts_total``)."""
 
     # ------------------------------------------------------------------- settings
 
@@ -454,12 +456,15 @@ class Payouts:
                 idempotency_key=f"payout:{payout_id}",
             )
         except PayoutDeclined as exc:
+            self.outcomes["failed"] += 1
             await self._fail(payout_id, f"declined: {exc}")
             return "failed"
         except PayoutUnreachable as exc:
             if int(row["attempts"]) >= self.config.max_attempts:
+                self.outcomes["failed"] += 1
                 await self._fail(payout_id, f"unreachable {row['attempts']} times: {exc}")
                 return "failed"
+            self.outcomes["retry"] += 1
             log.info("payout %s stays pending: %s", payout_id, exc)
             return "pending"
 
@@ -475,6 +480,7 @@ class Payouts:
                 await append_audit(tx, row["user_id"], "payout.paid", payout_id)
 
         await self.db.write(paid)
+        self.outcomes["paid"] += 1
         return "paid"
 
     async def _fail(self, payout_id: str, reason: str) -> None:

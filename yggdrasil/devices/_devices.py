@@ -75,12 +75,17 @@ DEVICES_SEALED = SealedColumns(
 """A device's name (often its owner's: "Ada's laptop") is sealed."""
 
 
-def _device(row: Row, vault: Vault) -> Device:
+def _device(row: Row, vault: Vault | None) -> Device:
+    """A device row as a :class:`Device`; without ``vault`` its ``name`` stays sealed (for
+    callers that need only ids)."""
+    name = row["name"]
+    if vault is not None:
+        name = vault.open(name, DEVICES_SEALED.place("name", row["user_id"]))
     return Device(
         device_id=row["device_id"],
         network_id=row["network_id"],
         user_id=row["user_id"],
-        name=vault.open(row["name"], DEVICES_SEALED.place("name", row["user_id"])),
+        name=name,
         world_type=row["world_type"],
         capabilities=from_json(row["capabilities"]),
         hardware_specs=from_json(row["hardware_specs"]),
@@ -169,10 +174,11 @@ async def scoped_device(tx: Tx, scope: Scope, network_id: str, device_id: str) -
 
 
 async def devices_of_user(
-    tx: Tx, user_id: str, *, vault: Vault, limit: int | None = None
+    tx: Tx, user_id: str, *, vault: Vault | None = None, limit: int | None = None
 ) -> list[Device]:
     """``user_id``'s devices in every network, by network and id: for the user's own data export
-    and for operators (who are checked by their caller). At most ``limit`` when given."""
+    and for operators (who are checked by their caller). At most ``limit`` when given. Names
+    are opened with ``vault``; without it they stay sealed."""
     sql = "SELECT * FROM devices WHERE user_id = $1 ORDER BY network_id, device_id"
     rows = (
         await tx.fetch(sql, user_id)
@@ -217,7 +223,7 @@ async def find_devices(
     device_id: str | None = None,
     after: tuple[str, str] | None = None,
     limit: int,
-    vault: Vault,
+    vault: Vault | None = None,
 ) -> list[Device]:
     """Devices in every network, for operators (who are checked by their caller), by network
     and id: those of ``user_id``, in ``network_id``, with the id ``device_id``, after ``after``

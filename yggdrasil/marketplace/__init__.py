@@ -20,7 +20,9 @@ from ._messages import (
     JobFailed,
     JobOffer,
 )
+from ._privacy import MarketplaceData
 from ._quality import Decay, Outcome
+from ._retention import purge_requests
 from ._routing import (
     TIE_EPSILON,
     Candidate,
@@ -85,6 +87,7 @@ __all__ = [
     "JobOffer",
     "JobResult",
     "Marketplace",
+    "MarketplaceData",
     "NotRunningHere",
     "Outcome",
     "PayoutMethodRequired",
@@ -109,5 +112,6 @@ __all__ = [
     "Weights",
     "Window",
     "count_tokens",
+    "purge_requests",
     "run_job",
 ]

@@ -25,6 +25,7 @@ from ._json import from_json, to_json
 from ._migrations import current_version, migrate
 from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
+from ._retention import Purge, Retention, retain_forever
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
 from ._sealing import SealedColumns, key_usage, reseal, reseal_all
 from ._sqlite import SqliteDatabase
@@ -37,6 +38,8 @@ __all__ = [
     "Database",
     "Page",
     "PostgresDatabase",
+    "Purge",
+    "Retention",
     "Row",
     "Scope",
     "SealedColumns",
@@ -55,6 +58,7 @@ __all__ = [
     "open_database_retrying",
     "reseal",
     "reseal_all",
+    "retain_forever",
     "seal_audit_forever",
     "to_json",
 ]

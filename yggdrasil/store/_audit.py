@@ -197,36 +197,206 @@ class AuditLog:
         ]
 
     async def verify_chain(self) -> int:
-        """Seal what is pending, then recompute every hash; returns the number of entries,
-        raises :class:`AuditChainBroken`."""
+        """Seal what is pending, then recompute every hash from the retention cut on (the seq
+        and hash of the last entry retention removed, :func:`cut_audit`); returns the number of
+        entries checked, raises :class:`AuditChainBroken` naming the first entry that does not
+        match."""
         try:
             await self.seal()
         except UniqueViolation:
-            raise AuditChainBroken("an entry occupies the next place in the chain") from None
-
-        async def work(tx: Tx) -> tuple[list[Row], Row]:
-            # Under the head's lock: no sealer moves the head while the entries are read.
-            head = await _lock_head(tx)
-            return await tx.fetch("SELECT * FROM audit_log ORDER BY seq"), head
-
-        rows, head = await self.db.write(work)
-        prev, expected_seq = "", 1
-        for row in rows:
-            digest = _chain_hash(
-                prev,
-                row["seq"],
-                row["at"],
-                row["actor"],
-                row["action"],
-                row["subject"],
-                row["detail"],
+            head = await self.db.read(
+                lambda tx: tx.fetchval("SELECT seq FROM audit_head WHERE id = 1")
             )
-            if row["seq"] != expected_seq or row["prev_hash"] != prev or row["hash"] != digest:
-                raise AuditChainBroken(f"audit entry {row['seq']} does not match its chain")
-            prev, expected_seq = digest, expected_seq + 1
-        if head["seq"] != len(rows) or head["hash"] != prev:
-            raise AuditChainBroken("the audit head does not match the last entry")
+            raise AuditChainBroken(
+                f"audit entry {int(head) + 1} was written behind the sealer's back"
+            ) from None
+
+        async def work(tx: Tx) -> tuple[list[Row], Row, Row]:
+            # Under the head's lock: no sealer moves the head, and no cut moves the start,
+            # while the entries are read.
+            head = await _lock_head(tx)
+            cut = await _cut(tx)
+            return await tx.fetch("SELECT * FROM audit_log ORDER BY seq"), head, cut
+
+        rows, head, cut = await self.db.write(work)
+        check_chain(rows, head, cut)
         return len(rows)
+
+    async def span(self) -> tuple[int, int]:
+        """The first and the last seq the chain holds now (the first follows the retention
+        cut; with no entries, the last is the cut)."""
+
+        async def work(tx: Tx) -> tuple[int, int]:
+            cut = await _cut(tx)
+            head = await tx.fetchval("SELECT seq FROM audit_head WHERE id = 1")
+            return int(cut["seq"]) + 1, int(head)
+
+        return await self.db.read(work)
+
+    async def cut(self, before_ms: int, *, at: int, limit: int = 1000) -> int:
+        """Retention: remove up to ``limit`` of the oldest entries written before
+        ``before_ms`` (see :func:`cut_audit`); how many."""
+        return await self.db.write(lambda tx: cut_audit(tx, before_ms, at=at, limit=limit))
+
+    async def entries_about(
+        self, user_id: str, *, after: int = 0, limit: int = MAX_PAGE
+    ) -> list[AuditEntry]:
+        """A user's own trail, oldest first from ``after``: the entries they did
+        (``actor``) or that are about them (``subject`` is their id), sealed first. Hashes
+        are left out (empty): they chain everyone's entries together."""
+        await self.seal()
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(
+                "SELECT * FROM audit_log WHERE (actor = $1 OR subject = $1 OR subject = $2)"
+                " AND seq > $3 ORDER BY seq LIMIT $4",
+                user_id,
+                f"user:{user_id}",
+                after,
+                limit,
+            )
+
+        return [
+            AuditEntry(**{**row, "detail": from_json(row["detail"]), "prev_hash": "", "hash": ""})
+            for row in await self.db.read(work)
+        ]
+
+    async def search(
+        self,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        action: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        after: int = 0,
+        limit: int = MAX_PAGE,
+    ) -> list[AuditEntry]:
+        """Operator read with filters (each optional, all must hold): the exact ``actor`` and
+        ``subject``, an ``action`` or its prefix ending in ``.`` (``login.``), written at or
+        after ``since`` and before ``until`` (ms); oldest first from ``after``."""
+        await self.seal()
+        where, args = ["seq > $1"], [after]
+
+        def add(clause: str, value: Any) -> None:
+            args.append(value)
+            where.append(clause.replace("?", f"${len(args)}"))
+
+        if actor is not None:
+            add("actor = ?", actor)
+        if subject is not None:
+            add("subject = ?", subject)
+        if action is not None and action.endswith("."):
+            # substr compares a prefix alike on both backends, without LIKE's wildcards
+            add(f"substr(action, 1, {len(action)}) = ?", action)
+        elif action is not None:
+            add("action = ?", action)
+        if since is not None:
+            add("at >= ?", since)
+        if until is not None:
+            add("at < ?", until)
+        args.append(limit)
+        sql = f"SELECT * FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(args)}"
+
+        async def work(tx: Tx) -> list[Row]:
+            return await tx.fetch(sql, *args)
+
+        return [
+            AuditEntry(**{**row, "detail": from_json(row["detail"])})
+            for row in await self.db.read(work)
+        ]
+
+
+_CUT_MIGRATION = 12
+"""The migration that brings ``audit_cut``: a database from before it (a backup being restored
+by a newer version, which migrates it only when it starts) has never been cut."""
+
+
+async def _cut(tx: Tx) -> Row:
+    if not await tx.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", _CUT_MIGRATION):
+        return {"seq": 0, "hash": "", "at": 0}
+    row = await tx.fetchrow("SELECT seq, hash, at FROM audit_cut WHERE id = 1")
+    assert row is not None
+    return row
+
+
+def check_chain(rows: list[Row], head: Row, cut: Row) -> None:
+    """Recompute the chain of ``rows`` (oldest first) from the retention ``cut`` to the
+    ``head``; :class:`AuditChainBroken` naming the first entry that does not match. The newest
+    ``audit.cut`` entry kept must name the cut (a cut moved behind the job's back shows)."""
+    prev, expected_seq = str(cut["hash"]), int(cut["seq"]) + 1
+    newest_cut: Row | None = None
+    for row in rows:
+        digest = _chain_hash(
+            prev,
+            row["seq"],
+            row["at"],
+            row["actor"],
+            row["action"],
+            row["subject"],
+            row["detail"],
+        )
+        if row["seq"] != expected_seq or row["prev_hash"] != prev or row["hash"] != digest:
+            raise AuditChainBroken(f"audit entry {expected_seq} does not match its chain")
+        if row["action"] == CUT_ACTION:
+            newest_cut = row
+        prev, expected_seq = digest, expected_seq + 1
+    if head["seq"] != expected_seq - 1 or head["hash"] != prev:
+        raise AuditChainBroken(f"audit entry {expected_seq - 1} does not match the chain's head")
+    if int(cut["seq"]) > 0:
+        named = None if newest_cut is None else from_json(newest_cut["detail"])
+        if named != {"seq": int(cut["seq"]), "hash": str(cut["hash"])}:
+            raise AuditChainBroken(
+                f"audit entry {int(cut['seq']) + 1} does not match its chain"
+                " (the retention cut is not the one the log recorded)"
+            )
+
+
+CUT_ACTION = "audit.cut"
+"""The entry a retention cut appends, naming the last entry it removed (``seq``, ``hash``)."""
+
+
+async def cut_audit(tx: Tx, before_ms: int, *, at: int, limit: int = 1000) -> int:
+    """Retention, inside ``tx``: remove up to ``limit`` of the oldest entries of the chain
+    written before ``before_ms`` (a prefix: it stops at the first younger entry), record the
+    last one removed as the cut (``audit_cut``, which the database lets move only forward and
+    only to an entry's own hash) and append an ``audit.cut`` entry naming it. How many went.
+    Serialized with the sealers and verification on the chain's head row."""
+    await _lock_head(tx)
+    # What is pending is older than anything appended from now on: chain it first, so that
+    # the cut does not depend on when the sealer last ran.
+    while await seal_pending(tx) == SEAL_BATCH:
+        pass
+    cut = await _cut(tx)
+    rows = await tx.fetch(
+        "SELECT seq, at, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        cut["seq"],
+        limit,
+    )
+    last: Row | None = None
+    for row in rows:
+        if row["at"] >= before_ms:
+            break
+        last = row
+    if last is None:
+        return 0
+    # The triggers let exactly this through: the cut moves to an entry of the chain, then
+    # entries up to it may go.
+    await tx.execute(
+        "UPDATE audit_cut SET seq = $1, hash = $2, at = $3 WHERE id = 1",
+        last["seq"],
+        last["hash"],
+        at,
+    )
+    removed = await tx.execute("DELETE FROM audit_log WHERE seq <= $1", last["seq"])
+    await append_audit(
+        tx, "retention", CUT_ACTION, "", {"seq": int(last["seq"]), "hash": str(last["hash"])}
+    )
+    # The record of the cut joins the chain in the cut's own transaction (under the head's
+    # lock, as the sealer would), so a verification never sees a cut without its record.
+    while await seal_pending(tx) == SEAL_BATCH:
+        pass
+    return removed
 
 
 async def seal_audit_forever(log: AuditLog, interval_s: float) -> None:
