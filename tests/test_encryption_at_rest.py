@@ -175,6 +175,8 @@ async def test_a_dump_shows_no_personal_data_in_clear(
         method = export["billing"]["payment_methods"][0]
         assert (method["label"], method["email_masked"]) == (PAYOUT_LABEL, "s***@example.org")
         assert export["billing"]["kyc"]["reference"] == KYC_REFERENCE
+        trail = (await ada.get("/api/v1/users/me/audit")).json()["items"]
+        assert {e["detail"]["ip"] for e in trail if e["action"] == "login.success"} == {CLIENT_IP}
         alice_export = (await alice.get("/api/v1/users/me/export")).json()
         assert alice_export["user"]["email"] == ALICE
         assert alice_export["user"]["display_name"] == ALICE_NAME
