@@ -228,16 +228,19 @@ def _run_store_command(args: argparse.Namespace, config: Config) -> int:
 async def _with_operators(config: Config, work: Callable[[Operators], Awaitable[T]]) -> T:
     server.check(config)
     server.prepare_data_dir(config)
-    vault = open_vault(config.data_path, config.encryption.key_file, create=not config.database.url)
+    vault = open_vault(config.data_path, config.encryption.key_file, create=False)
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
         try:
-            if vault is None:  # addresses and names are sealed with the servers' keyring
+            # Addresses and names are sealed with the servers' keyring. A data directory
+            # without one holds nothing sealed; PostgreSQL's keyring is elsewhere.
+            if vault is None and config.database.url:
                 raise ConfigError(
                     f"no data keyring in {config.data_path / 'secrets'}: is --data-dir (or"
                     " encryption.key_file) right?"
                 )
-            db.vault = vault
+            if vault is not None:
+                db.vault = vault
             await migrate(db)
             # Deleting a user here forgets their billing data exactly as the API does.
             billing = BillingData(Ledger(db, config.ledger), config.payouts)

@@ -202,14 +202,18 @@ async def _serve_until_signalled(config: Config) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
+async def _with_database(
+    config: Config, work: Callable[[Database], Awaitable[T]], *, make_keyring: bool = False
+) -> T:
     server.check(config)
     if not config.database.url:  # SQLite lives in the data directory; PostgreSQL needs none
         server.prepare_data_dir(config)
 
-    # The data keyring lives beside SQLite; with PostgreSQL it must be there already (or in
-    # encryption.key_file): a new one would seal data that the servers cannot read.
-    vault = open_vault(config.data_path, config.encryption.key_file, create=not config.database.url)
+    # The data keyring: only 'migrate' makes one (beside SQLite; with PostgreSQL it must be
+    # there already, or in encryption.key_file: a new one would seal data that the servers
+    # cannot read). Without one, nothing sealed can be there to read.
+    make = make_keyring and not config.database.url
+    vault = open_vault(config.data_path, config.encryption.key_file, create=make)
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
         if vault is not None:
@@ -227,7 +231,7 @@ async def _migrate(config: Config) -> list[int]:
             await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
         return applied
 
-    return await _with_database(config, work)
+    return await _with_database(config, work, make_keyring=True)
 
 
 def _require_keyring(config: Config) -> Path:
