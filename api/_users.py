@@ -71,6 +71,7 @@ def install(app: Quart, guard: Guard) -> None:
             data.code,
             device=data.device.to_new() if data.device else None,
             network_id=data.network_id,
+            source=guard.client(),
         )
         return convert(session, SessionOut)  # type: ignore[no-any-return]
 
@@ -133,6 +134,7 @@ def install(app: Quart, guard: Guard) -> None:
             code=data.code,
             device=data.device.to_new() if data.device else None,
             network_id=data.network_id,
+            source=guard.client(),
         )
         return convert(session, SessionOut)  # type: ignore[no-any-return]
 

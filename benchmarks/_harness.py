@@ -119,22 +119,30 @@ def start_server(
     raise RuntimeError(log_path.read_text())
 
 
-async def register_devices(db: Database, count: int, per_network: int) -> list[tuple[str, str]]:
+async def register_devices(
+    db: Database, count: int, per_network: int, *, data_dir: Path
+) -> list[tuple[str, str]]:
     """Register devices ``d0`` .. ``d<count-1>`` directly in a migrated database,
-    ``per_network`` to a user and network; each device's ``(user_id, network_id)``."""
-    from yggdrasil import NewDevice, Tx
+    ``per_network`` to a user and network; each device's ``(user_id, network_id)``. Their
+    personal data is sealed with the keyring of ``data_dir``, the servers' data directory."""
+    from yggdrasil import NewDevice, Tx, load_or_create, open_vault
     from yggdrasil.accounts import insert_user
     from yggdrasil.devices import insert_device
+
+    load_or_create(data_dir)  # the keyring starts from the data key, as the server's does
+    vault = open_vault(data_dir)
+    assert vault is not None
+    db.vault = vault
 
     owners: list[tuple[str, str]] = []
 
     async def register(tx: Tx) -> None:
         for i in range(count):
             if i % per_network == 0:
-                user_id, network_id = await insert_user(tx, f"bench{i}@example.org")
+                user_id, network_id = await insert_user(tx, db.vault, f"bench{i}@example.org")
             owners.append((user_id, network_id))
             await insert_device(
-                tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard")
+                tx, network_id, user_id, NewDevice(f"d{i}", f"bench {i}", "midgard"), vault=db.vault
             )
 
     await db.write(register)

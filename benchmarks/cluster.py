@@ -80,7 +80,7 @@ def prepare(database_url: str, data_dir: Path, count: int, per_network: int) -> 
             )
             try:
                 await migrate(db)
-                return await register_devices(db, count, per_network)
+                return await register_devices(db, count, per_network, data_dir=data_dir)
             finally:
                 await db.aclose()
 

@@ -265,7 +265,7 @@ def prepare_sqlite(data_dir: Path, devices: int) -> str:
         db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
         try:
             await migrate(db)
-            return await register_devices(db, devices, per_network=devices)
+            return await register_devices(db, devices, per_network=devices, data_dir=data_dir)
         finally:
             await db.aclose()
 
@@ -284,7 +284,7 @@ def prepare_postgres(database_url: str, data_dir: Path, devices: int) -> str:
             )
             try:
                 await migrate(db)
-                return await register_devices(db, devices, per_network=devices)
+                return await register_devices(db, devices, per_network=devices, data_dir=data_dir)
             finally:
                 await db.aclose()
 

@@ -241,7 +241,7 @@ def prepare(data_dir: Path) -> dict[str, str]:
         db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
         try:
             await migrate(db)
-            return await register_devices(db, 2, per_network=1)
+            return await register_devices(db, 2, per_network=1, data_dir=data_dir)
         finally:
             await db.aclose()
 

@@ -106,7 +106,7 @@ def prepare_yggdrasil(data_dir: Path, count: int, per_network: int) -> list[str]
         db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
         await migrate(db)
         try:
-            return await register_devices(db, count, per_network)
+            return await register_devices(db, count, per_network, data_dir=data_dir)
         finally:
             await db.aclose()
 

@@ -192,15 +192,24 @@ async def test_admin_grant_of_an_unknown_user_on_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-async def test_admin_grant_of_an_unknown_user_on_postgres(pg_database: str) -> None:
+async def test_admin_grant_of_an_unknown_user_on_postgres(pg_database: str, tmp_path: Path) -> None:
     # An empty database is the wrong one: nothing is created in it.
     line = await fails("admin", "grant", "ghost@example.org", "--database-url", pg_database,
                        status=2)  # fmt: skip
     assert line == f"yggdrasil: {pg_database} holds no Yggdrasil data: is the URL right?"
     migrated = await _run("migrate", "--database-url", pg_database, "--log-level", "warning")
     assert migrated.returncode == 0, migrated.stderr
+    # Addresses are found by their blind index, whose key is in the servers' keyring.
+    keyring = tmp_path / "data" / "secrets" / "data-keyring.json"
+    line = await fails("admin", "grant", "ghost@example.org", "--database-url", pg_database,
+                       "--data-dir", str(tmp_path / "data"), status=2)  # fmt: skip
+    assert line == (
+        f"yggdrasil: no data keyring at {keyring}: is --data-dir (or encryption.key_file) right?"
+    )
+    made = await _run("keys", "rotate-data", "--data-dir", str(tmp_path / "data"))
+    assert made.returncode == 0, made.stderr
     line = await fails("admin", "grant", "Ghost@Example.org", "--database-url", pg_database,
-                       status=1)  # fmt: skip
+                       "--data-dir", str(tmp_path / "data"), status=1)  # fmt: skip
     assert line == f"yggdrasil: no such user Ghost@Example.org in {pg_database}"
 
 
@@ -479,7 +488,8 @@ async def test_admin_grant_revokes_the_users_tokens_and_not_their_devices(
         where = ["--data-dir", str(data_dir)]
         if backend == "postgres":
             database["url"] = await stack.enter_async_context(fresh_pg_database())
-            where = ["--database-url", database["url"]]
+            # The data directory holds the keyring that finds the address's blind index.
+            where = ["--database-url", database["url"], "--data-dir", str(data_dir)]
         running = await stack.enter_async_context(
             running_server(
                 data_dir, limits=RELAXED_LIMITS, database=database,

@@ -150,8 +150,10 @@ async def test_revocation_reaches_every_instance_within_a_second(
         devices = [await c.device(f"d{n}") for n in range(3)]
         owner = await sign_in(c.http, c.outbox, "home@example.org")
         await sign_in(c.http, c.outbox, "ops@example.org")
+        # The cluster's data directory holds the keyring that finds the address.
+        where = ["--database-url", c.db, "--data-dir", str(c.outbox.parent)]
         granted = await trio.run_process(
-            [*yggdrasil_command(), "admin", "grant", "ops@example.org", "--database-url", c.db],
+            [*yggdrasil_command(), "admin", "grant", "ops@example.org", *where],
             capture_stdout=True,
             capture_stderr=True,
             check=False,

@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from yggdrasil import Scope, SqliteDatabase, Store, migrate
+from yggdrasil import Scope, SqliteDatabase, Store, migrate, open_vault
 
 pytestmark = pytest.mark.slow
 
 WRITER = """
 import sys, trio
 from pathlib import Path
-from yggdrasil import NewDevice, Scope, SqliteDatabase, Store
+from yggdrasil import NewDevice, Scope, SqliteDatabase, Store, open_vault
 
 async def main():
     db = await SqliteDatabase.open(Path(sys.argv[1]))
+    db.vault = open_vault(Path(sys.argv[1]).parent)
     store = Store(db)
     scope = Scope(sys.argv[2])
     i = 0
@@ -37,9 +38,12 @@ trio.run(main)
 
 def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
+    vault = open_vault(tmp_path)
+    assert vault is not None
 
     async def setup() -> tuple[str, str]:
         db = await SqliteDatabase.open(path)
+        db.vault = vault  # the writer and the check seal and open with the same keyring
         await migrate(db)
         user, home = await Store(db).create_user("durable@example.org")
         await db.aclose()
@@ -66,6 +70,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
 
     async def check() -> set[str]:
         db = await SqliteDatabase.open(path)
+        db.vault = vault
         store = Store(db)
         found: set[str] = set()
         cursor = None

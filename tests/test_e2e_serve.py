@@ -12,14 +12,21 @@ import trio
 
 from tests.conftest import pg_url, require_postgres
 from tests.servers import server_process
-from yggdrasil import Scope, SqliteDatabase, Store
+from yggdrasil import Scope, SqliteDatabase, Store, Vault, open_vault
 
 pytestmark = pytest.mark.slow
+
+
+def _vault(data_dir: Path) -> Vault:
+    vault = open_vault(data_dir, create=False)
+    assert vault is not None
+    return vault
 
 
 def add_user(data_dir: Path, email: str) -> str:
     async def main() -> str:
         db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
+        db.vault = _vault(data_dir)  # the server's keyring: personal data is sealed with it
         try:
             user, _ = await Store(db).create_user(email)
             return user.user_id
@@ -32,6 +39,7 @@ def add_user(data_dir: Path, email: str) -> str:
 def read_email(data_dir: Path, user_id: str) -> str | None:
     async def main() -> str | None:
         db = await SqliteDatabase.open(data_dir / "yggdrasil.sqlite3")
+        db.vault = _vault(data_dir)
         try:
             return (await Store(db).get_me(Scope(user_id))).email
         finally:
@@ -68,7 +76,7 @@ def test_serve_answers_stops_on_sigterm_and_keeps_its_data(tmp_path: Path) -> No
 
     secrets_dir = data_dir / "secrets"
     keys = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
-    assert set(keys) == {"signing-key.pem", "data-key", "turn-secret"}
+    assert set(keys) == {"signing-key.pem", "data-key", "data-keyring.json", "turn-secret"}
     for path in secrets_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700

@@ -106,6 +106,7 @@ EXPORTS: dict[str, set[str]] = {
         "create_app", "create_operator_app", "error_response", "operator_server", "serve_api",
     },
     "yggdrasil": {
+        "DataKeyMissing", "Vault", "open_vault", "rotate_data_key",
         "AccountData", "AccountSuspended", "Accounts", "AsyncioThread", "AuditChainBroken",
         "AuditEntry", "Blocked", "ProbeWatch",
         "Authorization", "Config", "ConfigError", "Database", "Device", "DeviceUpdate", "Domain",
@@ -148,6 +149,7 @@ EXPORTS: dict[str, set[str]] = {
         "ReportAddress",
     },
     "yggdrasil.accounts": {
+        "ACCOUNT_SEALED",
         "CLI_OPERATOR", "AccountData", "AccountSuspended", "Accounts", "Authorization",
         "EnrollmentKey", "EnrollmentKeyInfo", "HomeNetwork", "InvalidCode", "InvalidGrant",
         "InvalidKey", "KeyUsed", "Oidc", "OidcFailed", "Operators", "ProviderUnavailable",
@@ -156,6 +158,7 @@ EXPORTS: dict[str, set[str]] = {
         "purge_refresh_tokens", "purge_token_revocations",
     },
     "yggdrasil.devices": {
+        "DEVICES_SEALED",
         "Device", "DeviceStore", "DeviceUpdate", "NewDevice", "RevokeDevice", "WorldType",
         "claim_device", "delete_devices_of_user", "device_ids_of_network", "devices_of_user",
         "find_devices", "insert_device", "remove_device", "scoped_device",
@@ -167,13 +170,15 @@ EXPORTS: dict[str, set[str]] = {
     },
     "yggdrasil.store": {
         "MAX_PAGE", "AuditChainBroken", "AuditEntry", "AuditLog", "Database", "Page",
-        "PostgresDatabase", "Row", "Scope", "SqliteDatabase", "Tx", "append_audit",
+        "PostgresDatabase", "Row", "Scope", "SealedColumns", "SqliteDatabase", "Tx", "append_audit",
+        "key_usage", "reseal", "reseal_all",
         "audit_entries_about", "check_database", "current_version", "decode_cursor",
         "encode_cursor", "from_json", "migrate", "open_database", "open_database_retrying",
         "seal_audit_forever",
         "to_json", "Purge", "Retention", "retain_forever",
     },
     "yggdrasil.billing": {
+        "BILLING_SEALED",
         "KIND_RULES", "MAX_AMOUNT", "SIGN_RULES", "Balances", "Capture", "Cents", "Charge",
         "Codec", "Collected", "Collector", "Deposit", "Entry", "ExceedsHold", "ExceedsRefundable",
         "Hold", "HoldClosed", "IdempotencyKeyRequired", "IdempotencyKeyReused",

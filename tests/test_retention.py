@@ -47,7 +47,7 @@ async def seed(db: Database, now: int) -> dict[str, tuple[str, str]]:
     ids: dict[str, tuple[str, str]] = {}
 
     async def work(tx: Tx) -> None:
-        user_id, _ = await insert_user(tx, "ada@example.org")
+        user_id, _ = await insert_user(tx, db.vault, "ada@example.org")
         for kind, cutoff in cutoffs.items():
             pair = []
             for label, at in (("old", cutoff - 1), ("kept", cutoff)):

@@ -19,6 +19,7 @@ from ._addresses import (
 )
 from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._config import Config, GatewayConfig, LimitsConfig, load_config
+from ._crypto import DataKeyMissing, Vault, open_vault, rotate_data_key
 from ._domain import Domain, DomainHandle, Store
 from ._errors import (
     ConfigError,
@@ -87,6 +88,7 @@ __all__ = [
     "Blocked",
     "Config",
     "ConfigError",
+    "DataKeyMissing",
     "Database",
     "Device",
     "DeviceUpdate",
@@ -134,6 +136,7 @@ __all__ = [
     "UniqueViolation",
     "User",
     "UserDetail",
+    "Vault",
     "YggdrasilError",
     "current_version",
     "device_address",
@@ -143,7 +146,9 @@ __all__ = [
     "network_address",
     "normalize_email",
     "open_asyncio_thread",
+    "open_vault",
     "provider_address",
+    "rotate_data_key",
     "service_address",
     "tenant_of",
     "tenant_rule",

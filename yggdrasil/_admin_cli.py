@@ -29,7 +29,9 @@ from . import server
 from ._asyncio_thread import open_asyncio_thread
 from ._config import Config
 from ._config_text import example_config, render_config
+from ._crypto import open_vault
 from ._errors import (
+    ConfigError,
     Invalid,
     NotFound,
     YggdrasilError,
@@ -226,9 +228,19 @@ def _run_store_command(args: argparse.Namespace, config: Config) -> int:
 async def _with_operators(config: Config, work: Callable[[Operators], Awaitable[T]]) -> T:
     server.check(config)
     server.prepare_data_dir(config)
+    vault = open_vault(config.data_path, config.encryption.key_file, create=False)
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
         try:
+            # Addresses and names are sealed with the servers' keyring. A data directory
+            # without one holds nothing sealed; PostgreSQL's keyring is elsewhere.
+            if vault is None and config.database.url:
+                raise ConfigError(
+                    f"no data keyring in {config.data_path / 'secrets'}: is --data-dir (or"
+                    " encryption.key_file) right?"
+                )
+            if vault is not None:
+                db.vault = vault
             await migrate(db)
             # Deleting a user here forgets their billing data exactly as the API does.
             billing = BillingData(Ledger(db, config.ledger), config.payouts)

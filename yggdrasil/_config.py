@@ -541,6 +541,16 @@ class RetentionConfig(_Section, frozen=True):
     chain) and the cut is recorded, so the chain still verifies."""
 
 
+class EncryptionConfig(_Section, frozen=True):
+    key_file: str = ""
+    """The data keyring (AES-256-GCM keys and the blind-index key, JSON); empty: the data
+    directory's ``secrets/data-keyring.json``, generated on first start."""
+    reencrypt_interval_s: Seconds = 30.0
+    """How often the keyring is read again and rows under an older key are re-encrypted."""
+    reencrypt_batch: Positive = 500
+    """Rows re-encrypted per transaction."""
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
@@ -563,6 +573,7 @@ class Config(_Section, frozen=True):
     ddns: DdnsConfig = msgspec.field(default_factory=DdnsConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    encryption: EncryptionConfig = msgspec.field(default_factory=EncryptionConfig)
 
     @property
     def data_path(self) -> Path:
@@ -591,6 +602,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "ddns": DdnsConfig,
     "monitoring": MonitoringConfig,
     "retention": RetentionConfig,
+    "encryption": EncryptionConfig,
 }
 
 

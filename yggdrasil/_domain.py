@@ -22,10 +22,12 @@ from actors import ChildSpec
 
 from ._asyncio_thread import AsyncioThread
 from ._config import Config
-from ._errors import NotFound, StoreUnavailable
+from ._crypto import Vault
+from ._errors import ConfigError, NotFound, StoreUnavailable
 from ._mail import Mailer
 from ._tokens import TokenService
 from .accounts import (
+    ACCOUNT_SEALED,
     AccountData,
     Accounts,
     Oidc,
@@ -39,6 +41,7 @@ from .accounts import (
     revoke_device_tokens,
 )
 from .billing import (
+    BILLING_SEALED,
     BillingData,
     Collector,
     KycService,
@@ -59,7 +62,7 @@ from .billing import (
     renew_forever,
 )
 from .ddns import DdnsData
-from .devices import DeviceStore
+from .devices import DEVICES_SEALED, DeviceStore
 from .locks import LockStore
 from .marketplace import MarketplaceData, purge_requests
 from .networks import NetworkStore
@@ -71,11 +74,15 @@ from .store import (
     Scope,
     migrate,
     open_database_retrying,
+    reseal_all,
     retain_forever,
     seal_audit_forever,
 )
 
 log = logging.getLogger(__name__)
+
+SEALED_COLUMNS = (*ACCOUNT_SEALED, DEVICES_SEALED, *BILLING_SEALED)
+"""Every room's personal columns sealed with the data keys."""
 
 _SEAL_INTERVAL_S = 0.25
 """How often the store's sealer moves pending audit entries into the hash chain."""
@@ -264,16 +271,24 @@ def store_child(
     *,
     on_revoke: Callable[[str, int], None],
     shutdown_s: float,
+    vault: Vault | None = None,
 ) -> ChildSpec:
     """The ``store`` child: opens the configured database (retrying for
     ``database.connect_timeout_s``), applies the migrations and fills ``domain`` with the
     services over it; on the way out (stopped, cancelled or crashed) it clears ``domain`` and
-    closes the database. ``on_revoke`` as in :meth:`Domain.build`."""
+    closes the database. ``on_revoke`` as in :meth:`Domain.build`. ``vault`` seals personal
+    data (``_crypto``): before the domain serves, what migration 0011 marked ``plain:`` is sealed,
+    and while it runs, rows under an older data key move to the current one."""
 
     async def run(*, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         db = await open_database_retrying(config.database, config.data_path, bridge)
+        if vault is not None:
+            db.vault = vault
         try:
             applied = await migrate(db)
+            sealed = await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
+            if sealed:
+                log.info("sealed personal data in %d rows at start-up", sealed)
             async with open_providers(config.payments) as providers:
                 built = Domain.build(
                     db, tokens, mailer, config, on_revoke=on_revoke, payment_providers=providers
@@ -291,6 +306,7 @@ def store_child(
                     nursery.start_soon(seal_audit_forever, built.store.audit_log, _SEAL_INTERVAL_S)
                     nursery.start_soon(built.ledger.maintain_forever)
                     nursery.start_soon(built.payouts.run_forever)
+                    nursery.start_soon(reseal_forever, db, config)
                     subscriptions = built.subscriptions
                     nursery.start_soon(
                         functools.partial(
@@ -319,3 +335,34 @@ def store_child(
                 await db.aclose()
 
     return ChildSpec("store", run, shutdown_s=shutdown_s, graceful=True)
+
+
+_RESEAL_PASSES = 10
+"""Intervals after a key change during which the tables are scanned for rows under an older
+key: long enough for every instance sharing the keyring to have read it again (and so to have
+stopped sealing with the old key)."""
+
+
+async def reseal_forever(db: Database, config: Config) -> None:
+    """Every ``encryption.reencrypt_interval_s``: read the keyring again (a rotation by
+    ``yggdrasil keys rotate-data`` reaches a running instance so); after a change of the
+    current key, move the rows sealed under an older key to it, for a few intervals (the
+    start-up already sealed everything). An unreachable store only delays it."""
+    passes, seen = 0, db.vault.current
+    while True:
+        await trio.sleep(config.encryption.reencrypt_interval_s)
+        try:
+            db.vault.reload()
+            if db.vault.current != seen:  # (reading a new key's value may have reloaded it)
+                seen = db.vault.current
+                log.info("data key %s is current now", seen)
+                passes = _RESEAL_PASSES
+            if passes > 0:
+                changed = await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
+                passes -= 1
+                if changed:
+                    log.info("re-encrypted %d rows under data key %s", changed, db.vault.current)
+        except StoreUnavailable as exc:
+            log.info("re-encryption waits for the store: %s", exc.message)
+        except (OSError, ConfigError) as exc:
+            log.error("cannot read the data keyring again: %s", exc)

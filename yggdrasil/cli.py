@@ -27,12 +27,14 @@ from . import _admin_cli, server
 from ._asyncio_thread import open_asyncio_thread
 from ._backup import backup, restore
 from ._config import Config, load_config
+from ._crypto import keyring_path, open_vault, retire_data_key, rotate_data_key
+from ._domain import SEALED_COLUMNS
 from ._errors import ConfigError, NotFound, StoreUnavailable, YggdrasilError, sole_exception
 from ._logging import configure
 from ._secrets import rotate_signing_key
 from ._version import VERSION
 from .accounts import Operators
-from .store import AuditLog, Database, Tx, migrate, open_database
+from .store import AuditLog, Database, Tx, key_usage, migrate, open_database, reseal_all
 
 log = logging.getLogger("yggdrasil")
 T = TypeVar("T")
@@ -118,6 +120,20 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="sign new tokens with a new key; tokens of the old key stay valid"
     )
     _common(rotate)
+    rotate_data = keys_commands.add_parser(
+        "rotate-data",
+        help="seal personal data with a new data key; running servers re-encrypt to it",
+    )
+    _common(rotate_data)
+    usage = keys_commands.add_parser(
+        "data-usage", help="how many stored values each data key sealed"
+    )
+    _common(usage)
+    retire = keys_commands.add_parser(
+        "retire-data", help="remove a data key from the keyring once no stored value uses it"
+    )
+    retire.add_argument("kid")
+    _common(retire)
 
     backup_cmd = commands.add_parser(
         "backup", help="write the database and the secrets to one archive, while the server runs"
@@ -186,13 +202,22 @@ async def _serve_until_signalled(config: Config) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
+async def _with_database(
+    config: Config, work: Callable[[Database], Awaitable[T]], *, make_keyring: bool = False
+) -> T:
     server.check(config)
     if not config.database.url:  # SQLite lives in the data directory; PostgreSQL needs none
         server.prepare_data_dir(config)
 
+    # The data keyring: only 'migrate' makes one (beside SQLite; with PostgreSQL it must be
+    # there already, or in encryption.key_file: a new one would seal data that the servers
+    # cannot read). Without one, nothing sealed can be there to read.
+    make = make_keyring and not config.database.url
+    vault = open_vault(config.data_path, config.encryption.key_file, create=make)
     async with open_asyncio_thread() as bridge:
         db = await open_database(config.database, config.data_path, bridge)
+        if vault is not None:
+            db.vault = vault
         try:
             return await work(db)
         finally:
@@ -200,7 +225,67 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]
 
 
 async def _migrate(config: Config) -> list[int]:
-    return await _with_database(config, migrate)
+    async def work(db: Database) -> list[int]:
+        applied = await migrate(db)
+        if db.vault.path is not None:  # else the server seals at its start
+            await reseal_all(db, SEALED_COLUMNS, config.encryption.reencrypt_batch)
+        return applied
+
+    return await _with_database(config, work, make_keyring=True)
+
+
+def _require_keyring(config: Config) -> Path:
+    path = keyring_path(config.data_path, config.encryption.key_file)
+    if not path.exists():
+        raise ConfigError(
+            f"no data keyring at {path}: is --data-dir (or encryption.key_file) right?"
+        )
+    return path
+
+
+async def _data_usage(config: Config) -> dict[str, int]:
+    _require_keyring(config)
+
+    async def work(db: Database) -> dict[str, int]:
+        await migrate(db)
+        return await key_usage(db, SEALED_COLUMNS)
+
+    return await _with_database(config, work)
+
+
+def _keys(config: Config, args: argparse.Namespace) -> None:
+    key_file = config.encryption.key_file
+    if args.keys_command == "rotate":
+        _rotate(config)
+    elif args.keys_command == "rotate-data":
+        old, new = rotate_data_key(config.data_path, key_file)
+        where = keyring_path(config.data_path, key_file)
+        if old is None:
+            print(f"new data keyring {where} with key {new}")
+        else:
+            print(f"new data key {new} in {where}; key {old} stays for what it sealed")
+            print(
+                "running servers read the keyring again within"
+                f" {config.encryption.reencrypt_interval_s:g} s and re-encrypt their rows;"
+                " the audit log keeps its keys (see 'yggdrasil keys data-usage')"
+            )
+    elif args.keys_command == "data-usage":
+        usage = trio.run(_data_usage, config)
+        vault = open_vault(config.data_path, key_file, create=False)
+        assert vault is not None
+        for kid in sorted(set(vault.key_ids) | set(usage)):
+            state = "current" if kid == vault.current else "old"
+            if kid not in vault.key_ids:
+                state = "plain" if kid == "plain" else "missing from the keyring"
+            print(f"{kid}\t{usage.get(kid, 0)}\t{state}")
+    else:
+        usage = trio.run(_data_usage, config)
+        if usage.get(args.kid):
+            raise ConfigError(
+                f"data key {args.kid} still seals {usage[args.kid]} stored values: keep it"
+            )
+        retire_data_key(config.data_path, key_file, args.kid)
+        print(f"data key {args.kid} removed from the keyring")
 
 
 async def _grant(config: Config, email: str, role: Literal["user", "operator"]) -> bool:
@@ -211,6 +296,8 @@ async def _grant(config: Config, email: str, role: Literal["user", "operator"]) 
     async def work(db: Database) -> bool:
         if not await _has_schema(db):  # a wrong URL: do not fill that database with tables
             raise ConfigError(f"{where} holds no Yggdrasil data: is the URL right?")
+        if db.vault.path is None:  # addresses are found by their blind index: its key
+            _require_keyring(config)
         await migrate(db)
         try:
             return await Operators(db).grant_role(email, role)
@@ -280,7 +367,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "audit":
         print(trio.run(_verify_audit, config))
     else:
-        _rotate(config)
+        _keys(config, args)
     return 0
 
 

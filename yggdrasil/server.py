@@ -53,6 +53,7 @@ from ._addresses import LOCKS, NETWORK, SERVICE, tenant_rule
 from ._asyncio_thread import AsyncioThread, open_asyncio_thread
 from ._cluster import NatsBus, bus_child, cluster_bus
 from ._config import Config
+from ._crypto import open_vault
 from ._domain import DomainHandle, store_child
 from ._errors import ConfigError, ListenError, StoreUnavailable, sole_exception
 from ._hashing import configure as configure_hashing
@@ -292,6 +293,7 @@ def build(
                 bridge,
                 on_revoke=revocations.revoke,
                 shutdown_s=grace,
+                vault=open_vault(config.data_path, config.encryption.key_file),
             ),
             bus_child(router.bus),
             revocations_child(revocations, router),

@@ -30,9 +30,11 @@ from ._retention import (
     purge_token_revocations,
 )
 from ._revocations import revoke_device_tokens
+from ._sealed import ACCOUNT_SEALED
 from ._users import User, UserStore, insert_user
 
 __all__ = [
+    "ACCOUNT_SEALED",
     "CLI_OPERATOR",
     "AccountData",
     "AccountSuspended",

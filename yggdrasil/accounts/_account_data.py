@@ -15,7 +15,8 @@ from ..networks import networks_of_user, require_member
 from ..store import Database, Page, Row, Scope, Tx, append_audit, audit_entries_about
 from ._keys import EnrollmentKeyInfo, list_keys, next_cursor, page_args, revoke_key
 from ._removal import RoomData, delete_account, delete_network
-from ._users import User, _user
+from ._sealed import IDENTITIES
+from ._users import USERS, User, _user
 
 
 class AccountData:
@@ -26,13 +27,15 @@ class AccountData:
         self.rooms = dict(rooms or {})
 
     async def update_profile(self, scope: Scope, *, display_name: str | None) -> User:
+        vault = self.db.vault
+
         async def work(tx: Tx) -> Row:
             if display_name is not None:
                 changed = await tx.execute(
                     "UPDATE users SET display_name = $2, updated_at = $3"
                     " WHERE user_id = $1 AND status != 'deleted'",
                     scope.user_id,
-                    display_name,
+                    vault.seal_optional(display_name, USERS.place("display_name", scope.user_id)),
                     now_ms(),
                 )
                 if changed != 1:
@@ -45,7 +48,7 @@ class AccountData:
                 raise NotFound()
             return row
 
-        return _user(await self.db.write(work))
+        return _user(await self.db.write(work), vault)
 
     async def export(self, scope: Scope) -> dict[str, Any]:
         """Everything stored about the user, machine-readable (GDPR art. 20).
@@ -54,6 +57,7 @@ class AccountData:
         and useless to them.
         """
         user_id = scope.user_id
+        vault = self.db.vault
 
         async def work(tx: Tx) -> dict[str, Any]:
             user = await tx.fetchrow(
@@ -62,11 +66,18 @@ class AccountData:
             if user is None:
                 raise NotFound()
             networks = await networks_of_user(tx, user_id)
-            devices = await devices_of_user(tx, user_id)
-            identities = await tx.fetch(
-                "SELECT issuer, subject, email, created_at FROM identities WHERE user_id = $1",
-                user_id,
-            )
+            devices = await devices_of_user(tx, user_id, vault=vault)
+            identities = [
+                {
+                    **row,
+                    "subject": vault.open(row["subject"], IDENTITIES.place("subject", user_id)),
+                    "email": vault.open_optional(row["email"], IDENTITIES.place("email", user_id)),
+                }
+                for row in await tx.fetch(
+                    "SELECT issuer, subject, email, created_at FROM identities WHERE user_id = $1",
+                    user_id,
+                )
+            ]
             sessions = await tx.fetch(
                 "SELECT token_id, family_id, network_id, device_id, created_at, expires_at,"
                 " used_at, revoked_at FROM refresh_tokens WHERE user_id = $1 ORDER BY created_at",
@@ -80,9 +91,18 @@ class AccountData:
             codes = await tx.fetch(
                 "SELECT code_id, created_at, expires_at, attempts, consumed_at FROM login_codes"
                 " WHERE email = $1 ORDER BY created_at",
-                user["email"],
+                user["email_index"],
             )
-            audit = await audit_entries_about(tx, user_id)
+            audit = [
+                {**entry, "detail": vault.open_detail(entry["detail"])}
+                for entry in await audit_entries_about(tx, user_id)
+            ]
+            opened = _user(user, vault)
+            user = {
+                **{k: v for k, v in user.items() if k != "email_index"},
+                "email": opened.email,
+                "display_name": opened.display_name,
+            }
             others = {name: await room.export(tx, user_id) for name, room in self.rooms.items()}
             return {
                 "user": user,

@@ -31,8 +31,9 @@ from ..devices import NewDevice
 from ..networks import member_role
 from ..store import Database, Row, Scope, Tx, append_audit
 from ._revocations import set_revocation
+from ._sealed import LOGIN_CODES
 from ._sessions import Grant, insert_refresh, new_refresh, open_session
-from ._users import insert_user
+from ._users import email_index, insert_user
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Accounts:
         code = f"{secrets.randbelow(10**6):06d}"
         code_hash = await hash_secret(code)
         at = now_ms()
+        vault = self.db.vault
 
         async def work(tx: Tx) -> None:
             if self.db.dialect == "postgres":
@@ -133,16 +135,17 @@ class Accounts:
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"code:{address}"
                 )
             await self._check_code_budget(tx, address, source, at)
+            code_id = new_id("c")
             await tx.execute(
                 "INSERT INTO login_codes (code_id, email, display_name, code_hash, created_at,"
                 " expires_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                new_id("c"),
-                address,
-                display_name,
+                code_id,
+                email_index(vault, address),
+                vault.seal_optional(display_name, LOGIN_CODES.place("display_name", code_id)),
                 code_hash,
                 at,
                 at + self.config.code_ttl_s * 1000,
-                source,
+                vault.index("source", source),
             )
 
         await self.db.write(work)
@@ -168,9 +171,9 @@ class Accounts:
             "SELECT COUNT(*) AS total, COUNT(CASE WHEN source = $3 THEN 1 END) AS here,"
             " MIN(created_at) AS oldest, MIN(CASE WHEN source = $3 THEN created_at END)"
             " AS oldest_here FROM login_codes WHERE email = $1 AND created_at > $2",
-            address,
+            email_index(self.db.vault, address),
             at - window_ms,
-            source,
+            self.db.vault.index("source", source),
         )
         assert row is not None
         if int(row["here"]) >= self.config.codes_per_address:
@@ -191,14 +194,18 @@ class Accounts:
         *,
         device: NewDevice | None = None,
         network_id: str | None = None,
+        source: str = "",
     ) -> Session:
+        """Sign in with the newest code sent to ``email``; ``source`` is the client's address,
+        recorded (sealed) in the audit entry of the attempt."""
         address = normalize_email(email)
+        vault = self.db.vault
 
         async def newest(tx: Tx) -> Row | None:
             return await tx.fetchrow(
                 "SELECT code_id, code_hash, display_name FROM login_codes WHERE email = $1"
                 " ORDER BY created_at DESC, code_id DESC LIMIT 1",
-                address,
+                email_index(vault, address),
             )
 
         row = await self.db.read(newest)
@@ -223,9 +230,11 @@ class Accounts:
         if row is None or not (
             counted and well_formed and await verify_secret(row["code_hash"], code)
         ):
-            await self.db.write(_audit_work("anonymous", "login.failure", "", {"method": "code"}))
+            detail = vault.seal_detail({"method": "code", "ip": source})
+            await self.db.write(_audit_work("anonymous", "login.failure", "", detail))
             raise InvalidCode()
-        code_id, display_name = row["code_id"], row["display_name"]
+        code_id = row["code_id"]
+        display_name = vault.open(row["display_name"], LOGIN_CODES.place("display_name", code_id))
 
         async def consume_and_find(tx: Tx) -> Row:
             used = await tx.execute(
@@ -237,15 +246,16 @@ class Accounts:
             if used != 1:
                 raise InvalidCode()
             user = await tx.fetchrow(
-                "SELECT user_id, role, status FROM users WHERE email = $1", address
+                "SELECT user_id, role, status FROM users WHERE email_index = $1",
+                email_index(vault, address),
             )
             if user is None:
-                user_id, _ = await insert_user(tx, address, display_name)
+                user_id, _ = await insert_user(tx, vault, address, display_name)
                 user = {"user_id": user_id, "role": "user", "status": "active"}
             return user
 
         return await self.sign_in_user(
-            consume_and_find, device=device, network_id=network_id, method="code"
+            consume_and_find, device=device, network_id=network_id, method="code", source=source
         )
 
     # ----------------------------------------------------------------- sessions
@@ -257,6 +267,7 @@ class Accounts:
         device: NewDevice | None,
         network_id: str | None,
         method: str,
+        source: str = "",
     ) -> Session:
         """Open a session for the user that ``tx_work`` finds or creates, in its transaction.
 
@@ -278,10 +289,10 @@ class Accounts:
                 secret_hash,
                 refresh,
                 self.config,
+                vault=self.db.vault,
             )
-            await append_audit(
-                tx, user["user_id"], "login.success", user["user_id"], {"method": method}
-            )
+            detail = self.db.vault.seal_detail({"method": method, "ip": source})
+            await append_audit(tx, user["user_id"], "login.success", user["user_id"], detail)
             return grant
 
         return self._session(await self.db.write(work), refresh[2])
@@ -473,6 +484,7 @@ class Accounts:
                 secret_hash,
                 refresh,
                 self.config,
+                vault=self.db.vault,
                 fresh_device=True,
             )
             await append_audit(

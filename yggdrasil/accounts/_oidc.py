@@ -29,7 +29,8 @@ from .._ids import now_ms
 from ..devices import NewDevice
 from ..store import Row, Tx, append_audit
 from ._accounts import Accounts, Session
-from ._users import insert_user
+from ._sealed import IDENTITIES
+from ._users import email_index, insert_user
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,9 @@ class Oidc:
         code: str,
         device: NewDevice | None = None,
         network_id: str | None = None,
+        source: str = "",
     ) -> Session:
+        """``source``: the client's address, recorded (sealed) in the sign-in's audit entry."""
         provider = self.provider(name)
         at = now_ms()
 
@@ -154,41 +157,51 @@ class Oidc:
         email = email.strip().lower() if isinstance(email, str) else None
         display_name = str(claims.get("name") or "")[:200]
 
+        vault = self.accounts.db.vault
+        subject_index = vault.index("oidc-subject", subject)
+
         async def find_or_create(tx: Tx) -> Row:
             linked = await tx.fetchrow(
                 "SELECT u.user_id, u.role, u.status FROM identities i"
                 " JOIN users u ON u.user_id = i.user_id"
-                " WHERE i.issuer = $1 AND i.subject = $2",
+                " WHERE i.issuer = $1 AND i.subject_index = $2",
                 issuer,
-                subject,
+                subject_index,
             )
             if linked is not None:
                 return linked
             user = None
             if email is not None:
                 user = await tx.fetchrow(
-                    "SELECT user_id, role, status FROM users WHERE email = $1", email
+                    "SELECT user_id, role, status FROM users WHERE email_index = $1",
+                    email_index(vault, email),
                 )
             if user is None:
-                user_id, _ = await insert_user(tx, email, display_name)
+                user_id, _ = await insert_user(tx, vault, email, display_name)
                 user = {"user_id": user_id, "role": "user", "status": "active"}
             else:
                 await append_audit(
                     tx, user["user_id"], "identity.link", user["user_id"], {"issuer": issuer}
                 )
+            owner = user["user_id"]
             await tx.execute(
-                "INSERT INTO identities (issuer, subject, user_id, email, created_at)"
-                " VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO identities (issuer, subject, subject_index, user_id, email,"
+                " created_at) VALUES ($1, $2, $3, $4, $5, $6)",
                 issuer,
-                subject,
-                user["user_id"],
-                email,
+                vault.seal(subject, IDENTITIES.place("subject", owner)),
+                subject_index,
+                owner,
+                vault.seal_optional(email, IDENTITIES.place("email", owner)),
                 now_ms(),
             )
             return user
 
         return await self.accounts.sign_in_user(
-            find_or_create, device=device, network_id=network_id, method=f"oidc:{name}"
+            find_or_create,
+            device=device,
+            network_id=network_id,
+            method=f"oidc:{name}",
+            source=source,
         )
 
     # ----------------------------------------------------------------- provider calls

@@ -38,7 +38,7 @@ from ..store import (
 )
 from ._keys import EnrollmentKeyInfo, list_keys, next_cursor, page_args, revoke_key
 from ._removal import RoomData, delete_account, delete_device, delete_network
-from ._users import User, _user
+from ._users import USERS, User, _user, email_index
 
 UserStatus = Literal["active", "suspended", "deleted"]
 
@@ -61,10 +61,8 @@ def _operator_only(scope: Scope) -> None:
         raise Forbidden("operators only")
 
 
-def _like(text: str) -> str:
-    """A ``LIKE ... ESCAPE '\\'`` pattern that finds ``text`` anywhere, its wildcards literal."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+_SEARCH_BATCH = 500
+"""Users whose addresses one round of a search opens."""
 
 
 def _device_after(cursor: str | None, limit: int) -> tuple[str, str] | None:
@@ -96,9 +94,22 @@ class OperatorTools:
     ) -> Page[User]:
         """Users, oldest first: those whose e-mail address contains ``search`` (any case; a
         user id matches exactly), or whose address is ``email``; of one ``status`` (by default
-        every account not deleted)."""
+        every account not deleted).
+
+        Addresses are sealed (``_crypto``): ``email`` is found by its blind index, while
+        ``search`` opens the addresses of the users after the cursor, oldest first, until the
+        page is full (an operator's tool: it costs a decryption per user looked at)."""
         _operator_only(scope)
         after = page_args(cursor, limit)
+        vault = self.db.vault
+        needle = search.strip().lower() if search else ""
+        wanted_id = search.strip() if search else ""
+
+        def matches(row: Row) -> bool:
+            if not needle or row["user_id"] == wanted_id:
+                return True
+            address = vault.open_optional(row["email"], USERS.place("email", row["user_id"]))
+            return address is not None and needle in address
 
         async def work(tx: Tx) -> list[Row]:
             conditions: list[str] = []
@@ -109,30 +120,36 @@ class OperatorTools:
                 args.append(status)
                 conditions.append(f"status = ${len(args)}")
             if email is not None:
-                args.append(email.strip().lower())
-                conditions.append(f"email = ${len(args)}")
-            if search:
-                args.extend([_like(search.strip().lower()), search.strip()])
-                conditions.append(
-                    f"(email LIKE ${len(args) - 1} ESCAPE '\\' OR user_id = ${len(args)})"
+                args.append(email_index(vault, email))
+                conditions.append(f"email_index = ${len(args)}")
+            found: list[Row] = []
+            position = after
+            while True:
+                page_args_ = list(args)
+                page_conditions = list(conditions)
+                if position is not None:
+                    page_args_.extend(position)
+                    at, ident = f"${len(page_args_) - 1}", f"${len(page_args_)}"
+                    page_conditions.append(
+                        f"(created_at > {at} OR (created_at = {at} AND user_id > {ident}))"
+                    )
+                batch = limit + 1 if not needle else _SEARCH_BATCH
+                page_args_.append(batch)
+                rows = await tx.fetch(
+                    f"SELECT * FROM users WHERE {' AND '.join(page_conditions)}"
+                    f" ORDER BY created_at, user_id LIMIT ${len(page_args_)}",
+                    *page_args_,
                 )
-            if after is not None:
-                args.extend(after)
-                at, ident = f"${len(args) - 1}", f"${len(args)}"
-                conditions.append(
-                    f"(created_at > {at} OR (created_at = {at} AND user_id > {ident}))"
-                )
-            args.append(limit + 1)
-            rows = await tx.fetch(
-                f"SELECT * FROM users WHERE {' AND '.join(conditions)}"
-                f" ORDER BY created_at, user_id LIMIT ${len(args)}",
-                *args,
-            )
-            await append_audit(tx, scope.user_id, "admin.list_users", "", {"found": len(rows)})
-            return rows
+                found += [row for row in rows if matches(row)]
+                if len(rows) < batch or len(found) > limit:
+                    break
+                position = (rows[-1]["created_at"], rows[-1]["user_id"])
+            found = found[: limit + 1]
+            await append_audit(tx, scope.user_id, "admin.list_users", "", {"found": len(found)})
+            return found
 
         rows = await self.db.write(work)
-        users = [_user(row) for row in rows[:limit]]
+        users = [_user(row, vault) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(users, next_cursor(users[-1].created_at, users[-1].user_id) if more else None)
 
@@ -142,7 +159,9 @@ class OperatorTools:
 
         async def work(tx: Tx) -> Row:
             if "@" in ref:
-                row = await tx.fetchrow("SELECT * FROM users WHERE email = $1", ref.strip().lower())
+                row = await tx.fetchrow(
+                    "SELECT * FROM users WHERE email_index = $1", email_index(self.db.vault, ref)
+                )
             else:
                 row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", ref.strip())
             if row is None:
@@ -150,7 +169,7 @@ class OperatorTools:
             await append_audit(tx, scope.user_id, "admin.find_user", row["user_id"])
             return row
 
-        return _user(await self.db.write(work))
+        return _user(await self.db.write(work), self.db.vault)
 
     async def user_detail(self, scope: Scope, user_id: str) -> UserDetail:
         _operator_only(scope)
@@ -163,9 +182,9 @@ class OperatorTools:
                 Network(n["network_id"], n["name"], n["role"], n["created_at"])
                 for n in await networks_of_user(tx, user_id)
             ]
-            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE)
+            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE, vault=self.db.vault)
             await append_audit(tx, scope.user_id, "admin.show_user", user_id)
-            return UserDetail(_user(row), networks, devices)
+            return UserDetail(_user(row, self.db.vault), networks, devices)
 
         return await self.db.write(work)
 
@@ -207,6 +226,7 @@ class OperatorTools:
                 device_id=device_id,
                 after=after,
                 limit=limit + 1,
+                vault=self.db.vault,
             )
             await append_audit(
                 tx, scope.user_id, "admin.list_devices", user_id or "", {"found": len(found)}
@@ -226,7 +246,9 @@ class OperatorTools:
         _operator_only(scope)
 
         async def work(tx: Tx) -> Device:
-            found = await find_devices(tx, network_id=network_id, device_id=device_id, limit=1)
+            found = await find_devices(
+                tx, network_id=network_id, device_id=device_id, limit=1, vault=self.db.vault
+            )
             if not found:
                 raise NotFound("no such device")
             await append_audit(tx, scope.user_id, "admin.show_device", f"{network_id}/{device_id}")

@@ -12,7 +12,7 @@ from ..store import MAX_PAGE, Database, Row, Scope, Tx, append_audit
 from ._operator_tools import OperatorTools
 from ._removal import RoomData
 from ._revocations import revoke_account_tokens, revoke_user_tokens
-from ._users import User, _user
+from ._users import User, _user, email_index
 
 
 def _require_operator(scope: Scope) -> None:
@@ -30,11 +30,13 @@ class Operators(OperatorTools):
         _require_operator(scope)
 
         async def work(tx: Tx) -> list[Row]:
-            rows = await tx.fetch("SELECT * FROM users WHERE email = $1", email.strip().lower())
+            rows = await tx.fetch(
+                "SELECT * FROM users WHERE email_index = $1", email_index(self.db.vault, email)
+            )
             await append_audit(tx, scope.user_id, "admin.find_user", "", {"found": len(rows)})
             return rows
 
-        return [_user(row) for row in await self.db.write(work)]
+        return [_user(row, self.db.vault) for row in await self.db.write(work)]
 
     async def set_status(
         self, scope: Scope, user_id: str, status: Literal["active", "suspended"]
@@ -60,7 +62,7 @@ class Operators(OperatorTools):
             assert row is not None
             return row
 
-        return _user(await self.db.write(work)), at
+        return _user(await self.db.write(work), self.db.vault), at
 
     async def user_devices(self, scope: Scope, user_id: str) -> list[Device]:
         _require_operator(scope)
@@ -69,7 +71,7 @@ class Operators(OperatorTools):
             exists = await tx.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id)
             if not exists:
                 raise NotFound()
-            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE)
+            devices = await devices_of_user(tx, user_id, limit=MAX_PAGE, vault=self.db.vault)
             await append_audit(tx, scope.user_id, "admin.list_devices", user_id)
             return devices
 
@@ -81,11 +83,12 @@ class Operators(OperatorTools):
         Whether the role changed; :class:`NotFound` for an unknown address. A change revokes the
         user's own tokens (they carry the role) and not their devices': a device acts only as
         itself, whatever its user's role, so its sessions stay up."""
-        address = email.strip().lower()
+        address = email_index(self.db.vault, email)
 
         async def work(tx: Tx) -> bool:
             row = await tx.fetchrow(
-                "SELECT user_id, role FROM users WHERE email = $1 AND status != 'deleted'", address
+                "SELECT user_id, role FROM users WHERE email_index = $1 AND status != 'deleted'",
+                address,
             )
             if row is None:
                 raise NotFound()

@@ -48,8 +48,8 @@ async def delete_account(
     The users row stays as a pseudonym (random id, no e-mail, no name) so that the audit log,
     which must never change, keeps pointing at something; it identifies no one any more.
     """
-    email = await tx.fetchval(
-        "SELECT email FROM users WHERE user_id = $1 AND status != 'deleted'", user_id
+    email_index = await tx.fetchval(
+        "SELECT email_index FROM users WHERE user_id = $1 AND status != 'deleted'", user_id
     )
     exists = await tx.fetchval(
         "SELECT 1 FROM users WHERE user_id = $1 AND status != 'deleted'", user_id
@@ -59,15 +59,15 @@ async def delete_account(
     await revoke_user_tokens(tx, user_id, at)
     await tx.execute("DELETE FROM refresh_tokens WHERE user_id = $1", user_id)
     await tx.execute("DELETE FROM identities WHERE user_id = $1", user_id)
-    if email is not None:
-        await tx.execute("DELETE FROM login_codes WHERE email = $1", email)
+    if email_index is not None:  # codes keep only the blind index of their address
+        await tx.execute("DELETE FROM login_codes WHERE email = $1", email_index)
     await tx.execute("DELETE FROM enrollment_keys WHERE created_by = $1", user_id)
     await delete_devices_of_user(tx, user_id)
     await remove_user_from_networks(tx, user_id)
     for room in (rooms or {}).values():
         await room.forget(tx, user_id)
     await tx.execute(
-        "UPDATE users SET email = NULL, display_name = '', status = 'deleted',"
+        "UPDATE users SET email = NULL, email_index = NULL, display_name = '', status = 'deleted',"
         " home_network_id = NULL, updated_at = $2 WHERE user_id = $1",
         user_id,
         at,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from .._config import AuthConfig
+from .._crypto import Vault
 from .._errors import NotFound
 from .._hashing import hash_secret, new_token
 from .._ids import new_id, now_ms
@@ -69,6 +70,7 @@ async def open_session(
     refresh: tuple[str, str, str],
     config: AuthConfig,
     *,
+    vault: Vault,
     fresh_device: bool = False,
 ) -> Grant:
     """Inside the sign-in transaction: join the device to the network and store the refresh token.
@@ -88,7 +90,7 @@ async def open_session(
             chosen = home
             if chosen is None:
                 raise NotFound()
-        await claim_device(tx, user_id, chosen, device, fresh=fresh_device)
+        await claim_device(tx, user_id, chosen, device, fresh=fresh_device, vault=vault)
     family_id = new_id("f")
     await insert_refresh(
         tx,

@@ -6,10 +6,11 @@ from typing import Literal
 
 import msgspec
 
+from .._crypto import Vault
 from .._errors import NotFound
 from .._ids import new_id, now_ms
 from ..networks import Network, insert_network
-from ..store import Database, Row, Scope, Tx, append_audit
+from ..store import Database, Row, Scope, SealedColumns, Tx, append_audit
 
 
 class User(msgspec.Struct, frozen=True):
@@ -25,12 +26,33 @@ class User(msgspec.Struct, frozen=True):
     updated_at: int
 
 
-def _user(row: Row) -> User:
-    return User(**row)
+USERS = SealedColumns(
+    "users",
+    key=("user_id",),
+    owner="user_id",
+    columns=("email", "display_name"),
+    indexes={"email": ("email_index", "email")},
+)
+"""A user's e-mail address and display name are sealed; the address's blind index finds it."""
+
+
+def email_index(vault: Vault, address: str) -> str:
+    """The blind index of a normalized e-mail address (``users.email_index``,
+    ``login_codes.email``): any case, no surrounding spaces."""
+    return vault.index("email", address.strip().lower())
+
+
+def _user(row: Row, vault: Vault) -> User:
+    user_id = row["user_id"]
+    fields = {k: v for k, v in row.items() if k in User.__struct_fields__}
+    fields["email"] = vault.open_optional(row["email"], USERS.place("email", user_id))
+    fields["display_name"] = vault.open(row["display_name"], USERS.place("display_name", user_id))
+    return User(**fields)
 
 
 async def insert_user(
     tx: Tx,
+    vault: Vault,
     email: str | None,
     display_name: str = "",
     network_name: str = "Home",
@@ -43,11 +65,12 @@ async def insert_user(
     """
     user_id, network_id, at = new_id("u"), new_id("n"), now_ms()
     await tx.execute(
-        "INSERT INTO users (user_id, email, display_name, role, home_network_id,"
-        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        "INSERT INTO users (user_id, email, email_index, display_name, role, home_network_id,"
+        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         user_id,
-        email,
-        display_name,
+        vault.seal_optional(email, USERS.place("email", user_id)),
+        None if email is None else email_index(vault, email),
+        vault.seal_optional(display_name, USERS.place("display_name", user_id)),
         role,
         network_id,
         at,
@@ -74,10 +97,14 @@ class UserStore:
         """Create a user with a home network they own. ``UniqueViolation`` if the e-mail exists."""
 
         async def work(tx: Tx) -> tuple[User, Network]:
-            user_id, home = await insert_user(tx, email, display_name, network_name, role)
+            user_id, home = await insert_user(
+                tx, self.db.vault, email, display_name, network_name, role
+            )
             row = await tx.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
             assert row is not None
-            return _user(row), Network(home, network_name, "owner", row["created_at"])
+            return _user(row, self.db.vault), Network(
+                home, network_name, "owner", row["created_at"]
+            )
 
         return await self.db.write(work)
 
@@ -90,4 +117,4 @@ class UserStore:
         row = await self.db.read(work)
         if row is None:
             raise NotFound()
-        return _user(row)
+        return _user(row, self.db.vault)

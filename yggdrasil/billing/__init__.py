@@ -38,7 +38,7 @@ from ._idempotency import (
     struct_codec,
 )
 from ._invoices import Invoice, InvoiceLine, Invoices, issue_invoice, render_html
-from ._kyc import Kyc, KycRequired, KycService, KycVerified
+from ._kyc import KYC_SEALED, Kyc, KycRequired, KycService, KycVerified
 from ._ledger import (
     Balances,
     Capture,
@@ -59,6 +59,7 @@ from ._ledger import (
 )
 from ._limits import AutoTopup, Limits, SpendingLimitReached, SpendingLimits
 from ._methods import (
+    METHODS_SEALED,
     ChargeableMethod,
     MicroDepositsMismatch,
     NewMethod,
@@ -133,7 +134,11 @@ from ._subscriptions import (
 from ._usage import FeatureNotInPlan, QuotaExceeded, Usage, UsageMeter, UsageReport
 from ._webhooks import MAX_WEBHOOK_BYTES, WebhookEvent, WebhookOutcome, WebhookRefused, Webhooks
 
+BILLING_SEALED = (METHODS_SEALED, KYC_SEALED)
+"""The billing room's sealed columns, for the composition's re-encryption."""
+
 __all__ = [
+    "BILLING_SEALED",
     "KIND_RULES",
     "MAX_AMOUNT",
     "MAX_WEBHOOK_BYTES",

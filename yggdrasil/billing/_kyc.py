@@ -15,9 +15,10 @@ from typing import Literal
 import msgspec
 
 from .._config import PayoutsConfig
+from .._crypto import Vault
 from .._errors import Invalid, NotFound, YggdrasilError
 from .._ids import now_ms
-from ..store import Database, Row, Tx, append_audit
+from ..store import Database, Row, SealedColumns, Tx, append_audit
 
 KycStatus = Literal["not_required", "required", "pending", "verified", "rejected"]
 Decision = Literal["verified", "rejected"]
@@ -63,7 +64,13 @@ def region_requires(config: PayoutsConfig, region: str | None) -> bool:
     return bool(regions) if region is None else region in regions
 
 
-def _kyc(config: PayoutsConfig, row: Row | None) -> Kyc:
+KYC_SEALED = SealedColumns(
+    "kyc", key=("user_id",), owner="user_id", columns=("reference", "reason")
+)
+"""The reference at the KYC provider (it names a person there) and the decision's reason."""
+
+
+def _kyc(config: PayoutsConfig, row: Row | None, vault: Vault) -> Kyc:
     if row is None:
         required = region_requires(config, None)
         return Kyc("required" if required else "not_required", required)
@@ -75,17 +82,17 @@ def _kyc(config: PayoutsConfig, row: Row | None) -> Kyc:
         status,
         required,
         row["region"],
-        row["reference"],
-        row["reason"],
+        vault.open_optional(row["reference"], KYC_SEALED.place("reference", row["user_id"])),
+        vault.open_optional(row["reason"], KYC_SEALED.place("reason", row["user_id"])),
         row["submitted_at"],
         row["decided_at"],
     )
 
 
-async def kyc_of(tx: Tx, config: PayoutsConfig, user_id: str) -> Kyc:
-    """The user's KYC, inside the caller's unit."""
+async def kyc_of(tx: Tx, config: PayoutsConfig, user_id: str, vault: Vault) -> Kyc:
+    """The user's KYC, inside the caller's unit (``vault`` opens its sealed fields)."""
     row = await tx.fetchrow("SELECT * FROM kyc WHERE user_id = $1", user_id)
-    return _kyc(config, row)
+    return _kyc(config, row, vault)
 
 
 class KycService:
@@ -95,7 +102,7 @@ class KycService:
 
     async def get(self, user_id: str) -> Kyc:
         async def read(tx: Tx) -> Kyc:
-            return await kyc_of(tx, self.config, user_id)
+            return await kyc_of(tx, self.config, user_id, self.db.vault)
 
         return await self.db.read(read)
 
@@ -120,11 +127,11 @@ class KycService:
                 " submitted_at = excluded.submitted_at, decided_at = NULL",
                 user_id,
                 region,
-                reference,
+                self.db.vault.seal(reference, KYC_SEALED.place("reference", user_id)),
                 at,
             )
             await append_audit(tx, user_id, "kyc.submit", user_id, {"region": region})
-            return await kyc_of(tx, self.config, user_id)
+            return await kyc_of(tx, self.config, user_id, self.db.vault)
 
         return await self.db.write(work)
 
@@ -141,12 +148,12 @@ class KycService:
                 "UPDATE kyc SET status = $2, reason = $3, decided_at = $4 WHERE user_id = $1",
                 user_id,
                 decision,
-                reason,
+                self.db.vault.seal_optional(reason, KYC_SEALED.place("reason", user_id)),
                 now_ms(),
             )
             if changed != 1:
                 raise NotFound()
             await append_audit(tx, operator, f"admin.kyc_{decision}", user_id)
-            return await kyc_of(tx, self.config, user_id)
+            return await kyc_of(tx, self.config, user_id, self.db.vault)
 
         return await self.db.write(work)

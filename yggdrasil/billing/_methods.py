@@ -18,9 +18,10 @@ from typing import Literal
 import msgspec
 import trio
 
+from .._crypto import Vault
 from .._errors import Invalid, NotFound, UniqueViolation
 from .._ids import new_id, now_ms
-from ..store import Database, Row, Scope, Tx, append_audit
+from ..store import Database, Row, Scope, SealedColumns, Tx, append_audit
 from ._providers import (
     MethodCheck,
     MethodKind,
@@ -132,7 +133,26 @@ def _purposes(row: Row) -> list[str]:
     return [p for p in ("payer", "payout") if row[p]]
 
 
-def _method(row: Row) -> PaymentMethod:
+METHODS_SEALED = SealedColumns(
+    "payment_methods", key=("method_id",), owner="method_id", columns=("label", "email_masked")
+)
+"""The owner's label for a method and the provider account's (masked) address are sealed."""
+
+
+def open_method_fields(row: Row, vault: Vault) -> Row:
+    """``row`` of ``payment_methods`` with its sealed fields opened."""
+    place = METHODS_SEALED.place
+    return {
+        **row,
+        "label": vault.open(row["label"], place("label", row["method_id"])),
+        "email_masked": vault.open_optional(
+            row["email_masked"], place("email_masked", row["method_id"])
+        ),
+    }
+
+
+def _method(sealed: Row, vault: Vault) -> PaymentMethod:
+    row = open_method_fields(sealed, vault)
     needs = None
     if row["status"] == "pending":
         micro = row["kind"] == "sepa_debit" and row["verify_reference"] is not None
@@ -168,7 +188,9 @@ async def _own(tx: Tx, user_id: str, method_id: str) -> Row:
     return row
 
 
-async def _record_check(tx: Tx, method_id: str, check: MethodCheck, *, failed: int) -> None:
+async def _record_check(
+    tx: Tx, vault: Vault, method_id: str, check: MethodCheck, *, failed: int
+) -> None:
     """Store a provider's verdict and the display data it brought (only the masked e-mail)."""
     await tx.execute(
         "UPDATE payment_methods SET status = $2, verify_reference = COALESCE($3, verify_reference),"
@@ -185,7 +207,9 @@ async def _record_check(tx: Tx, method_id: str, check: MethodCheck, *, failed: i
         check.exp_month,
         check.exp_year,
         check.country,
-        mask_email(check.email) if check.email else None,
+        vault.seal(mask_email(check.email), METHODS_SEALED.place("email_masked", method_id))
+        if check.email
+        else None,
         now_ms(),
     )
 
@@ -287,7 +311,7 @@ class PaymentMethods:
                 new.token,
                 int(new.payer),
                 int(new.payout),
-                new.label,
+                self.db.vault.seal_optional(new.label, METHODS_SEALED.place("label", method_id)),
                 int(provider.test_mode),
                 now,
             )
@@ -324,14 +348,14 @@ class PaymentMethods:
     ) -> PaymentMethod:
         async def work(tx: Tx) -> Row:
             await _own(tx, user_id, method_id)
-            await _record_check(tx, method_id, check, failed=failed)
+            await _record_check(tx, self.db.vault, method_id, check, failed=failed)
             if check.status == "verified":
                 await _make_default_if_first(tx, user_id, method_id)
             if check.status != "pending":
                 await append_audit(tx, user_id, f"payment_method.{check.status}", method_id)
             return await _own(tx, user_id, method_id)
 
-        return _method(await self.db.write(work))
+        return _method(await self.db.write(work), self.db.vault)
 
     async def list(self, scope: Scope) -> list[PaymentMethod]:
         """The user's methods, oldest first (at most :data:`MAX_METHODS`)."""
@@ -343,7 +367,7 @@ class PaymentMethods:
                 user_id,
             )
 
-        return [_method(row) for row in await self.db.read(work)]
+        return [_method(row, self.db.vault) for row in await self.db.read(work)]
 
     async def get(self, scope: Scope, method_id: str) -> PaymentMethod:
         user_id = scope.user_id
@@ -351,7 +375,7 @@ class PaymentMethods:
         async def work(tx: Tx) -> Row:
             return await _own(tx, user_id, method_id)
 
-        return _method(await self.db.read(work))
+        return _method(await self.db.read(work), self.db.vault)
 
     async def delete(self, scope: Scope, method_id: str) -> None:
         """Forget a method and its token (it is no longer anyone's default)."""
@@ -394,7 +418,7 @@ class PaymentMethods:
             )
             return await _own(tx, user_id, method_id)
 
-        return _method(await self.db.write(work))
+        return _method(await self.db.write(work), self.db.vault)
 
     async def verify(
         self, scope: Scope, method_id: str, amounts_cents: tuple[int, int] | None = None
@@ -405,7 +429,7 @@ class PaymentMethods:
         user_id = scope.user_id
         row = await self.db.read(lambda tx: _own(tx, user_id, method_id))
         if row["status"] == "verified":
-            return _method(row)
+            return _method(row, self.db.vault)
         provider = self._provider(row["provider"])
         failed = row["failed_attempts"]
         key = f"{method_id}-verify-{failed}"

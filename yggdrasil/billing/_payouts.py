@@ -301,7 +301,7 @@ class Payouts:
     ) -> Waiting | None:
         if available <= 0:
             return None
-        kyc = await kyc_of(tx, self.config, user_id)
+        kyc = await kyc_of(tx, self.config, user_id, self.db.vault)
         if kyc.blocks_payouts:
             return Waiting(
                 "kyc_required", available, f"payouts wait for your KYC (it is {kyc.status})"
@@ -335,7 +335,7 @@ class Payouts:
     ) -> str | None:
         """Inside the caller's unit: the payout's postings and row; its id. ``amount`` ``None``:
         everything available, if it reaches the minimum (else ``None``, nothing written)."""
-        if (await kyc_of(tx, self.config, user_id)).blocks_payouts:
+        if (await kyc_of(tx, self.config, user_id, self.db.vault)).blocks_payouts:
             raise KycRequired()
         settings = await self._settings(tx, user_id)
         have = await _balances_of(tx, user_id)
@@ -555,7 +555,7 @@ class Payouts:
             return False
 
         async def work(tx: Tx) -> str | None:
-            if (await kyc_of(tx, self.config, user_id)).blocks_payouts:
+            if (await kyc_of(tx, self.config, user_id, self.db.vault)).blocks_payouts:
                 return None
             return await self._book(tx, user_id, None, method, trigger="automatic", period=period)
 

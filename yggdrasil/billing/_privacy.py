@@ -20,6 +20,7 @@ from .._ids import new_id, now_ms
 from ..store import Tx
 from ._kyc import kyc_of
 from ._ledger import Ledger, _balances_of
+from ._methods import open_method_fields
 from ._subscription_leases import end_subscriptions_of_user
 
 _PSEUDONYMIZED = (
@@ -78,13 +79,15 @@ class BillingData:
             " WHERE user_id = $1 ORDER BY month, n",
             user_id,
         )
-        kyc = await kyc_of(tx, self.config, user_id)
-        methods = await tx.fetch(
+        vault = self.ledger.db.vault
+        kyc = await kyc_of(tx, self.config, user_id, vault)
+        sealed_methods = await tx.fetch(
             "SELECT method_id, provider, kind, payer, payout, status, default_payer,"
             " default_payout, label, brand, last4, exp_month, exp_year, country, email_masked,"
             " test_mode, created_at FROM payment_methods WHERE user_id = $1 ORDER BY created_at",
             user_id,
         )
+        methods = [open_method_fields(row, vault) for row in sealed_methods]
         subscriptions = await tx.fetch(
             "SELECT * FROM subscriptions WHERE user_id = $1 ORDER BY created_at", user_id
         )

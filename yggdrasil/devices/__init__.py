@@ -5,6 +5,7 @@ other rooms register a device only through :func:`insert_device` / :func:`claim_
 """
 
 from ._devices import (
+    DEVICES_SEALED,
     Device,
     DeviceStore,
     DeviceUpdate,
@@ -22,6 +23,7 @@ from ._devices import (
 )
 
 __all__ = [
+    "DEVICES_SEALED",
     "Device",
     "DeviceStore",
     "DeviceUpdate",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .._crypto import Vault
 from .._errors import Invalid, NotFound, UniqueViolation
 from .._ids import now_ms
 from ..networks import is_member, require_member
@@ -21,6 +22,7 @@ from ..store import (
     Page,
     Row,
     Scope,
+    SealedColumns,
     Tx,
     append_audit,
     decode_cursor,
@@ -67,12 +69,23 @@ class Device(msgspec.Struct, frozen=True):
     last_seen: int | None
 
 
-def _device(row: Row) -> Device:
+DEVICES_SEALED = SealedColumns(
+    "devices", key=("network_id", "device_id"), owner="user_id", columns=("name",)
+)
+"""A device's name (often its owner's: "Ada's laptop") is sealed."""
+
+
+def _device(row: Row, vault: Vault | None) -> Device:
+    """A device row as a :class:`Device`; without ``vault`` its ``name`` stays sealed (for
+    callers that need only ids)."""
+    name = row["name"]
+    if vault is not None:
+        name = vault.open(name, DEVICES_SEALED.place("name", row["user_id"]))
     return Device(
         device_id=row["device_id"],
         network_id=row["network_id"],
         user_id=row["user_id"],
-        name=row["name"],
+        name=name,
         world_type=row["world_type"],
         capabilities=from_json(row["capabilities"]),
         hardware_specs=from_json(row["hardware_specs"]),
@@ -87,7 +100,13 @@ def _device(row: Row) -> Device:
 
 
 async def insert_device(
-    tx: Tx, network_id: str, user_id: str, new: NewDevice, *, member: bool = False
+    tx: Tx,
+    network_id: str,
+    user_id: str,
+    new: NewDevice,
+    *,
+    vault: Vault,
+    member: bool = False,
 ) -> Row | None:
     """Register ``new`` in ``network_id`` for ``user_id``, audited, inside ``tx``: the only
     insert of a device row; the new row. An id taken in the network is
@@ -105,7 +124,7 @@ async def insert_device(
         network_id,
         new.device_id,
         user_id,
-        new.name,
+        vault.seal_optional(new.name, DEVICES_SEALED.place("name", user_id)),
         new.world_type,
         to_json(new.capabilities),
         to_json(new.hardware_specs),
@@ -118,7 +137,7 @@ async def insert_device(
 
 
 async def claim_device(
-    tx: Tx, user_id: str, network_id: str, device: NewDevice, *, fresh: bool
+    tx: Tx, user_id: str, network_id: str, device: NewDevice, *, fresh: bool, vault: Vault
 ) -> None:
     """A signing-in device in one of ``user_id``'s networks (membership checked by the caller):
     registered now if its id is new there, else it must be the user's own device.
@@ -132,7 +151,7 @@ async def claim_device(
         device.device_id,
     )
     if owner is None:
-        await insert_device(tx, network_id, user_id, device)
+        await insert_device(tx, network_id, user_id, device, vault=vault)
     elif owner != user_id or fresh:
         raise UniqueViolation("a device with that id exists in this network")
 
@@ -154,16 +173,19 @@ async def scoped_device(tx: Tx, scope: Scope, network_id: str, device_id: str) -
     return row
 
 
-async def devices_of_user(tx: Tx, user_id: str, *, limit: int | None = None) -> list[Device]:
+async def devices_of_user(
+    tx: Tx, user_id: str, *, vault: Vault | None = None, limit: int | None = None
+) -> list[Device]:
     """``user_id``'s devices in every network, by network and id: for the user's own data export
-    and for operators (who are checked by their caller). At most ``limit`` when given."""
+    and for operators (who are checked by their caller). At most ``limit`` when given. Names
+    are opened with ``vault``; without it they stay sealed."""
     sql = "SELECT * FROM devices WHERE user_id = $1 ORDER BY network_id, device_id"
     rows = (
         await tx.fetch(sql, user_id)
         if limit is None
         else await tx.fetch(sql + " LIMIT $2", user_id, limit)
     )
-    return [_device(row) for row in rows]
+    return [_device(row, vault) for row in rows]
 
 
 async def delete_devices_of_user(tx: Tx, user_id: str) -> None:
@@ -201,6 +223,7 @@ async def find_devices(
     device_id: str | None = None,
     after: tuple[str, str] | None = None,
     limit: int,
+    vault: Vault | None = None,
 ) -> list[Device]:
     """Devices in every network, for operators (who are checked by their caller), by network
     and id: those of ``user_id``, in ``network_id``, with the id ``device_id``, after ``after``
@@ -224,7 +247,7 @@ async def find_devices(
     rows = await tx.fetch(
         f"SELECT * FROM devices{where} ORDER BY network_id, device_id LIMIT ${len(args)}", *args
     )
-    return [_device(row) for row in rows]
+    return [_device(row, vault) for row in rows]
 
 
 # --------------------------------------------------------------------- the repository
@@ -251,12 +274,14 @@ class DeviceStore:
         scope.check_network(network_id)
 
         async def work(tx: Tx) -> Row:
-            row = await insert_device(tx, network_id, scope.user_id, new, member=True)
+            row = await insert_device(
+                tx, network_id, scope.user_id, new, member=True, vault=self.db.vault
+            )
             if row is None:
                 raise NotFound()
             return row
 
-        return _device(await self.db.write(work))
+        return _device(await self.db.write(work), self.db.vault)
 
     async def list_devices(
         self, scope: Scope, network_id: str, *, cursor: str | None = None, limit: int = 50
@@ -288,7 +313,7 @@ class DeviceStore:
 
         rows = await self.db.read(work)
         more = len(rows) > limit
-        items = [_device(row) for row in rows[:limit]]
+        items = [_device(row, self.db.vault) for row in rows[:limit]]
         return Page(items, encode_cursor(items[-1].device_id) if more else None)
 
     async def get_device(self, scope: Scope, network_id: str, device_id: str) -> Device:
@@ -297,7 +322,7 @@ class DeviceStore:
         async def work(tx: Tx) -> Row:
             return await scoped_device(tx, scope, network_id, device_id)
 
-        return _device(await self.db.read(work))
+        return _device(await self.db.read(work), self.db.vault)
 
     async def update_device(
         self, scope: Scope, network_id: str, device_id: str, update: DeviceUpdate
@@ -305,7 +330,7 @@ class DeviceStore:
         scope.check_network(network_id)
         changes: list[tuple[str, Any]] = []
         if update.name is not None:
-            changes.append(("name", update.name))
+            changes.append(("name", update.name))  # sealed below, for the device's owner
         if update.world_type is not None:
             changes.append(("world_type", update.world_type))
         for field in ("capabilities", "hardware_specs", "metadata"):
@@ -317,12 +342,17 @@ class DeviceStore:
             row = await scoped_device(tx, scope, network_id, device_id)
             if not changes:
                 return row
+            place = DEVICES_SEALED.place("name", row["user_id"])
+            values = [
+                self.db.vault.seal_optional(value, place) if name == "name" else value
+                for name, value in changes
+            ]
             assignments = ", ".join(f"{name} = ${i + 3}" for i, (name, _) in enumerate(changes))
             await tx.execute(
                 f"UPDATE devices SET {assignments} WHERE network_id = $1 AND device_id = $2",
                 network_id,
                 device_id,
-                *[value for _, value in changes],
+                *values,
             )
             await append_audit(
                 tx,
@@ -333,7 +363,7 @@ class DeviceStore:
             )
             return await scoped_device(tx, scope, network_id, device_id)
 
-        return _device(await self.db.write(work))
+        return _device(await self.db.write(work), self.db.vault)
 
     async def delete_device(self, scope: Scope, network_id: str, device_id: str) -> int:
         """Delete the device and revoke its tokens in the same transaction.
@@ -362,7 +392,7 @@ class DeviceStore:
                 "SELECT * FROM devices WHERE network_id = $1 ORDER BY device_id", network_id
             )
 
-        return [_device(row) for row in await self.db.read(work)]
+        return [_device(row, self.db.vault) for row in await self.db.read(work)]
 
     async def set_device_presence(
         self, network_id: str, changes: dict[str, tuple[Literal["online", "offline"], int]]

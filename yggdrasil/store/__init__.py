@@ -27,6 +27,7 @@ from ._open import check_database, open_database, open_database_retrying
 from ._postgres import PostgresDatabase
 from ._retention import Purge, Retention, retain_forever
 from ._scope import MAX_PAGE, Page, Scope, decode_cursor, encode_cursor
+from ._sealing import SealedColumns, key_usage, reseal, reseal_all
 from ._sqlite import SqliteDatabase
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Retention",
     "Row",
     "Scope",
+    "SealedColumns",
     "SqliteDatabase",
     "Tx",
     "append_audit",
@@ -50,9 +52,12 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "from_json",
+    "key_usage",
     "migrate",
     "open_database",
     "open_database_retrying",
+    "reseal",
+    "reseal_all",
     "retain_forever",
     "seal_audit_forever",
     "to_json",

@@ -256,8 +256,16 @@ class AuditLog:
                 limit,
             )
 
+        vault = self.db.vault  # their own client addresses, sealed at rest, opened for them
         return [
-            AuditEntry(**{**row, "detail": from_json(row["detail"]), "prev_hash": "", "hash": ""})
+            AuditEntry(
+                **{
+                    **row,
+                    "detail": vault.open_detail(from_json(row["detail"])),
+                    "prev_hash": "",
+                    "hash": "",
+                }
+            )
             for row in await self.db.read(work)
         ]
 

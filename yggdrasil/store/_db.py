@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol, TypeVar
 
+from .._crypto import Vault
+
 T = TypeVar("T")
 Row = dict[str, Any]
 
@@ -36,6 +38,10 @@ Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
 class Database(Protocol):
+    vault: Vault
+    """Seals and opens the personal data the rooms store (``_crypto``). Whoever opens the
+    database sets the installation's; until then it is a keyring in memory only."""
+
     @property
     def dialect(self) -> Literal["sqlite", "postgres"]: ...
 

@@ -28,6 +28,7 @@ import asyncpg
 import trio
 
 from .._asyncio_thread import AsyncioThread
+from .._crypto import Vault
 from .._errors import ConfigError, StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work
 
@@ -94,6 +95,7 @@ class PostgresDatabase:
         self._pool = pool
         self._query_timeout_s = query_timeout_s
         self._bridge = bridge
+        self.vault = Vault.ephemeral()
         # The URL without its password, for logs.
         self.description = "postgres:" + _redact(url)
 

@@ -25,6 +25,7 @@ from typing import Any, Generic, Literal
 import outcome
 import trio
 
+from .._crypto import Vault
 from .._errors import StoreUnavailable, UniqueViolation
 from ._db import Row, T, Work, drive
 
@@ -122,6 +123,7 @@ class SqliteDatabase:
         self._reader = _connect(path, readonly=True)
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
+        self.vault = Vault.ephemeral()
         self._queue: deque[_Write[Any]] = deque()
         self._leading = False
         self.stats = {"writes": 0, "batches": 0}
