@@ -111,6 +111,7 @@ class Yggdrasil:
                 "YGG_TURN_RELAY_PORT_MAX": "49999",
                 "YGG_TURN_MAX_ALLOCATIONS_PER_USER": "100000",
                 "YGG_TURN_MAX_ALLOCATIONS_PER_DEVICE": "100000",
+                "YGG_TURN_MAX_ALLOCATIONS_PER_STATIC_USER": "100000",
                 "YGG_TURN_UNAUTHENTICATED_ANSWERS_PER_S": "100000",
             },
         )
