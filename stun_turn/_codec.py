@@ -14,6 +14,7 @@ import enum
 import hashlib
 import hmac
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -88,6 +89,8 @@ class Attr(enum.IntEnum):
 
 
 KNOWN_ATTRIBUTES = frozenset(int(a) for a in Attr)
+_CLASSES = tuple(Class(value) for value in range(4))
+_XOR_V4 = struct.Struct("!xBHI")
 
 
 def comprehension_required(attribute_type: int) -> bool:
@@ -113,7 +116,7 @@ class Message:
         return None
 
     def has(self, attribute: int) -> bool:
-        return any(kind == attribute for kind, _ in self.attributes)
+        return self.get(attribute) is not None
 
     def unknown_required(self) -> list[int]:
         return sorted(
@@ -163,7 +166,7 @@ def decode(data: bytes) -> Message:
     if length % 4 or length != len(data) - 20:
         raise StunDecodeError("the length field does not match the message")
     method, cls = _split_type(message_type)
-    message = Message(method, Class(cls), transaction_id, raw=data)
+    message = Message(method, _CLASSES[cls], transaction_id, raw=data)
     offset = 20
     seen_integrity = seen_sha256 = seen_fingerprint = False
     while offset < len(data):
@@ -204,7 +207,7 @@ def decode(data: bytes) -> Message:
 
 
 def _integrity(data: bytes, key: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha1).digest()
+    return hmac.digest(key, data, "sha1")
 
 
 def verify_integrity(message: Message, key: bytes) -> bool:
@@ -252,8 +255,15 @@ Address = tuple[str, int]
 
 def pack_xor_address(address: Address, transaction_id: bytes) -> bytes:
     host, port = address
-    ip = ipaddress.ip_address(host)
     xport = port ^ (MAGIC_COOKIE >> 16)
+    if ":" not in host:
+        try:  # the common case, without ipaddress's parser (same strict dotted quad)
+            packed = socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            pass
+        else:
+            return _XOR_V4.pack(1, xport, int.from_bytes(packed, "big") ^ MAGIC_COOKIE)
+    ip = ipaddress.ip_address(host)
     if ip.version == 4:
         return struct.pack("!BBH", 0, 1, xport) + bytes(
             a ^ b for a, b in zip(ip.packed, _COOKIE_BYTES, strict=True)
@@ -270,8 +280,8 @@ def unpack_xor_address(value: bytes, transaction_id: bytes) -> Address:
     _, family, xport = struct.unpack_from("!BBH", value)
     port = xport ^ (MAGIC_COOKIE >> 16)
     if family == 1 and len(value) == 8:
-        packed = bytes(a ^ b for a, b in zip(value[4:], _COOKIE_BYTES, strict=True))
-        return str(ipaddress.IPv4Address(packed)), port
+        packed = (int.from_bytes(value[4:], "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
+        return socket.inet_ntoa(packed), port
     if family == 2 and len(value) == 20:
         mask = _COOKIE_BYTES + transaction_id
         packed = bytes(a ^ b for a, b in zip(value[4:], mask, strict=True))

@@ -49,6 +49,7 @@ _TCP_QUEUE = 256
 _TCP_PENDING = 256 * 1024
 """Bytes that may wait for one TCP connection; beyond, frames for it are dropped and counted."""
 _TCP_READ = 65536
+_SOCKET_BUFFER = 4 * 1024 * 1024
 _TCP_IDLE_S = 600.0
 _RETRYABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 _LENGTH = struct.Struct("!H")
@@ -59,6 +60,15 @@ _UDP_LISTENER, _RELAY, _TCP_LISTENER, _TCP_CONNECTION = range(4)
 
 ContextSource: TypeAlias = Callable[[], ssl.SSLContext]
 """Called once per accepted TLS connection for the context to use; must not raise."""
+
+
+def _large_buffers(sock: socket.socket) -> None:
+    """Room for ``_SOCKET_BUFFER`` bytes each way (the kernel caps it at ``net.core.rmem_max``
+    and ``wmem_max``): every client's datagrams share the listening socket, and the buffer must
+    cover the moments the process is not scheduled, or they are lost in the kernel."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
 
 
 class _Connection:
@@ -198,6 +208,7 @@ class TurnListener:
         for _ in range(1 if self.port else 20):
             listener = socket.socket(family, socket.SOCK_DGRAM)
             listener.setblocking(False)
+            _large_buffers(listener)
             try:
                 listener.bind((self.host, self.port))
                 if not self.tcp:

@@ -119,6 +119,9 @@ class Allocation:
     last_allocate: tuple[bytes, bytes] | None = None  # (transaction id, response) for retries
     budget: float = 0.0  # bytes that may still be relayed now (a token bucket)
     budget_at: float = 0.0
+    due: float = 0.0
+    """No earlier than the first of its expiry, its permissions' and its channels' (``expire``
+    looks at the allocation only from then on; every change that can make it earlier lowers it)."""
 
 
 @dataclass
@@ -175,6 +178,7 @@ class TurnCore:
         self._answers: dict[str, tuple[float, float]] = {}
         self.stats = TurnStats()
         self._realm = settings.realm.encode()
+        self._macs: dict[tuple[bytes, str], bytes] = {}
 
     # ----------------------------------------------------------------- input
 
@@ -279,9 +283,10 @@ class TurnCore:
     def expire(self, now: float) -> list[Output]:
         """Forget what has expired; the relay sockets of ended allocations are to be closed."""
         closed: list[Output] = []
-        for client, allocation in list(self.allocations.items()):
+        due = [a for a in self.allocations.values() if a.due <= now]
+        for allocation in due:
             if allocation.expires <= now:
-                closed.append(self._remove(client))
+                closed.append(self._remove(allocation.client))
                 continue
             for peer_ip, until in list(allocation.permissions.items()):
                 if until <= now:
@@ -290,6 +295,13 @@ class TurnCore:
                 if until <= now:
                     del allocation.channels[channel]
                     allocation.channel_of.pop(peer, None)
+            allocation.due = min(
+                (
+                    allocation.expires,
+                    *allocation.permissions.values(),
+                    *(until for _, until in allocation.channels.values()),
+                )
+            )
         return closed
 
     def next_deadline(self) -> float | None:
@@ -409,6 +421,7 @@ class TurnCore:
             outputs.append(self._remove(client))
         else:
             allocation.expires = now + lifetime
+            allocation.due = min(allocation.due, allocation.expires)
         answer = encode(
             Message(
                 Method.REFRESH,
@@ -446,9 +459,11 @@ class TurnCore:
             if (":" in host) != (":" in allocation.relayed[0]):
                 return self._error(message, 443, key=key)  # peer address family mismatch
             addresses.append(host)
+        until = now + self.settings.permission_lifetime_s
         for host in addresses:  # all or nothing (RFC 8656 section 9.2)
-            allocation.permissions[host] = now + self.settings.permission_lifetime_s
+            allocation.permissions[host] = until
             self.stats.permissions_created += 1
+        allocation.due = min(allocation.due, until)
         allocation.services.update(services)
         return encode(
             Message(Method.CREATE_PERMISSION, Class.SUCCESS, message.transaction_id),
@@ -492,6 +507,10 @@ class TurnCore:
         allocation.channels[channel] = (peer, now + self.settings.channel_lifetime_s)
         allocation.channel_of[peer] = channel
         allocation.permissions[peer[0]] = now + self.settings.permission_lifetime_s
+        allocation.due = min(
+            allocation.due,
+            now + min(self.settings.channel_lifetime_s, self.settings.permission_lifetime_s),
+        )
         self.stats.channels_bound += 1
         return encode(
             Message(Method.CHANNEL_BIND, Class.SUCCESS, message.transaction_id), integrity_key=key
@@ -638,12 +657,22 @@ class TurnCore:
 
     def _nonce(self, now: float, client: Client) -> bytes:
         stamp = struct.pack("!I", int(now))
-        mac = hmac.new(self._secret, stamp + client.address[0].encode(), hashlib.sha256).digest()[
-            :8
-        ]
-        return base64.urlsafe_b64encode(stamp + mac)
+        return base64.urlsafe_b64encode(stamp + self._nonce_mac(stamp, client.address[0]))
+
+    def _nonce_mac(self, stamp: bytes, host: str) -> bytes:
+        """HMAC-SHA256 of a nonce's time stamp and the client's host, the first 8 bytes:
+        remembered, since every Allocate asks for one and checks it again (bounded memory)."""
+        macs = self._macs
+        mac = macs.get((stamp, host))
+        if mac is None:
+            if len(macs) >= 4096:
+                macs.clear()
+            mac = macs[stamp, host] = hmac.digest(self._secret, stamp + host.encode(), "sha256")[:8]
+        return mac
 
     def _nonce_valid(self, now: float, client: Client, nonce: bytes) -> bool:
+        if len(nonce) != 16:  # the base64 of 12 bytes
+            return False
         try:
             raw = base64.urlsafe_b64decode(nonce)
         except ValueError:
@@ -651,11 +680,9 @@ class TurnCore:
         if len(raw) != 12:
             return False
         (issued,) = struct.unpack("!I", raw[:4])
-        mac = hmac.new(self._secret, raw[:4] + client.address[0].encode(), hashlib.sha256).digest()[
-            :8
-        ]
-        fresh = 0 <= now - issued <= self.settings.nonce_lifetime_s
-        return fresh and hmac.compare_digest(mac, raw[4:])
+        if not 0 <= now - issued <= self.settings.nonce_lifetime_s:
+            return False
+        return hmac.compare_digest(self._nonce_mac(raw[:4], client.address[0]), raw[4:])
 
     def _unauthenticated(
         self, now: float, client: Client, request: bytes, answer: bytes
