@@ -283,10 +283,10 @@ class TurnListener:
         fd = selector.fileno()  # type: ignore[attr-defined]  # epoll and kqueue selectors have it
         relays = self._relays
         while True:
+            # The one scheduler pass of a round (and the checkpoint that keeps the loop fair): trio
+            # returns at once if a socket is still ready, the selector being level-triggered.
+            await trio.lowlevel.wait_readable(fd)
             ready = selector.select(0)
-            if not ready:
-                await trio.lowlevel.wait_readable(fd)
-                continue
             now = trio.current_time()
             for key, events in ready:
                 kind, what = key.data
@@ -305,7 +305,6 @@ class TurnListener:
                 else:
                     self._accept(now, key.fileobj)  # type: ignore[arg-type]
             self._write_pending()
-            await trio.lowlevel.checkpoint()
 
     def _drain_clients(self, now: float, sock: socket.socket) -> None:
         """Datagrams from clients to the listening address."""
