@@ -233,14 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for transport in args.transports.split(","):
             # Fresh servers for each transport: uclient leaves orphan UDP allocations behind.
-            port_c, port_y = free_port(), free_port()
+            # Each port is picked just before its server starts: the load generator's own TCP
+            # connections take ephemeral ports, one of which a port picked earlier may become.
+            port_c = free_port()
             with Coturn(port_c, Path(tmp) / f"coturn-{transport}") as pid_c:
                 results["coturn"] += bench(port_c, pid_c, transport, args)
+            port_y = free_port()
             with Yggdrasil(port_y, Path(tmp) / f"ygg-{transport}") as pid_y:
                 results["yggdrasil"] += bench(port_y, pid_y, transport, args)
-        port_c, port_y = free_port(), free_port()
+        port_c = free_port()
         with Coturn(port_c, Path(tmp) / "coturn-probe") as pid_c:
             probes["coturn"] = probe(port_c, pid_c, args.probe_allocations)
+        port_y = free_port()
         with Yggdrasil(port_y, Path(tmp) / "ygg-probe") as pid_y:
             probes["yggdrasil"] = probe(port_y, pid_y, args.probe_allocations)
     print("TURN relaying, turnutils_uclient load; Yggdrasil as a ratio to coturn in the same run")

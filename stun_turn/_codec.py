@@ -90,6 +90,12 @@ class Attr(enum.IntEnum):
 
 KNOWN_ATTRIBUTES = frozenset(int(a) for a in Attr)
 _CLASSES = tuple(Class(value) for value in range(4))
+# Plain ints for the decoder's loop (an enum member costs an attribute lookup each time).
+_MI, _MI_SHA256, _FINGERPRINT = (
+    int(Attr.MESSAGE_INTEGRITY),
+    int(Attr.MESSAGE_INTEGRITY_SHA256),
+    int(Attr.FINGERPRINT),
+)
 _XOR_V4 = struct.Struct("!xBHI")
 
 
@@ -123,7 +129,7 @@ class Message:
             {
                 kind
                 for kind, _ in self.attributes
-                if comprehension_required(kind) and kind not in KNOWN_ATTRIBUTES
+                if kind < 0x8000 and kind not in KNOWN_ATTRIBUTES  # comprehension-required
             }
         )
 
@@ -180,21 +186,21 @@ def decode(data: bytes) -> Message:
             raise StunDecodeError("attribute runs past the end of the message")
         if seen_fingerprint:
             raise StunDecodeError("FINGERPRINT must be the last attribute")
-        if seen_sha256 and kind != Attr.FINGERPRINT:
+        if seen_sha256 and kind != _FINGERPRINT:
             raise StunDecodeError("only FINGERPRINT may follow MESSAGE-INTEGRITY-SHA256")
-        if seen_integrity and kind not in (Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT):
+        if seen_integrity and kind != _MI_SHA256 and kind != _FINGERPRINT:
             raise StunDecodeError("only FINGERPRINT may follow MESSAGE-INTEGRITY")
         value = data[start:end]
-        if kind == Attr.MESSAGE_INTEGRITY:
+        if kind == _MI:
             if size != 20:
                 raise StunDecodeError("MESSAGE-INTEGRITY is 20 bytes")
             seen_integrity = True
             message.integrity_offset = offset
-        elif kind == Attr.MESSAGE_INTEGRITY_SHA256:
+        elif kind == _MI_SHA256:
             if size < 16 or size > 32 or size % 4:
                 raise StunDecodeError("MESSAGE-INTEGRITY-SHA256 has a bad length")
             seen_sha256 = True
-        elif kind == Attr.FINGERPRINT:
+        elif kind == _FINGERPRINT:
             if size != 4:
                 raise StunDecodeError("FINGERPRINT is 4 bytes")
             expected = (binascii.crc32(data[:offset]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
@@ -233,18 +239,18 @@ def encode(
     """The wire form; MESSAGE-INTEGRITY (with ``integrity_key``) and FINGERPRINT are added."""
     body = bytearray()
     for kind, value in message.attributes:
-        if kind in (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT):
+        if kind in (_MI, _FINGERPRINT):
             continue
         body += ATTRIBUTE_HEADER.pack(kind, len(value)) + value + b"\x00" * (-len(value) % 4)
     message_type = _message_type(message.method, message.cls)
     if integrity_key is not None:
         header = HEADER.pack(message_type, len(body) + 24, MAGIC_COOKIE, message.transaction_id)
-        body += ATTRIBUTE_HEADER.pack(Attr.MESSAGE_INTEGRITY, 20)
+        body += ATTRIBUTE_HEADER.pack(_MI, 20)
         body += _integrity(header + bytes(body[:-4]), integrity_key)
     if fingerprint:
         header = HEADER.pack(message_type, len(body) + 8, MAGIC_COOKIE, message.transaction_id)
         crc = (binascii.crc32(header + body) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-        body += ATTRIBUTE_HEADER.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc)
+        body += ATTRIBUTE_HEADER.pack(_FINGERPRINT, 4) + struct.pack("!I", crc)
     return HEADER.pack(message_type, len(body), MAGIC_COOKIE, message.transaction_id) + bytes(body)
 
 
