@@ -53,6 +53,7 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 _TCP_IDLE_S = 600.0
 _RETRYABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 _LENGTH = struct.Struct("!H")
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 # What a registered socket is (the first item of its selector key's data).
@@ -151,6 +152,7 @@ class TurnListener:
         self._relays: dict[int, socket.socket] = {}
         self._connections: dict[Client, _Connection] = {}
         self._pending: list[_Connection] = []
+        self._paused: list[socket.socket] = []
         self._streams: dict[Client, trio.MemorySendChannel[bytes]] = {}
         self._next_id = 0
         self._next_port = 0
@@ -367,6 +369,10 @@ class TurnListener:
             await trio.sleep(1.0)
             now = trio.current_time()
             self._apply(core.expire(now))
+            if self._paused and self._selector is not None:
+                for sock in self._paused:
+                    self._selector.register(sock, _READ, (_TCP_LISTENER, None))
+                self._paused.clear()
             for connection in list(self._connections.values()):
                 if now - connection.last > _TCP_IDLE_S:
                     self._close_connection(connection)
@@ -381,9 +387,14 @@ class TurnListener:
                 conn, peer = sock.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # out of descriptors, or aborted before we took it
-                log.warning("turn: accepting a TCP connection failed: %s", exc)
-                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    # The connection stays queued and the listener readable: stop watching it
+                    # until the next expiry tick rather than spin (as trio.serve_listeners does).
+                    log.warning("turn: accepting TCP connections paused: %s", exc)
+                    self._selector.unregister(sock)
+                    self._paused.append(sock)
+                return  # aborted before we took it, or the like: the next one
             if len(self._connections) + len(self._streams) >= self.max_tcp_connections:
                 conn.close()
                 continue

@@ -5,10 +5,14 @@ allocation; and the core's expiry bookkeeping (``due``) that lets ``expire`` ski
 from __future__ import annotations
 
 import itertools
+import os
+import resource
+import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from stun_turn import (
@@ -227,3 +231,31 @@ def test_permissions_and_channels_made_after_a_sweep_still_expire() -> None:
     )
     assert core.expire(1801.0) != []
     assert core.allocations == {}
+
+
+async def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with turn_server() as (listener, _):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left
+        try:
+            client.connect_ex(listener.address)
+            await trio.sleep(0.3)
+            assert listener._paused
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        paused = [r for r in caplog.records if "accepting TCP connections paused" in r.message]
+        assert len(paused) == 1  # not once per round of the loop
+        # Watched again at the next tick: the queued connection is accepted and served.
+        stream = Stream(trio.SocketStream(trio.socket.from_stdlib_socket(client)))
+        with trio.fail_after(5):
+            await stream.stream.send_all(encode(Message(Method.BINDING, Class.REQUEST, tid(50))))
+            reply = decode(await stream.frame())
+        assert reply.cls == Class.SUCCESS
+        assert not listener._paused
+        await stream.stream.aclose()
