@@ -14,6 +14,7 @@ import enum
 import hashlib
 import hmac
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -88,6 +89,14 @@ class Attr(enum.IntEnum):
 
 
 KNOWN_ATTRIBUTES = frozenset(int(a) for a in Attr)
+_CLASSES = tuple(Class(value) for value in range(4))
+# Plain ints for the decoder's loop (an enum member costs an attribute lookup each time).
+_MI, _MI_SHA256, _FINGERPRINT = (
+    int(Attr.MESSAGE_INTEGRITY),
+    int(Attr.MESSAGE_INTEGRITY_SHA256),
+    int(Attr.FINGERPRINT),
+)
+_XOR_V4 = struct.Struct("!xBHI")
 
 
 def comprehension_required(attribute_type: int) -> bool:
@@ -113,14 +122,14 @@ class Message:
         return None
 
     def has(self, attribute: int) -> bool:
-        return any(kind == attribute for kind, _ in self.attributes)
+        return self.get(attribute) is not None
 
     def unknown_required(self) -> list[int]:
         return sorted(
             {
                 kind
                 for kind, _ in self.attributes
-                if comprehension_required(kind) and kind not in KNOWN_ATTRIBUTES
+                if kind < 0x8000 and kind not in KNOWN_ATTRIBUTES  # comprehension-required
             }
         )
 
@@ -163,7 +172,7 @@ def decode(data: bytes) -> Message:
     if length % 4 or length != len(data) - 20:
         raise StunDecodeError("the length field does not match the message")
     method, cls = _split_type(message_type)
-    message = Message(method, Class(cls), transaction_id, raw=data)
+    message = Message(method, _CLASSES[cls], transaction_id, raw=data)
     offset = 20
     seen_integrity = seen_sha256 = seen_fingerprint = False
     while offset < len(data):
@@ -177,21 +186,21 @@ def decode(data: bytes) -> Message:
             raise StunDecodeError("attribute runs past the end of the message")
         if seen_fingerprint:
             raise StunDecodeError("FINGERPRINT must be the last attribute")
-        if seen_sha256 and kind != Attr.FINGERPRINT:
+        if seen_sha256 and kind != _FINGERPRINT:
             raise StunDecodeError("only FINGERPRINT may follow MESSAGE-INTEGRITY-SHA256")
-        if seen_integrity and kind not in (Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT):
+        if seen_integrity and kind != _MI_SHA256 and kind != _FINGERPRINT:
             raise StunDecodeError("only FINGERPRINT may follow MESSAGE-INTEGRITY")
         value = data[start:end]
-        if kind == Attr.MESSAGE_INTEGRITY:
+        if kind == _MI:
             if size != 20:
                 raise StunDecodeError("MESSAGE-INTEGRITY is 20 bytes")
             seen_integrity = True
             message.integrity_offset = offset
-        elif kind == Attr.MESSAGE_INTEGRITY_SHA256:
+        elif kind == _MI_SHA256:
             if size < 16 or size > 32 or size % 4:
                 raise StunDecodeError("MESSAGE-INTEGRITY-SHA256 has a bad length")
             seen_sha256 = True
-        elif kind == Attr.FINGERPRINT:
+        elif kind == _FINGERPRINT:
             if size != 4:
                 raise StunDecodeError("FINGERPRINT is 4 bytes")
             expected = (binascii.crc32(data[:offset]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
@@ -204,7 +213,7 @@ def decode(data: bytes) -> Message:
 
 
 def _integrity(data: bytes, key: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha1).digest()
+    return hmac.digest(key, data, "sha1")
 
 
 def verify_integrity(message: Message, key: bytes) -> bool:
@@ -230,18 +239,18 @@ def encode(
     """The wire form; MESSAGE-INTEGRITY (with ``integrity_key``) and FINGERPRINT are added."""
     body = bytearray()
     for kind, value in message.attributes:
-        if kind in (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT):
+        if kind in (_MI, _FINGERPRINT):
             continue
         body += ATTRIBUTE_HEADER.pack(kind, len(value)) + value + b"\x00" * (-len(value) % 4)
     message_type = _message_type(message.method, message.cls)
     if integrity_key is not None:
         header = HEADER.pack(message_type, len(body) + 24, MAGIC_COOKIE, message.transaction_id)
-        body += ATTRIBUTE_HEADER.pack(Attr.MESSAGE_INTEGRITY, 20)
+        body += ATTRIBUTE_HEADER.pack(_MI, 20)
         body += _integrity(header + bytes(body[:-4]), integrity_key)
     if fingerprint:
         header = HEADER.pack(message_type, len(body) + 8, MAGIC_COOKIE, message.transaction_id)
         crc = (binascii.crc32(header + body) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-        body += ATTRIBUTE_HEADER.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc)
+        body += ATTRIBUTE_HEADER.pack(_FINGERPRINT, 4) + struct.pack("!I", crc)
     return HEADER.pack(message_type, len(body), MAGIC_COOKIE, message.transaction_id) + bytes(body)
 
 
@@ -252,8 +261,15 @@ Address = tuple[str, int]
 
 def pack_xor_address(address: Address, transaction_id: bytes) -> bytes:
     host, port = address
-    ip = ipaddress.ip_address(host)
     xport = port ^ (MAGIC_COOKIE >> 16)
+    if ":" not in host:
+        try:  # the common case, without ipaddress's parser (same strict dotted quad)
+            packed = socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            pass
+        else:
+            return _XOR_V4.pack(1, xport, int.from_bytes(packed, "big") ^ MAGIC_COOKIE)
+    ip = ipaddress.ip_address(host)
     if ip.version == 4:
         return struct.pack("!BBH", 0, 1, xport) + bytes(
             a ^ b for a, b in zip(ip.packed, _COOKIE_BYTES, strict=True)
@@ -270,8 +286,8 @@ def unpack_xor_address(value: bytes, transaction_id: bytes) -> Address:
     _, family, xport = struct.unpack_from("!BBH", value)
     port = xport ^ (MAGIC_COOKIE >> 16)
     if family == 1 and len(value) == 8:
-        packed = bytes(a ^ b for a, b in zip(value[4:], _COOKIE_BYTES, strict=True))
-        return str(ipaddress.IPv4Address(packed)), port
+        packed = (int.from_bytes(value[4:], "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
+        return socket.inet_ntoa(packed), port
     if family == 2 and len(value) == 20:
         mask = _COOKIE_BYTES + transaction_id
         packed = bytes(a ^ b for a, b in zip(value[4:], mask, strict=True))

@@ -26,9 +26,7 @@ from ._codec import (
     Message,
     Method,
     decode,
-    decode_channel_data,
     encode,
-    encode_channel_data,
     is_channel_data,
     pack_error_code,
     pack_unknown_attributes,
@@ -40,14 +38,15 @@ from ._errors import StunDecodeError
 
 Address = tuple[str, int]
 UDP = 17
+_CHANNEL_HEADER = struct.Struct("!HH")
 
 
-@dataclass(frozen=True)
-class Client:
+class Client(NamedTuple):
     """Where a client speaks from: its transport and address (the 5-tuple, for one listener).
 
     A UDP datagram and a TCP connection from the same address are different clients: data can
-    never reach an allocation over another transport than the one that made it.
+    never reach an allocation over another transport than the one that made it. (A named tuple:
+    built and hashed for every datagram, in C.)
     """
 
     transport: str
@@ -120,6 +119,9 @@ class Allocation:
     last_allocate: tuple[bytes, bytes] | None = None  # (transaction id, response) for retries
     budget: float = 0.0  # bytes that may still be relayed now (a token bucket)
     budget_at: float = 0.0
+    due: float = 0.0
+    """No earlier than the first of its expiry, its permissions' and its channels' (``expire``
+    looks at the allocation only from then on; every change that can make it earlier lowers it)."""
 
 
 @dataclass
@@ -176,6 +178,7 @@ class TurnCore:
         self._answers: dict[str, tuple[float, float]] = {}
         self.stats = TurnStats()
         self._realm = settings.realm.encode()
+        self._macs: dict[tuple[bytes, str], bytes] = {}
 
     # ----------------------------------------------------------------- input
 
@@ -228,20 +231,30 @@ class TurnCore:
 
     def handle_peer(self, now: float, relay_id: int, peer: Address, data: bytes) -> list[Output]:
         """A datagram from a peer to a relayed address: to the client, if permitted."""
+        relayed = self.peer_to_client(now, relay_id, peer, data)
+        return [] if relayed is None else [ToClient(*relayed)]
+
+    def peer_to_client(
+        self, now: float, relay_id: int, peer: Address, data: bytes
+    ) -> tuple[Client, bytes] | None:
+        """:meth:`handle_peer` without the output list: ``(client, frame)`` or ``None``.
+
+        The drivers' hot path; the same checks, counters and frames as :meth:`handle_peer`.
+        """
         allocation = self._by_relay.get(relay_id)
         if allocation is None or allocation.expires <= now:
-            return []
+            return None
         if allocation.permissions.get(peer[0], 0.0) <= now:
             self.stats.dropped_no_permission += 1
-            return []
+            return None
         if allocation.services and peer[0] in allocation.services and not self._service(*peer):
             self.stats.refused_peers += 1
-            return []
+            return None
         if not self._spend(allocation, now, len(data)):
-            return []
+            return None
         channel = allocation.channel_of.get(peer)
         if channel is not None and allocation.channels[channel][1] > now:
-            frame = encode_channel_data(channel, data)
+            frame = _CHANNEL_HEADER.pack(channel, len(data)) + data
         else:
             transaction_id = hashlib.blake2b(
                 data[:16] + struct.pack("!d", now), digest_size=12
@@ -256,9 +269,10 @@ class TurnCore:
                 ],
             )
             frame = encode(indication, fingerprint=False)
-        self.stats.packets_to_clients += 1
-        self.stats.bytes_to_clients += len(data)
-        return [ToClient(allocation.client, frame)]
+        stats = self.stats
+        stats.packets_to_clients += 1
+        stats.bytes_to_clients += len(data)
+        return allocation.client, frame
 
     def drop_client(self, client: Client) -> list[Output]:
         """The client's connection closed (TCP): its allocation ends with it (RFC 8656 3.1)."""
@@ -269,9 +283,10 @@ class TurnCore:
     def expire(self, now: float) -> list[Output]:
         """Forget what has expired; the relay sockets of ended allocations are to be closed."""
         closed: list[Output] = []
-        for client, allocation in list(self.allocations.items()):
+        due = [a for a in self.allocations.values() if a.due <= now]
+        for allocation in due:
             if allocation.expires <= now:
-                closed.append(self._remove(client))
+                closed.append(self._remove(allocation.client))
                 continue
             for peer_ip, until in list(allocation.permissions.items()):
                 if until <= now:
@@ -280,6 +295,13 @@ class TurnCore:
                 if until <= now:
                     del allocation.channels[channel]
                     allocation.channel_of.pop(peer, None)
+            allocation.due = min(
+                (
+                    allocation.expires,
+                    *allocation.permissions.values(),
+                    *(until for _, until in allocation.channels.values()),
+                )
+            )
         return closed
 
     def next_deadline(self) -> float | None:
@@ -399,6 +421,7 @@ class TurnCore:
             outputs.append(self._remove(client))
         else:
             allocation.expires = now + lifetime
+            allocation.due = min(allocation.due, allocation.expires)
         answer = encode(
             Message(
                 Method.REFRESH,
@@ -436,9 +459,11 @@ class TurnCore:
             if (":" in host) != (":" in allocation.relayed[0]):
                 return self._error(message, 443, key=key)  # peer address family mismatch
             addresses.append(host)
+        until = now + self.settings.permission_lifetime_s
         for host in addresses:  # all or nothing (RFC 8656 section 9.2)
-            allocation.permissions[host] = now + self.settings.permission_lifetime_s
+            allocation.permissions[host] = until
             self.stats.permissions_created += 1
+        allocation.due = min(allocation.due, until)
         allocation.services.update(services)
         return encode(
             Message(Method.CREATE_PERMISSION, Class.SUCCESS, message.transaction_id),
@@ -482,6 +507,10 @@ class TurnCore:
         allocation.channels[channel] = (peer, now + self.settings.channel_lifetime_s)
         allocation.channel_of[peer] = channel
         allocation.permissions[peer[0]] = now + self.settings.permission_lifetime_s
+        allocation.due = min(
+            allocation.due,
+            now + min(self.settings.channel_lifetime_s, self.settings.permission_lifetime_s),
+        )
         self.stats.channels_bound += 1
         return encode(
             Message(Method.CHANNEL_BIND, Class.SUCCESS, message.transaction_id), integrity_key=key
@@ -502,18 +531,43 @@ class TurnCore:
         return self._to_peer(now, allocation, peer, payload)
 
     def _channel_data(self, now: float, client: Client, data: bytes) -> list[Output]:
+        relayed = self.channel_to_peer(now, client, data)
+        return [] if relayed is None else [ToPeer(*relayed)]
+
+    def channel_to_peer(
+        self, now: float, client: Client, data: bytes
+    ) -> tuple[int, Address, bytes] | None:
+        """ChannelData from a client (``data[0]`` in 0x40-0x7F): ``(relay_id, peer, payload)``
+        to send, or ``None`` (dropped, and counted where :meth:`handle_client` counts).
+
+        The drivers' hot path: a struct unpack and dict lookups, no message objects.
+        """
         allocation = self.allocations.get(client)
         if allocation is None:
-            return []
-        try:
-            channel, payload = decode_channel_data(data)
-        except StunDecodeError:
+            return None
+        if len(data) < 4:
             self.stats.malformed += 1
-            return []
+            return None
+        channel, length = _CHANNEL_HEADER.unpack_from(data)
+        if length > len(data) - 4:
+            self.stats.malformed += 1
+            return None
         bound = allocation.channels.get(channel)
         if bound is None or bound[1] <= now:
-            return []
-        return self._to_peer(now, allocation, bound[0], payload)
+            return None
+        peer = bound[0]
+        if allocation.permissions.get(peer[0], 0.0) <= now:
+            self.stats.dropped_no_permission += 1
+            return None
+        if allocation.services and peer[0] in allocation.services and not self._service(*peer):
+            self.stats.refused_peers += 1
+            return None
+        if not self._spend(allocation, now, length):
+            return None
+        stats = self.stats
+        stats.packets_to_peers += 1
+        stats.bytes_to_peers += length
+        return allocation.relay_id, peer, data[4 : 4 + length]
 
     def _to_peer(
         self, now: float, allocation: Allocation, peer: Address, payload: bytes
@@ -603,12 +657,22 @@ class TurnCore:
 
     def _nonce(self, now: float, client: Client) -> bytes:
         stamp = struct.pack("!I", int(now))
-        mac = hmac.new(self._secret, stamp + client.address[0].encode(), hashlib.sha256).digest()[
-            :8
-        ]
-        return base64.urlsafe_b64encode(stamp + mac)
+        return base64.urlsafe_b64encode(stamp + self._nonce_mac(stamp, client.address[0]))
+
+    def _nonce_mac(self, stamp: bytes, host: str) -> bytes:
+        """HMAC-SHA256 of a nonce's time stamp and the client's host, the first 8 bytes:
+        remembered, since every Allocate asks for one and checks it again (bounded memory)."""
+        macs = self._macs
+        mac = macs.get((stamp, host))
+        if mac is None:
+            if len(macs) >= 4096:
+                macs.clear()
+            mac = macs[stamp, host] = hmac.digest(self._secret, stamp + host.encode(), "sha256")[:8]
+        return mac
 
     def _nonce_valid(self, now: float, client: Client, nonce: bytes) -> bool:
+        if len(nonce) != 16:  # the base64 of 12 bytes
+            return False
         try:
             raw = base64.urlsafe_b64decode(nonce)
         except ValueError:
@@ -616,11 +680,9 @@ class TurnCore:
         if len(raw) != 12:
             return False
         (issued,) = struct.unpack("!I", raw[:4])
-        mac = hmac.new(self._secret, raw[:4] + client.address[0].encode(), hashlib.sha256).digest()[
-            :8
-        ]
-        fresh = 0 <= now - issued <= self.settings.nonce_lifetime_s
-        return fresh and hmac.compare_digest(mac, raw[4:])
+        if not 0 <= now - issued <= self.settings.nonce_lifetime_s:
+            return False
+        return hmac.compare_digest(self._nonce_mac(raw[:4], client.address[0]), raw[4:])
 
     def _unauthenticated(
         self, now: float, client: Client, request: bytes, answer: bytes
