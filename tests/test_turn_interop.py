@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -248,7 +249,12 @@ def test_turn_over_tls(tmp_path: Path, peer: int) -> None:
         "YGG_TURN_TLS_KEY_FILE": str(key_file),
     }
     with turn_server(tmp_path, turn_port, env=env) as server:
-        assert any(e.get("listener") == "turns" for e in server.log())
+        # The TLS listener reports itself a moment after the API does (server_process waits
+        # for the API), so wait for its line rather than expect it already.
+        deadline = time.monotonic() + 15
+        while not any(e.get("listener") == "turns" for e in server.log()):
+            assert time.monotonic() < deadline, "no 'turns' listener line in the log"
+            time.sleep(0.05)
         for port, flags in [
             (tls_port, ("-t", "-S")),
             (tls_port, ("-t", "-S", "-s")),
