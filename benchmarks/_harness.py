@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
-    from relay.protocol import Welcome
+    from relay.protocol import AckMode, Welcome
     from yggdrasil import Database
 
 
@@ -45,12 +45,14 @@ def yggdrasil_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "yggdrasil"]
 
 
-async def hello(ws: WebSocketConnection, client: str, *, receipts: bool = False) -> Welcome:
+async def hello(
+    ws: WebSocketConnection, client: str, *, receipts: bool = False, acks: AckMode = "each"
+) -> Welcome:
     """Open the device session on a websocket the gateway has just upgraded: send ``hello``, and
     return the ``welcome`` (``RuntimeError`` if the gateway answers anything else)."""
     from relay.protocol import Hello, Welcome, decode_server_frame, encode
 
-    await ws.send_message(encode(Hello(client=client, receipts=receipts)))
+    await ws.send_message(encode(Hello(client=client, receipts=receipts, acks=acks)))
     welcome = decode_server_frame(await ws.get_message())
     if not isinstance(welcome, Welcome):
         raise RuntimeError(f"expected welcome, got {welcome!r}")

@@ -133,6 +133,11 @@ class PingDue(msgspec.Struct, frozen=True, tag="session.ping_due"):
     writer sends a ping with its next write."""
 
 
+class AcksDue(msgspec.Struct, frozen=True, tag="session.acks_due"):
+    """From a session's reader to its own writer (never over the bus): acknowledgements wait
+    to be written (a device with ``acks: batch``); the writer sends them with its next write."""
+
+
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     DataFrom,
     Delivered,

@@ -59,6 +59,7 @@ from ._compute import GERI, Asks, GeriAsk, GeriChunk, GeriDone, GeriFail
 from ._jobs import Jobs
 from ._locks import ask_lock, expired, refused
 from ._messages import (
+    AcksDue,
     ActionFrom,
     ActionResult,
     AddressReport,
@@ -88,6 +89,7 @@ from .protocol import (
     MAX_FRAME_BYTES,
     VERSION,
     Ack,
+    Acks,
     ComputeFail,
     ComputeRequest,
     Deliver,
@@ -154,6 +156,8 @@ _BATCH_BYTES = 16 * 1024
 """The writer stops taking envelopes into one write past this many bytes of frames: a stalled
 device's session holds little more than the frame it is writing outside its mailbox's bound."""
 _MAX_PAUSE_S = 1.0
+_ACKS_PER_FRAME = 512
+"""An ``acks`` frame holds at most this many ids (under 5 KiB: any transport carries it)."""
 
 
 def queued_bytes(envelope: Envelope) -> int:
@@ -184,6 +188,9 @@ REPLACE_POLL_S = 0.02
 
 class DeviceSession(Actor):
     __slots__ = (
+        "_acks",
+        "_acks_due",
+        "_acks_taken",
         "_awaiting",
         "_batching",
         "_closing",
@@ -204,6 +211,7 @@ class DeviceSession(Actor):
         "_used_locks",
         "_written_then_tell",
         "asks",
+        "batch_acks",
         "budget",
         "close_code",
         "close_reason",
@@ -289,6 +297,16 @@ class DeviceSession(Actor):
         """Frames handled but not yet written: the writer sends them together."""
         self._pending_bytes = 0
         self._written_then_tell: list[tuple[Address, int]] = []
+        self.batch_acks = False
+        """The device asked for ``acks: batch``: the writer sends what it acknowledges in one
+        ``acks`` frame per drain."""
+        self._acks: list[int] = []
+        """Ids to acknowledge with the next write (``batch_acks``)."""
+        self._acks_due = False
+        """A wake-up for the writer (:class:`AcksDue`) is queued for ``_acks``."""
+        self._acks_taken = trio.Event()
+        """Set when the writer has written the acks it took (the reader waits on it when
+        ``_acks`` is full)."""
         """Deliveries to confirm to their senders once the pending frames are written."""
         self._used_locks = False
         """The device sent lock frames: its waits end with the session."""
@@ -408,6 +426,7 @@ class DeviceSession(Actor):
             error = Error(code="version", message=f"this server speaks version {VERSION}")
             raise _Closing(CLOSE_PROTOCOL_ERROR, "unsupported version", error)
         self.receipts = hello.receipts
+        self.batch_acks = hello.acks == "batch"
 
     async def claim(self, router: Router) -> None:
         """Take the device's address: a live older session of the device (on any instance)
@@ -590,9 +609,27 @@ class DeviceSession(Actor):
                 # The ack waits for the recipient's confirmation (Delivered).
                 self._awaiting[frame.id] = trio.current_time() + self.config.confirm_timeout_s
                 return
-        await self._queue(
-            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
-        )
+        await self._answer(frame.id, refused)
+
+    async def _answer(self, frame_id: int, refused: NackReason | None) -> None:
+        """Acknowledge (or refuse) the device's frame ``frame_id``: a ``nack`` is a frame of its
+        own; an ack too, unless the device batches them (then it joins the next write's
+        ``acks`` frame)."""
+        if refused is not None:
+            await self._queue(Nack(id=frame_id, reason=refused))
+        elif not self.batch_acks:
+            await self._queue(Ack(id=frame_id))
+        else:
+            # Backpressure as for any of our own frames: a writer that cannot write stops
+            # the reader once a mailbox's worth of acks waits.
+            while len(self._acks) >= self.config.queue_size:
+                await self._acks_taken.wait()
+            self._acks.append(frame_id)
+            if not self._acks_due:
+                self._acks_due = True
+                await self.mailbox.put(
+                    Envelope(self.address, self.address, AcksDue()), overflow=Overflow.WAIT
+                )
 
     async def _confirmed(self, upto: int) -> None:
         """The device has every delivery up to ``upto``: their senders hear of it."""
@@ -630,9 +667,7 @@ class DeviceSession(Actor):
         if refused is None:
             body = SignalFromDevice(self.device_id, frame.kind, frame.payload)
             refused = await self._route(frame.to, body)
-        await self._queue(
-            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
-        )
+        await self._answer(frame.id, refused)
 
     async def _route(self, to: str, body: DataFrom | SignalFromDevice) -> NackReason | None:
         try:
@@ -737,9 +772,7 @@ class DeviceSession(Actor):
                 await self.router.send(Envelope(self.address, self.network_address, report))
             except (Unreachable, Overloaded):
                 refused = "overloaded"
-        await self._queue(
-            Ack(id=frame.id) if refused is None else Nack(id=frame.id, reason=refused)
-        )
+        await self._answer(frame.id, refused)
 
     async def _on_reply(self, frame: Reply) -> None:
         envelope = self._incoming.pop(frame.id, None)
@@ -814,6 +847,14 @@ class DeviceSession(Actor):
     async def _flush(self) -> None:
         """Write the pending frames (one socket write where the transport can), then tell the
         senders of the deliveries among them that they were written."""
+        acks = self._acks
+        if acks:
+            self._acks = []
+            self._acks_due = False
+            for start in range(0, len(acks), _ACKS_PER_FRAME):
+                frame = encode(Acks(ids=acks[start : start + _ACKS_PER_FRAME]))
+                self._pending.append(frame)
+                self._pending_bytes += len(frame)
         frames = self._pending
         send_messages = getattr(self.transport, "send_messages", None)
         ping, self._ping_wanted = self._ping_wanted and send_messages is not None, False
@@ -831,6 +872,9 @@ class DeviceSession(Actor):
                 ping = False
             if frames or ping:
                 raise _Closing(CLOSE_SLOW_CONSUMER, "slow consumer")
+        if acks:
+            self._acks_taken.set()
+            self._acks_taken = trio.Event()
         if self._written_then_tell:
             senders = _by_sender(self._written_then_tell)
             self._written_then_tell = []
@@ -842,14 +886,17 @@ class DeviceSession(Actor):
         match envelope.body:
             case Encoded(frame=data):
                 await self._write(data)
-            case PingDue():
-                pass  # the ping goes out with this batch (_flush)
+            case PingDue() | AcksDue():
+                pass  # the ping and the acks go out with this batch (_flush)
             case DataFrom(device_id=sender, data=data, frame_id=frame_id, confirm=confirm):
                 await self._deliver(envelope.src, sender, data, frame_id, confirm)
             case Delivered(ids=ids):
                 for frame_id in ids:
                     if self._awaiting.pop(frame_id, None) is not None:
-                        await self._write(encode(Ack(id=frame_id)))
+                        if self.batch_acks and self._batching:
+                            self._acks.append(frame_id)
+                        else:
+                            await self._write(encode(Ack(id=frame_id)))
             case Undelivered(ids=ids, reason=reason):
                 for frame_id in ids:
                     if self._awaiting.pop(frame_id, None) is not None:

@@ -10,7 +10,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from benchmarks._harness import hello as say_hello
-from relay.protocol import ServerFrame, Welcome, decode_server_frame, encode
+from relay.protocol import AckMode, ServerFrame, Welcome, decode_server_frame, encode
 
 
 class RawDevice:
@@ -38,13 +38,18 @@ class RawDevice:
 
 @asynccontextmanager
 async def raw_device(
-    gateway_url: str, access_token: str, *, hello: bool = True, receipts: bool = False
+    gateway_url: str,
+    access_token: str,
+    *,
+    hello: bool = True,
+    receipts: bool = False,
+    acks: AckMode = "each",
 ) -> AsyncIterator[RawDevice]:
     headers = [(b"authorization", f"Bearer {access_token}".encode())]
     async with open_websocket_url(
         gateway_url, extra_headers=headers, max_message_size=4 * 1024 * 1024
     ) as ws:
-        welcome: Any = await say_hello(ws, "test", receipts=receipts) if hello else None
+        welcome: Any = await say_hello(ws, "test", receipts=receipts, acks=acks) if hello else None
         yield RawDevice(ws, welcome)
 
 

@@ -146,7 +146,7 @@ EXPORTS: dict[str, set[str]] = {
         "ProtocolError", "Received", "Reply", "Request", "Response", "Send", "ServerFrame",
         "Signal", "SignalFrom", "ThorAction", "ThorResult", "Transport", "TransportClosed",
         "Welcome", "decode_client_frame", "decode_server_frame", "encode", "max_message_bytes",
-        "ReportAddress",
+        "ReportAddress", "AckMode", "Acks",
     },
     "yggdrasil.accounts": {
         "ACCOUNT_SEALED",

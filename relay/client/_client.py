@@ -33,6 +33,7 @@ from ..protocol import (
     CLOSE_REPLACED,
     MAX_FRAME_BYTES,
     Ack,
+    Acks,
     Bye,
     ChatMessage,
     ComputeChunk,
@@ -172,6 +173,10 @@ class _Slot:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = None
+
+
+_ACKED = Ack(id=0)
+"""What a slot holds for an id acknowledged in an ``acks`` frame (anything but a ``Nack``)."""
 
 
 class DeviceClient:
@@ -468,8 +473,10 @@ class DeviceClient:
     async def _session(self) -> None:
         async with self._connect() as ws:
             # Receipts: this client confirms what it receives, and its sends are acknowledged
-            # once their recipient confirmed them.
-            await ws.send_message(encode(Hello(client="yggdrasil-device", receipts=True)))
+            # once their recipient confirmed them; several at once in an ``acks`` frame (a
+            # server that does not know the option answers with ``ack`` frames, also handled).
+            hello = Hello(client="yggdrasil-device", receipts=True, acks="batch")
+            await ws.send_message(encode(hello))
             with trio.fail_after(10):
                 welcome = decode_server_frame(await ws.get_message())
             if not isinstance(welcome, Welcome):
@@ -505,6 +512,9 @@ class DeviceClient:
         match frame:
             case Ack(id=frame_id) | Nack(id=frame_id):
                 self._resolve(frame_id, frame)
+            case Acks(ids=ids):
+                for frame_id in ids:
+                    self._resolve(frame_id, _ACKED)
             case Response(id=frame_id, result=result):
                 self._resolve(frame_id, result)
             case Deliver(from_=sender, data=data, seq=seq):

@@ -58,6 +58,9 @@ class ThorResult(msgspec.Struct, frozen=True, omit_defaults=True):
     """For ``ok=False``: ``unreachable``, ``timeout``, ``overloaded``, or the executor's code."""
 
 
+AckMode = Literal["each", "batch"]
+"""How a session acknowledges: one ``ack`` per frame, or ``acks`` frames for several at once."""
+
 NackReason = Literal[
     "unreachable", "overloaded", "too_large", "rate_limited", "quota", "timeout", "invalid"
 ]
@@ -74,11 +77,16 @@ class Hello(_Frame, tag="hello", frozen=True):
     recipient device has the message, wherever it and the sender are connected, whatever
     instance dies meanwhile. Without receipts an ``ack`` means the message is in the recipient's
     queue on the server.
+
+    ``acks``: ``each`` (the default) answers every acknowledged frame with an ``ack`` of its own;
+    ``batch`` acknowledges what the session handled together in one ``acks`` frame (the same
+    promise per id, each id once); a ``nack`` is always a frame of its own.
     """
 
     v: int = VERSION
     client: str = ""
     receipts: bool = False
+    acks: AckMode = "each"
 
 
 class Send(_Frame, tag="send", frozen=True):
@@ -267,6 +275,13 @@ class Ack(_Frame, tag="ack", frozen=True):
     id: int
 
 
+class Acks(_Frame, tag="acks", frozen=True):
+    """Several ``ack`` frames in one (a device that asked for ``acks: batch`` in its ``hello``):
+    each id in ``ids`` is acknowledged exactly as an ``ack`` would, and only once."""
+
+    ids: list[int]
+
+
 class Nack(_Frame, tag="nack", frozen=True):
     """The ``send`` or ``request`` with this ``id`` was not delivered, and why."""
 
@@ -415,6 +430,7 @@ ServerFrame = (
     Welcome
     | Deliver
     | Ack
+    | Acks
     | Nack
     | Incoming
     | Response
