@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python -m benchmarks.relay [--seconds 3] [--pairs 1,10,100]
                                            [--sizes 64,1024,16384] [--sessions 1000,10000,50000]
-                                           [--half-load 10:64,100:64]
+                                           [--half-load 10:64,100:64] [--acks batch|each|both]
 
 Two servers, each in its own process, measured in the same run by the same load generator (a third
 process):
@@ -11,6 +11,9 @@ process):
   in a dict and forwards it (no authentication, no actors, no router);
 - yggdrasil: ``yggdrasil serve`` on a fresh data directory - gateway, session actors, the router,
   per-session and per-network limits - with the devices' frames as a real device sends them.
+  Its devices ask for batched acknowledgements (``"acks": "batch"`` in ``hello``, as the Python
+  client does: one ``acks`` frame per write to the sender); ``--acks both`` (the default) measures
+  each throughput cell a second time with one ``ack`` frame per message (``each``).
 
 Senders are windowed (at most ``--window`` messages of each pair in flight) so that the figures are
 a sustained rate, not a queue filling up. One-way latency is taken from a monotonic timestamp in the
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio_websocket import WebSocketConnection, serve_websocket
@@ -45,6 +48,9 @@ from benchmarks._harness import (
     register_devices,
     start_server,
 )
+
+if TYPE_CHECKING:
+    from relay.protocol import AckMode
 
 _STAMP = struct.Struct("!Q")
 _DEST = struct.Struct("!I")
@@ -132,10 +138,13 @@ def start_yggdrasil(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 class Target:
     """How the generator speaks to one kind of server."""
 
-    def __init__(self, kind: str, url: str, tokens: list[str] | None = None) -> None:
+    def __init__(
+        self, kind: str, url: str, tokens: list[str] | None = None, acks: AckMode = "batch"
+    ) -> None:
         self.kind = kind
         self.url = url
         self.tokens = tokens or []
+        self.acks: AckMode = acks
 
     async def connect(self, index: int) -> WebSocketConnection:
         return await self.connect_from(index, None)
@@ -146,7 +155,7 @@ class Target:
             return await _open(f"{self.url}/{index}", [], source)
         headers = [(b"authorization", f"Bearer {self.tokens[index]}".encode())]
         ws = await _open(self.url, headers, source)
-        await hello(ws, "bench")
+        await hello(ws, "bench", acks=self.acks)
         return ws
 
     def frame(self, dest: int, payload: bytes, seq: int) -> bytes:
@@ -298,7 +307,7 @@ async def open_idle(target: Target, first: int, count: int, hold: trio.Event) ->
 
 def generator(job: dict[str, Any], out: Any) -> None:
     raise_fd_limit()
-    target = Target(job["kind"], job["url"], job.get("tokens"))
+    target = Target(job["kind"], job["url"], job.get("tokens"), job.get("acks", "batch"))
     if job["mode"] == "cell":
         out.put(
             trio.run(
@@ -341,9 +350,11 @@ def measure_cell(
     seconds: float,
     window: int,
     rate: float = 0.0,
+    acks: AckMode = "batch",
 ) -> dict[str, float]:
     out: Any = multiprocessing.Queue()
     job = {
+        "acks": acks,
         "rate": rate,
         "mode": "cell",
         "kind": kind,
@@ -415,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--keep-log", help="copy the server's log here (debugging)")
+    parser.add_argument(
+        "--acks",
+        choices=["batch", "each", "both"],
+        default="both",
+        help="how Yggdrasil's senders are acknowledged in the throughput cells (hello's acks); "
+        "both: a row for each (batch first); half load and memory use batch",
+    )
     args = parser.parse_args(argv)
     pairs = [int(p) for p in args.pairs.split(",") if p]
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -442,10 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         ygg, ygg_url = start_yggdrasil(data_dir)
         try:
             window, seconds = args.window, args.seconds
+            modes: list[AckMode] = ["batch", "each"] if args.acks == "both" else [args.acks]
             print(f"relay throughput, windowed senders (window {window}), {seconds:g} s per cell")
             print(
                 f"{'pairs':>5} {'size':>6} | {'baseline msg/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
-                f"{'yggdrasil msg/s':>15} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
+                f"{'acks':>5} {'yggdrasil msg/s':>15} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
             )
             bare_rate: dict[tuple[int, int], float] = {}
             for p in pairs:
@@ -454,13 +473,17 @@ def main(argv: list[str] | None = None) -> int:
                         "baseline", baseline_url, None, p, size, args.seconds, args.window
                     )
                     bare_rate[p, size] = b["rate"]
-                    y = measure_cell(
-                        "yggdrasil", ygg_url, tokens, p, size, args.seconds, args.window
-                    )
                     base_part = f"{b['rate']:>14.0f} {b['p50']:>7.2f} {b['p99']:>7.2f}"
-                    ratio = y["rate"] / b["rate"]
-                    ygg_part = f"{y['rate']:>15.0f} {ratio:>6.2f} {y['p50']:>7.2f} {y['p99']:>7.2f}"
-                    print(f"{p:>5} {size:>6} | {base_part} | {ygg_part}", flush=True)
+                    for mode in modes:
+                        y = measure_cell(
+                            "yggdrasil", ygg_url, tokens, p, size, seconds, window, acks=mode
+                        )
+                        ratio = y["rate"] / b["rate"]
+                        ygg_part = (
+                            f"{mode:>5} {y['rate']:>15.0f} {ratio:>6.2f} "
+                            f"{y['p50']:>7.2f} {y['p99']:>7.2f}"
+                        )
+                        print(f"{p:>5} {size:>6} | {base_part} | {ygg_part}", flush=True)
             if half_load:
                 print("one-way latency at half the baseline's rate (paced senders, both servers)")
                 print(
