@@ -20,6 +20,10 @@ frame within ``send_timeout_s`` is disconnected (4002). All sessions of the gate
 byte budget: past it, the sessions with the longest backlogs are shed (queue dropped, closed with
 4002). A slow reader never grows server memory past its own bound, and never delays another
 device's delivery.
+
+A device that asked for batched acknowledgements (``acks: batch`` in its ``hello``) gets those of
+one write in one ``acks`` frame: the reader notes the ids, the writer encodes them at drain time.
+The ids wait for room like the session's own frames (a mailbox's worth at most).
 """
 
 from __future__ import annotations
@@ -297,6 +301,7 @@ class DeviceSession(Actor):
         """Frames handled but not yet written: the writer sends them together."""
         self._pending_bytes = 0
         self._written_then_tell: list[tuple[Address, int]] = []
+        """Deliveries to confirm to their senders once the pending frames are written."""
         self.batch_acks = False
         """The device asked for ``acks: batch``: the writer sends what it acknowledges in one
         ``acks`` frame per drain."""
@@ -307,7 +312,6 @@ class DeviceSession(Actor):
         self._acks_taken = trio.Event()
         """Set when the writer has written the acks it took (the reader waits on it when
         ``_acks`` is full)."""
-        """Deliveries to confirm to their senders once the pending frames are written."""
         self._used_locks = False
         """The device sent lock frames: its waits end with the session."""
         self.jobs = Jobs(config.max_pending_requests)

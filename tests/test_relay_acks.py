@@ -245,3 +245,70 @@ def _credentials(running: Running, user: User) -> Credentials:
         access_token=user.session["access_token"],
         refresh_token=user.session["refresh_token"],
     )
+
+
+async def test_with_small_queues_every_id_is_answered_once_ack_or_nack(data_dir: Path) -> None:
+    """Queues of 8 frames: the recipient's refuses (``overloaded``) and the sender's ids wait
+    for room; still every id of a burst gets exactly one answer."""
+    async with (
+        server(data_dir, queue_size=8) as (running, (a, b)),
+        raw_device(running.gateway_url, a.session["access_token"], acks="batch") as sender,
+        raw_device(running.gateway_url, b.session["access_token"]) as receiver,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _read_all(receiver))
+            for i in range(1, 501):
+                await sender.send(Send(id=i, to="b", data=b"x" * 64))
+            batches, singles, nacks = await answers(sender, 500)
+            nursery.cancel_scope.cancel()
+        acked = [i for batch in batches for i in batch.ids]
+        assert singles == []
+        assert {n.reason for n in nacks} <= {"overloaded"}
+        assert sorted(acked + [n.id for n in nacks]) == list(range(1, 501))
+        assert all(len(batch.ids) <= 8 for batch in batches)  # a mailbox's worth at most
+
+
+async def _read_all(device: RawDevice) -> None:
+    while True:
+        await device.receive(timeout_s=30)
+
+
+async def test_a_stalled_writer_stops_the_reader_at_a_mailbox_worth_of_acks(
+    data_dir: Path,
+) -> None:
+    """The sender stops reading its socket while big messages come to it: its session's writer
+    stalls, and the ids of what it sends meanwhile wait - at most ``queue_size`` of them, then the
+    server stops reading its sends. Once it reads again, every id is answered once."""
+    async with (
+        server(data_dir, queue_size=8, send_timeout_s=60.0) as (running, (a, b)),
+        raw_device(running.gateway_url, a.session["access_token"], acks="batch") as stalled,
+        raw_device(running.gateway_url, b.session["access_token"]) as other,
+    ):
+        (session,) = [s for s in running.services.gateway.sessions.values() if s.device_id == "a"]
+        block = b"x" * 65536
+        with trio.fail_after(30):  # fill the stalled device's socket and then its queue
+            for i in range(1, 10_000):
+                await other.send(Send(id=i, to="a", data=block))
+                answer = await other.receive_type((Ack, Nack))
+                if isinstance(answer, Nack):
+                    assert answer.reason == "overloaded"
+                    break
+        for i in range(1, 51):
+            await stalled.send(Send(id=i, to="b", data=b"."))
+        await trio.sleep(0.3)
+        await stalled.receive(timeout_s=5)  # a little room: the writer moves on, then stalls
+        await stalled.receive(timeout_s=5)
+        await trio.sleep(0.5)
+        waiting = len(session._acks)
+        delivered = 0
+        with trio.move_on_after(0.5):
+            while True:
+                await other.receive_type(Deliver)
+                delivered += 1
+        assert waiting <= 8
+        assert delivered < 50  # the reader stopped
+        # Reading again, the stalled device gets every answer.
+        batches, singles, nacks = await answers(stalled, 50)
+        assert sorted(i for batch in batches for i in batch.ids) == list(range(1, 51))
+        assert singles == []
+        assert nacks == []
