@@ -293,22 +293,33 @@ async def test_a_stalled_writer_stops_the_reader_at_a_mailbox_worth_of_acks(
                 if isinstance(answer, Nack):
                     assert answer.reason == "overloaded"
                     break
-        for i in range(1, 51):
-            await stalled.send(Send(id=i, to="b", data=b"."))
-        await trio.sleep(0.3)
-        await stalled.receive(timeout_s=5)  # a little room: the writer moves on, then stalls
-        await stalled.receive(timeout_s=5)
-        await trio.sleep(0.5)
-        waiting = len(session._acks)
         delivered = 0
-        with trio.move_on_after(0.5):
+        all_delivered = trio.Event()
+
+        async def count_deliveries() -> None:
+            nonlocal delivered
             while True:
-                await other.receive_type(Deliver)
-                delivered += 1
-        assert waiting <= 8
-        assert delivered < 50  # the reader stopped
-        # Reading again, the stalled device gets every answer.
-        batches, singles, nacks = await answers(stalled, 50)
+                if isinstance(await other.receive(timeout_s=30), Deliver):
+                    delivered += 1
+                    if delivered == 50:
+                        all_delivered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_deliveries)  # the recipient reads all along
+            for i in range(1, 51):
+                await stalled.send(Send(id=i, to="b", data=b"."))
+            await trio.sleep(0.3)
+            await stalled.receive(timeout_s=5)  # a little room: the writer moves on, then stalls
+            await stalled.receive(timeout_s=5)
+            await trio.sleep(0.5)
+            waiting = len(session._acks)
+            assert waiting <= 8
+            assert delivered < 50  # the reader stopped
+            # Reading again, the stalled device gets every answer.
+            batches, singles, nacks = await answers(stalled, 50)
+            with trio.fail_after(5):
+                await all_delivered.wait()
+            nursery.cancel_scope.cancel()
         assert sorted(i for batch in batches for i in batch.ids) == list(range(1, 51))
         assert singles == []
         assert nacks == []
