@@ -8,6 +8,7 @@ device's current address with RFC 2136 dynamic updates signed with TSIG. See ``d
 
 from ._dns import UpdateFailed, Updater
 from ._names import (
+    ADDRESSES_SEALED,
     MAX_ADDRESSES,
     DdnsName,
     InvalidAddress,
@@ -21,6 +22,7 @@ from ._privacy import DdnsData
 from ._service import Ddns, DdnsCollector, DdnsStats
 
 __all__ = [
+    "ADDRESSES_SEALED",
     "MAX_ADDRESSES",
     "Ddns",
     "DdnsCollector",
