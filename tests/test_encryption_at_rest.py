@@ -40,8 +40,7 @@ from yggdrasil import (
     rotate_data_key,
 )
 from yggdrasil._domain import SEALED_COLUMNS
-from yggdrasil.ddns import DdnsData
-from yggdrasil.ddns._names import open_addresses
+from yggdrasil.ddns import DdnsData, open_addresses
 from yggdrasil.server import Running
 from yggdrasil.store import AuditLog, key_usage, reseal_all
 from yggdrasil.store._migrations import available

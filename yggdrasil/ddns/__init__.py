@@ -16,6 +16,7 @@ from ._names import (
     check_addresses,
     check_label,
     current_addresses,
+    open_addresses,
     publishable,
 )
 from ._privacy import DdnsData
@@ -36,5 +37,6 @@ __all__ = [
     "check_addresses",
     "check_label",
     "current_addresses",
+    "open_addresses",
     "publishable",
 ]
