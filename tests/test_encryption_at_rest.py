@@ -1,5 +1,6 @@
 """Personal data at rest: a dump of the database shows no e-mail address, name, OIDC subject,
-client address or payout detail; sign-in by e-mail and OIDC still work (blind indexes); a data
+client address (of a sign-in or of a device's session, or reported by the device) or payout
+detail; sign-in by e-mail and OIDC still work (blind indexes); a data
 key rotation keeps every account readable and moves the rows to the new key while the server
 runs; a database made before encryption (migrations up to 0010, plaintext rows) is converted at
 start-up. Both store backends."""
@@ -19,14 +20,17 @@ import pytest
 import trio
 
 from benchmarks._harness import yggdrasil_command
-from tests.clients import RELAXED_LIMITS, User, read_code, sign_in
+from relay.protocol import Ack, Nack, ReportAddress
+from tests.clients import RELAXED_LIMITS, User, device, read_code, sign_in
 from tests.conftest import fresh_pg_database
+from tests.devices import raw_device
 from tests.oidc_issuer import CLIENT_ID, CLIENT_SECRET, Issuer
 from tests.servers import running_server
 from tests.test_oidc import REDIRECT, World, authorize, callback
 from yggdrasil import (
     Database,
     DataKeyMissing,
+    NewDevice,
     Scope,
     SqliteDatabase,
     Store,
@@ -36,8 +40,9 @@ from yggdrasil import (
     rotate_data_key,
 )
 from yggdrasil._domain import SEALED_COLUMNS
+from yggdrasil.ddns import DdnsData, open_addresses
 from yggdrasil.server import Running
-from yggdrasil.store import AuditLog, key_usage
+from yggdrasil.store import AuditLog, key_usage, reseal_all
 from yggdrasil.store._migrations import available
 
 ADA = "ada.lovelace@example.org"
@@ -49,6 +54,8 @@ KYC_REFERENCE = "KYC-CASE-ADA-LOVELACE-1815"
 PAYOUT_LABEL = "Ada Lovelace PayPal"
 DEVICE_NAME = "Ada Lovelace's analytical engine"
 CLIENT_IP = "127.0.0.1"
+REPORTED_IP = "198.51.100.47"
+CHARLES = "charles@example.org"
 
 SECRETS_IN_CLEAR = [
     ADA,
@@ -151,16 +158,40 @@ async def sign_up_everyone(world: World) -> tuple[User, User]:
     return ada, User(world.http, signed.json())
 
 
+async def device_reports_its_address(world: World) -> User:
+    """Charles's laptop joins (its session comes from ``CLIENT_IP``) and reports
+    ``REPORTED_IP``; Charles, once his export shows both (the ddns worker recorded them)."""
+    running = running_of(world)
+    laptop = await sign_in(world.http, world.outbox, CHARLES, device_body=device("laptop"))
+    charles = await sign_in(world.http, world.outbox, CHARLES)
+    async with raw_device(running.gateway_url, laptop.session["access_token"]) as raw:
+        await raw.send(ReportAddress(id=1, addresses=[REPORTED_IP]))
+        assert await raw.receive_type((Ack, Nack)) == Ack(id=1)
+        with trio.fail_after(10):
+            while True:
+                export = (await charles.get("/api/v1/users/me/export")).json()
+                found = [a for a in export["ddns"]["addresses"] if a["device_id"] == "laptop"]
+                if found and found[0]["reported"] == [REPORTED_IP]:
+                    break
+                await trio.sleep(0.05)
+    assert found[0]["seen"] == CLIENT_IP  # the owner's export shows them in clear
+    return charles
+
+
 async def test_a_dump_shows_no_personal_data_in_clear(
     backend: str, data_dir: Path, asyncio_loop: None
 ) -> None:
     async with world_on(backend, data_dir) as world:
         ada, alice = await sign_up_everyone(world)
+        charles = await device_reports_its_address(world)
         # (The OIDC issuer's own URL, stored with each identity, names the loopback too.)
         text = (await dump(world, data_dir)).replace(world.issuer.url, "<issuer>")
         assert "INSERT INTO" in text or "COPY public." in text  # the dump has the rows
-        assert text.count("enc:") >= 10  # ... sealed
-        in_clear = [c for c in [*SECRETS_IN_CLEAR, CLIENT_IP, "s***@example.org"] if c in text]
+        assert "device_addresses" in text  # ... the device's address among them
+        assert text.count("enc:") >= 12  # ... sealed
+        in_clear = [
+            c for c in [*SECRETS_IN_CLEAR, CLIENT_IP, REPORTED_IP, "s***@example.org"] if c in text
+        ]
         assert in_clear == []
 
         # What the owners see is the same as ever.
@@ -168,6 +199,9 @@ async def test_a_dump_shows_no_personal_data_in_clear(
         assert (me["email"], me["display_name"]) == (ADA, ADA_NAME)
         devices = (await ada.get("/api/v1/devices")).json()["items"]
         assert [d["name"] for d in devices] == [DEVICE_NAME]
+        export = (await charles.get("/api/v1/users/me/export")).json()
+        [address] = export["ddns"]["addresses"]
+        assert (address["seen"], address["reported"]) == (CLIENT_IP, [REPORTED_IP])
         export = (await ada.get("/api/v1/users/me/export")).json()
         logins = [e for e in export["audit_log"] if e["action"] == "login.success"]
         assert logins
@@ -203,6 +237,7 @@ async def test_rotation_keeps_accounts_readable_and_moves_rows_while_serving(
     fast = {"reencrypt_interval_s": 0.1, "reencrypt_batch": 2}
     async with world_on(backend, data_dir, encryption=fast) as world:
         ada, alice = await sign_up_everyone(world)
+        charles = await device_reports_its_address(world)
         others = [await sign_in(world.http, world.outbox, f"u{i}@example.org") for i in range(4)]
         db = db_of(world)
         first = db.vault.current
@@ -227,6 +262,8 @@ async def test_rotation_keeps_accounts_readable_and_moves_rows_while_serving(
         assert (await sign_in(world.http, world.outbox, ADA)).session["user_id"] == (
             ada.session["user_id"]
         )
+        [address] = (await charles.get("/api/v1/users/me/export")).json()["ddns"]["addresses"]
+        assert (address["seen"], address["reported"]) == (CLIENT_IP, [REPORTED_IP])
         export = (await ada.get("/api/v1/users/me/export")).json()
         assert export["billing"]["kyc"]["reference"] == KYC_REFERENCE
         assert {e["detail"].get("ip") for e in export["audit_log"] if "ip" in e["detail"]} == {
@@ -253,6 +290,7 @@ GRACE_NAME = "Grace Hopper"
 GRACE_SUB = "grace-sub-1906"
 GRACE_IP = "192.0.2.77"
 GRACE_KYC = "KYC-CASE-GRACE-HOPPER"
+OLD_REPORTED = "203.0.113.19"
 GRACE_LABEL = "Grace Hopper bank account"
 GRACE_DEVICE = "Grace Hopper's UNIVAC"
 OLD_CLEAR = [
@@ -386,6 +424,60 @@ async def test_an_old_database_is_converted_at_start(
         # The code in flight before the conversion (its address in clear) was dropped.
         assert [c["code_id"] for c in export["login_codes"]] != ["c_old"]
         assert "c_old" not in {c["code_id"] for c in export["login_codes"]}
+
+
+async def test_device_addresses_written_before_0015_are_sealed_and_bound_to_their_device(
+    database: Database,
+) -> None:
+    """Rows of ``device_addresses`` as the code of migration 0013 wrote them (in clear) are
+    marked by 0015 and sealed by the start-up's :func:`reseal_all`; each opens only as the
+    address of its own device, and the owner's export shows them in clear."""
+    store = Store(database)
+    user, home = await store.create_user(GRACE)
+    scope, network_id = Scope(user.user_id), home.network_id
+    for device_id in ("univac", "mark1"):
+        await store.register_device(scope, network_id, NewDevice(device_id, "x", "midgard"))
+    [marking] = [m for m in available() if m.version == 15]
+
+    async def old_rows(tx: Tx) -> None:
+        for device_id, seen in (("univac", GRACE_IP), ("mark1", "")):
+            await tx.execute(
+                "INSERT INTO device_addresses (network_id, device_id, seen, reported,"
+                " updated_at) VALUES ($1, $2, $3, $4, 1)",
+                network_id,
+                device_id,
+                seen,
+                json.dumps([OLD_REPORTED]),
+            )
+        await tx.execute_script(marking.script(database.dialect))
+
+    async def rows(tx: Tx) -> list[dict[str, Any]]:
+        return await tx.fetch("SELECT * FROM device_addresses ORDER BY device_id DESC")
+
+    await database.write(old_rows)
+    assert await reseal_all(database, SEALED_COLUMNS, 1) == 2
+    univac, mark1 = await database.read(rows)
+    assert univac["seen"].startswith("enc:")
+    assert univac["reported"].startswith("enc:")
+    assert (mark1["seen"], mark1["reported"][:4]) == ("", "enc:")  # nothing to hide: left empty
+    assert [c for c in (GRACE_IP, OLD_REPORTED) if c in repr([univac, mark1])] == []
+    vault = database.vault
+    assert open_addresses(univac, vault) == (GRACE_IP, [OLD_REPORTED])
+    assert open_addresses(mark1, vault) == ("", [OLD_REPORTED])
+    with pytest.raises(DataKeyMissing):  # another device's sealed address is not this one's
+        open_addresses({**univac, "device_id": "mark1"}, vault)
+    with pytest.raises(DataKeyMissing):  # ... nor that of the same device id in another network
+        open_addresses({**univac, "network_id": "n_other"}, vault)
+
+    async def export(tx: Tx) -> dict[str, Any]:
+        return await DdnsData(database).export(tx, user.user_id)
+
+    addresses = {a["device_id"]: a for a in (await database.read(export))["addresses"]}
+    assert (addresses["univac"]["seen"], addresses["univac"]["reported"]) == (
+        GRACE_IP,
+        [OLD_REPORTED],
+    )
+    assert await reseal_all(database, SEALED_COLUMNS, 10) == 0  # nothing left to do
 
 
 # ----------------------------------------------------------------------------- command line

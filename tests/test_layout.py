@@ -232,6 +232,7 @@ EXPORTS: dict[str, set[str]] = {
         "MAX_ADDRESSES", "Ddns", "DdnsCollector", "DdnsData", "DdnsName", "DdnsStats",
         "InvalidAddress", "NameTaken", "UpdateFailed", "Updater", "check_addresses", "check_label",
         "current_addresses", "publishable",
+        "ADDRESSES_SEALED", "open_addresses",
     },
     "yggdrasil.turn": {
         "TurnAddresses", "TurnService", "check_addresses", "own_addresses", "turn_addresses",

@@ -61,7 +61,7 @@ from .billing import (
     purge_webhook_events,
     renew_forever,
 )
-from .ddns import DdnsData
+from .ddns import ADDRESSES_SEALED, DdnsData
 from .devices import DEVICES_SEALED, DeviceStore
 from .locks import LockStore
 from .marketplace import MarketplaceData, purge_requests
@@ -81,7 +81,7 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-SEALED_COLUMNS = (*ACCOUNT_SEALED, DEVICES_SEALED, *BILLING_SEALED)
+SEALED_COLUMNS = (*ACCOUNT_SEALED, DEVICES_SEALED, *BILLING_SEALED, ADDRESSES_SEALED)
 """Every room's personal columns sealed with the data keys."""
 
 _SEAL_INTERVAL_S = 0.25
@@ -193,7 +193,7 @@ class Domain:
         rooms: dict[str, RoomData] = {
             "billing": BillingData(ledger, config.payouts),
             "marketplace": MarketplaceData(),
-            "ddns": DdnsData(),
+            "ddns": DdnsData(db),
         }
         return cls(
             store=store,

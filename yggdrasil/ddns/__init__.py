@@ -8,6 +8,7 @@ device's current address with RFC 2136 dynamic updates signed with TSIG. See ``d
 
 from ._dns import UpdateFailed, Updater
 from ._names import (
+    ADDRESSES_SEALED,
     MAX_ADDRESSES,
     DdnsName,
     InvalidAddress,
@@ -15,12 +16,14 @@ from ._names import (
     check_addresses,
     check_label,
     current_addresses,
+    open_addresses,
     publishable,
 )
 from ._privacy import DdnsData
 from ._service import Ddns, DdnsCollector, DdnsStats
 
 __all__ = [
+    "ADDRESSES_SEALED",
     "MAX_ADDRESSES",
     "Ddns",
     "DdnsCollector",
@@ -34,5 +37,6 @@ __all__ = [
     "check_addresses",
     "check_label",
     "current_addresses",
+    "open_addresses",
     "publishable",
 ]

@@ -5,6 +5,9 @@ Every read for a request handler goes through the devices room's :func:`scoped_d
 a device of a network the caller does not belong to is :class:`NotFound`, exactly like one that
 does not exist. A label is unique in the zone whoever holds it; taking one that is held is
 :class:`NameTaken`, which says nothing of the holder.
+
+A device's addresses are personal data: ``seen`` and ``reported`` are sealed at rest
+(:data:`ADDRESSES_SEALED`, bound to the device's network and id) and opened only here.
 """
 
 from __future__ import annotations
@@ -14,13 +17,22 @@ import re
 
 import msgspec
 
+from .._crypto import Vault
 from .._errors import Forbidden, Invalid, NotFound, UniqueViolation
 from .._ids import now_ms
 from ..devices import device_ids_of_network, find_devices, scoped_device
-from ..store import Row, Scope, Tx, append_audit, from_json, to_json
+from ..store import Row, Scope, SealedColumns, Tx, append_audit, from_json, to_json
 
 MAX_ADDRESSES = 4
 """The most addresses one device may report at once (one IPv4 and a few IPv6 in practice)."""
+
+ADDRESSES_SEALED = SealedColumns(
+    "device_addresses",
+    key=("network_id", "device_id"),
+    owner=("network_id", "device_id"),
+    columns=("seen", "reported"),
+)
+"""Where a device's sessions come from and what it reported (a JSON list) are sealed."""
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -102,11 +114,23 @@ def publishable(addresses: list[str], *, private: bool) -> list[str]:
 # --------------------------------------------------------------------- units of work
 
 
+def _place(column: str, network_id: str, device_id: str) -> str:
+    return ADDRESSES_SEALED.place(column, f"{network_id}/{device_id}")
+
+
+def open_addresses(row: Row, vault: Vault) -> tuple[str, list[str]]:
+    """``(seen, reported)`` of a ``device_addresses`` row (with its key columns), opened."""
+    network_id, device_id = row["network_id"], row["device_id"]
+    seen = vault.open(row["seen"], _place("seen", network_id, device_id))
+    reported = vault.open(row["reported"], _place("reported", network_id, device_id))
+    return seen, list(from_json(reported))
+
+
 async def record_address(
-    tx: Tx, network_id: str, device_id: str, seen: str, reported: list[str]
+    tx: Tx, vault: Vault, network_id: str, device_id: str, seen: str, reported: list[str]
 ) -> None:
-    """Store a device's current address (a device deleted meanwhile: the foreign key refuses
-    it, and the caller drops the change)."""
+    """Store a device's current address, sealed (a device deleted meanwhile: the foreign key
+    refuses it, and the caller drops the change)."""
     await tx.execute(
         "INSERT INTO device_addresses (network_id, device_id, seen, reported, updated_at)"
         " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (network_id, device_id) DO UPDATE"
@@ -114,22 +138,23 @@ async def record_address(
         " updated_at = excluded.updated_at",
         network_id,
         device_id,
-        seen,
-        to_json(reported),
+        vault.seal_optional(seen, _place("seen", network_id, device_id)),
+        vault.seal(to_json(reported), _place("reported", network_id, device_id)),
         now_ms(),
     )
 
 
-async def device_addresses(tx: Tx, network_id: str, device_id: str) -> list[str]:
+async def device_addresses(tx: Tx, vault: Vault, network_id: str, device_id: str) -> list[str]:
     """The device's current addresses (empty before its first session)."""
     row = await tx.fetchrow(
-        "SELECT seen, reported FROM device_addresses WHERE network_id = $1 AND device_id = $2",
+        "SELECT network_id, device_id, seen, reported FROM device_addresses"
+        " WHERE network_id = $1 AND device_id = $2",
         network_id,
         device_id,
     )
     if row is None:
         return []
-    return current_addresses(row["seen"], from_json(row["reported"]))
+    return current_addresses(*open_addresses(row, vault))
 
 
 async def current_label(tx: Tx, network_id: str, device_id: str) -> str | None:
@@ -185,7 +210,7 @@ async def _own_device(tx: Tx, scope: Scope, network_id: str, device_id: str) -> 
 
 
 async def set_name(
-    tx: Tx, scope: Scope, network_id: str, device_id: str, label: str
+    tx: Tx, vault: Vault, scope: Scope, network_id: str, device_id: str, label: str
 ) -> tuple[DdnsName, str | None]:
     """Give the caller's device the name ``label`` (checked by :func:`check_label`), replacing
     its earlier one; the name and the label it replaced (``None`` if none, or the same).
@@ -222,11 +247,11 @@ async def set_name(
         )
     row = await tx.fetchrow("SELECT * FROM ddns_names WHERE label = $1", label)
     assert row is not None
-    addresses = await device_addresses(tx, network_id, device_id)
+    addresses = await device_addresses(tx, vault, network_id, device_id)
     return _name(row, addresses), (before if before != label else None)
 
 
-async def get_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> DdnsName:
+async def get_name(tx: Tx, vault: Vault, scope: Scope, network_id: str, device_id: str) -> DdnsName:
     """The device's name; :class:`NotFound` if it has none (or is not the caller's to see)."""
     device = await scoped_device(tx, scope, network_id, device_id)
     row = await tx.fetchrow(
@@ -237,7 +262,7 @@ async def get_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> Ddn
     )
     if row is None:
         raise NotFound()
-    return _name(row, await device_addresses(tx, network_id, device_id))
+    return _name(row, await device_addresses(tx, vault, network_id, device_id))
 
 
 async def remove_name(tx: Tx, scope: Scope, network_id: str, device_id: str) -> str:

@@ -6,10 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..devices import devices_of_user
-from ..store import Tx, from_json
+from ..store import Database, Tx
+from ._names import open_addresses
 
 
 class DdnsData:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        """Its ``vault`` opens the sealed addresses for their owner's export."""
+
     async def export(self, tx: Tx, user_id: str) -> dict[str, Any]:
         """The user's devices' DNS names and current addresses."""
         names = await tx.fetch(
@@ -20,18 +25,19 @@ class DdnsData:
         addresses = []
         for device in await devices_of_user(tx, user_id):
             row = await tx.fetchrow(
-                "SELECT seen, reported, updated_at FROM device_addresses"
+                "SELECT network_id, device_id, seen, reported, updated_at FROM device_addresses"
                 " WHERE network_id = $1 AND device_id = $2",
                 device.network_id,
                 device.device_id,
             )
             if row is not None:
+                seen, reported = open_addresses(row, self.db.vault)
                 addresses.append(
                     {
                         "network_id": device.network_id,
                         "device_id": device.device_id,
-                        "seen": row["seen"],
-                        "reported": from_json(row["reported"]),
+                        "seen": seen,
+                        "reported": reported,
                         "updated_at": row["updated_at"],
                     }
                 )

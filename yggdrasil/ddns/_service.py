@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._config import DdnsConfig
+from .._crypto import Vault
 from .._errors import NotFound, StoreUnavailable, UniqueViolation
 from ..store import Database, Scope, Tx
 from ._dns import UpdateFailed, Updater
@@ -107,11 +108,13 @@ class Ddns:
         self._zone()
         label = check_label(label, self.config.reserved_labels)
 
+        db = self._db()
+
         async def work(tx: Tx) -> tuple[DdnsName, str | None]:
-            return await set_name(tx, scope, network_id, device_id, label)
+            return await set_name(tx, db.vault, scope, network_id, device_id, label)
 
         try:
-            name, replaced = await self._db().write(work)
+            name, replaced = await db.write(work)
         except UniqueViolation as exc:  # a concurrent request took it between look and insert
             if isinstance(exc, NameTaken):
                 raise
@@ -124,10 +127,12 @@ class Ddns:
     async def get_name(self, scope: Scope, network_id: str, device_id: str) -> DdnsName:
         self._zone()
 
-        async def work(tx: Tx) -> DdnsName:
-            return await get_name(tx, scope, network_id, device_id)
+        db = self._db()
 
-        return await self._db().read(work)
+        async def work(tx: Tx) -> DdnsName:
+            return await get_name(tx, db.vault, scope, network_id, device_id)
+
+        return await db.read(work)
 
     async def remove_name(self, scope: Scope, network_id: str, device_id: str) -> None:
         """Take the device's name away; its records leave the zone (in the background)."""
@@ -207,8 +212,11 @@ class Ddns:
             network_id, device_id = key
 
             try:
-                label = await self._db().write(
-                    functools.partial(_record_one, key=key, seen=seen, reported=reported)
+                db = self._db()
+                label = await db.write(
+                    functools.partial(
+                        _record_one, vault=db.vault, key=key, seen=seen, reported=reported
+                    )
                 )
             except StoreUnavailable:
                 self._addresses.setdefault(key, (seen, reported))
@@ -260,10 +268,10 @@ class Ddns:
 
 
 async def _record_one(
-    tx: Tx, *, key: tuple[str, str], seen: str, reported: list[str]
+    tx: Tx, *, vault: Vault, key: tuple[str, str], seen: str, reported: list[str]
 ) -> str | None:
     """Record one device's address; its label, if it has a DNS name."""
-    await record_address(tx, *key, seen, reported)
+    await record_address(tx, vault, *key, seen, reported)
     return await current_label(tx, *key)
 
 

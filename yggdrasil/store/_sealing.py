@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._crypto import PLAIN, SEALED, Vault
-from ._db import Database, Tx
+from ._db import Database, Row, Tx
 
 
 @dataclass(frozen=True)
@@ -20,15 +20,23 @@ class SealedColumns:
     table: str
     key: tuple[str, ...]
     """The columns that name one row (the ``WHERE`` of its update)."""
-    owner: str
+    owner: str | tuple[str, ...]
     """The column whose value binds a ciphertext to its row: ``place`` is
-    ``table.column/<owner>``."""
+    ``table.column/<owner>``; several columns bind it to all of them (``<a>/<b>``)."""
     columns: tuple[str, ...]
     indexes: dict[str, tuple[str, str]] = field(default_factory=dict)
     """``column -> (index column, kind)``: the blind index a ``plain:`` value also gets."""
 
     def place(self, column: str, owner: object) -> str:
         return f"{self.table}.{column}/{owner}"
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        return (self.owner,) if isinstance(self.owner, str) else self.owner
+
+    def owner_of(self, row: Row) -> str:
+        """The ``owner`` of ``row`` as :meth:`place` takes it."""
+        return "/".join(str(row[column]) for column in self.owners)
 
 
 async def reseal(tx: Tx, vault: Vault, spec: SealedColumns, limit: int) -> int:
@@ -38,7 +46,7 @@ async def reseal(tx: Tx, vault: Vault, spec: SealedColumns, limit: int) -> int:
     stale = " OR ".join(
         f"{c} LIKE '{PLAIN}%' OR ({c} LIKE '{SEALED}%' AND {c} NOT LIKE $1)" for c in spec.columns
     )
-    names = ", ".join(dict.fromkeys((*spec.key, spec.owner, *spec.columns)))
+    names = ", ".join(dict.fromkeys((*spec.key, *spec.owners, *spec.columns)))
     rows = await tx.fetch(
         f"SELECT {names} FROM {spec.table} WHERE {stale} LIMIT $2", current, limit
     )
@@ -50,7 +58,7 @@ async def reseal(tx: Tx, vault: Vault, spec: SealedColumns, limit: int) -> int:
             value = row[column]
             if not vault.needs_sealing(value):
                 continue
-            place = spec.place(column, row[spec.owner])
+            place = spec.place(column, spec.owner_of(row))
             text = vault.open(value, place)
             args.append(vault.seal(text, place))
             sets.append(f"{column} = ${len(args)}")
