@@ -141,22 +141,26 @@ async def test_the_stream_stops_at_the_max_cost_and_pays_at_most_it(
     seller, session = await provider_user(server, http, outbox, "a@example.org", "box-a")
     buyer = await payer(http, outbox, "buyer@example.org")
     await fund(buyer, 1000)
+    # A prompt long enough that the echo provider is still streaming when the server stops it
+    # (with a short one it may have sent everything before the stop reaches it, and is then
+    # rightly not told). 100 cents per 1,000 tokens: the 2,000-token prompt costs 200 cents,
+    # and 210 allow 100 answer tokens of the 2,000 the provider would send.
+    words = [f"w{i}" for i in range(2000)]
     async with provider_agent(server, session, tmp_path, "--model", "echo") as agent:
-        # 1,000 cents per 1,000 tokens: a cent a token. The prompt is 8 tokens; 11 cents allow
-        # 3 answer tokens of the 8 the provider would send.
-        created = await register(seller, "box-a", price=1000)
+        created = await register(seller, "box-a", price=100)
         assert created.status_code == 201, created.text
-        started = await ask(buyer, "k-1", PROMPT, max_cost=11)
+        started = await ask(buyer, "k-1", " ".join(words), max_cost=210)
         assert started.status_code == 202, started.text
         done = await finished(buyer, started.json()["request_id"])
         await agent.wait_for("cancelled ")  # the provider was told to stop
+    assert compute_cost(2000 + 100, 100) == 210 < compute_cost(2000 + 101, 100)
     assert done["state"] == "COMPLETED"
     assert done["finish_reason"] == "max_cost"
-    assert done["answer"] == "one two three "
-    assert done["usage"]["completion_tokens"] == 3
-    assert done["cost"] == 11 <= done["max_cost"]
+    assert done["answer"] == "".join(f"{word} " for word in words[:100])
+    assert done["usage"]["completion_tokens"] == 100
+    assert done["cost"] == 210 <= done["max_cost"]
     money = await balances(buyer)
-    assert (money["balance"], money["held"]) == (1000 - 11, 0)
-    assert (await balances(seller))["earnings"] == 11 - fee(11, 1000)
+    assert (money["balance"], money["held"]) == (1000 - 210, 0)
+    assert (await balances(seller))["earnings"] == 210 - fee(210, 1000)
     check = await server.services.domain.get().ledger.verify()
     assert check.ok, check

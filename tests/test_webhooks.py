@@ -257,7 +257,7 @@ async def test_concurrent_deliveries_verify_a_method_once(world: World) -> None:
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"])  # instances share PostgreSQL, not a file
 async def test_two_instances_over_one_database_process_an_event_once(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, data_dir: Path
 ) -> None:
     assert world.database
     user, method = await sepa_pending(world, "cluster@example.org")
@@ -268,6 +268,8 @@ async def test_two_instances_over_one_database_process_an_event_once(
             limits=RELAXED_LIMITS,
             database=world.database,
             payments=world.payments,
+            # Instances of one database share its data keyring (docs/cluster.md).
+            encryption={"key_file": str(data_dir / "secrets" / "data-keyring.json")},
         ) as second,
         httpx.AsyncClient(base_url=second.api_url, timeout=30) as other,
     ):
