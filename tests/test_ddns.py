@@ -31,8 +31,8 @@ import pytest
 import trio
 from trio_websocket import wrap_client_stream
 
+from benchmarks._harness import free_port, yggdrasil_command
 from benchmarks._harness import hello as say_hello
-from benchmarks._harness import yggdrasil_command
 from relay.client import Credentials, DeliveryFailed, DeviceClient, PresenceChanged
 from relay.protocol import Ack, Nack, Presence, ReportAddress, Send
 from tests.clients import RELAXED_LIMITS, device, sign_in
@@ -77,21 +77,6 @@ def _knotd() -> str:
     pytest.skip("knotd is not installed (apt-get install knot)")
 
 
-def _free_port() -> int:
-    """A loopback port free for both TCP and UDP (the DNS server listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 @dataclass(frozen=True)
 class Knot:
     port: int
@@ -118,7 +103,7 @@ def knot(tmp_path: Path) -> Iterator[Knot]:
     home = tmp_path / "knot"
     home.mkdir()
     secret = base64.b64encode(os.urandom(32)).decode()
-    port = _free_port()
+    port = free_port()  # both TCP and UDP: the DNS server listens on both
     (home / f"{ZONE}.zone").write_text(
         f"$ORIGIN {ZONE}.\n$TTL 60\n"
         f"@ SOA ns.{ZONE}. hostmaster.{ZONE}. 1 60 60 600 60\n"
